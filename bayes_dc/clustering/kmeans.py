@@ -1,0 +1,67 @@
+"""faiss k-means: the DeepCluster baseline (Caron et al. 2018, ``clustering.py::run_kmeans``).
+
+DeepCluster's settings: niter 20, one run (nredo 1), no cap on points per centroid (faiss would
+otherwise subsample to 256 * k points), seed passed in. Empty clusters are counted and reported
+(faiss splits a large cluster to refill them; the count says how often that happened at the end).
+"""
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+import torch
+
+from .base import ACTIVE_WEIGHT, ClusterBackend, ClusterResult, check_features
+
+
+class KMeansBackend(ClusterBackend):
+    """faiss k-means with k clusters. Component ids carry no identity across rounds."""
+
+    name = "kmeans"
+    has_identities = False
+
+    def __init__(self, k: int, niter: int = 20, verbose: bool = False, use_gpu: bool = False):
+        if k < 2:
+            raise ValueError(f"k-means needs k >= 2 clusters, got k={k}; pass --k 2 or more")
+        if niter < 1:
+            raise ValueError(f"kmeans niter must be >= 1, got {niter}")
+        self.k, self.niter, self.verbose, self.use_gpu = int(k), int(niter), verbose, use_gpu
+
+    @classmethod
+    def from_config(cls, cfg, device: torch.device) -> "KMeansBackend":
+        return cls(k=cfg.k, niter=cfg.kmeans_niter, use_gpu=(device.type == "cuda"))
+
+    def fit(self, features: torch.Tensor, *, seed: int, warm_state: Any = None) -> ClusterResult:
+        import faiss  # imported here so that `import bayes_dc` works without faiss for DP-only use
+
+        x = check_features(features)
+        n, d = x.shape
+        if n < self.k:
+            raise ValueError(f"k-means with k={self.k} needs at least k points, got N={n}; lower --k or use more data")
+        xs = np.ascontiguousarray(x.detach().cpu().numpy(), dtype=np.float32)
+        t0 = time.perf_counter()
+        km = faiss.Kmeans(d, self.k, niter=self.niter, nredo=1, seed=int(seed) % (2**31 - 1),
+                          verbose=self.verbose, max_points_per_centroid=10**9, min_points_per_centroid=1,
+                          gpu=bool(self.use_gpu and hasattr(faiss, "StandardGpuResources")))
+        km.train(xs)
+        dist, assign = km.index.search(xs, 1)
+        seconds = time.perf_counter() - t0
+        labels = assign[:, 0].astype(np.int64)
+        counts = np.bincount(labels, minlength=self.k)
+        weights = counts / counts.sum()
+        history = [float(v) / n for v in km.obj] if len(km.obj) else [float(dist.mean())]
+        return ClusterResult(
+            labels=labels,
+            resp_values=np.ones((n, 1), dtype=np.float32),
+            resp_index=labels[:, None].copy(),
+            weights=weights.astype(np.float64),
+            active=weights >= ACTIVE_WEIGHT,
+            objective=float(dist.mean()),
+            history=history,
+            n_iter=self.niter,
+            seconds=seconds,
+            permutation=None,
+            state=None,
+            info={"empty_clusters": int((counts == 0).sum())},
+        ).validate()

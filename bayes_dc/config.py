@@ -1,0 +1,177 @@
+"""Typed configuration. One :class:`Config` describes a run completely; it round-trips through JSON.
+
+Each section is a dataclass whose fields are the CLI options of ``experiments/run.py`` (same names,
+``-`` for ``_``). Presets in ``experiments/configs/*.json`` are partial dicts merged over the defaults.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+@dataclass
+class DataConfig:
+    dataset: str = "fashion-mnist"
+    data_root: str | None = None      # searched first; then $BAYES_DC_DATA, system paths, download
+    subset: int | None = None         # use the first N training images (deterministic, seeded shuffle)
+    eval_split: str = "test"          # split for kNN / linear probe; "none" to skip
+    eval_subset: int | None = None
+    image_size: int | None = None     # resize (imagefolder / digits); None = dataset's native size
+    download: bool = True             # allow torchvision's download when no local copy is found
+
+
+@dataclass
+class ModelConfig:
+    arch: str = "vgg-small"           # see bayes_dc.models.ARCHS
+    sobel: bool = False
+    width: int = 64                   # channel width multiplier for vgg-small
+
+
+@dataclass
+class FeatureConfig:
+    pca_dim: int = 256                # capped by the feature dimension and N
+    whiten: bool = True
+    l2: bool = True
+    batch_size: int = 1024
+
+
+@dataclass
+class ClusterConfig:
+    prior: str = "kmeans"             # backend registry key: "kmeans" | "dp"
+    k: int = 100                      # k-means clusters
+    truncation: int = 300             # DP truncation T
+    kmeans_niter: int = 20
+    # DP-GMM
+    inference: str = "cavi"           # "cavi" (closed form) | "svi" (Pyro)
+    covariance: str = "diag"          # "diag" | "spherical"
+    alpha: float = 1.0                # DP concentration (fixed unless alpha_prior is set)
+    alpha_prior: tuple[float, float] | None = None   # Gamma(shape, rate) prior on alpha
+    beta0: float | None = None        # None: data-driven defaults (as scikit-learn)
+    a0: float | None = None
+    b0: float | None = None
+    topk: int = 8
+    max_iter: int = 100
+    tol: float = 1e-4                 # relative ELBO change for convergence
+    min_size: float = 1.0             # expected count below which a component is reset to the prior
+    warm_start: str = "init"          # "none" | "init" | "prior"
+    prior_decay: float = 0.5          # rho for warm_start="prior"
+    svi_steps: int = 2000
+    svi_batch: int = 1024
+    svi_lr: float = 0.05
+
+
+@dataclass
+class TargetConfig:
+    targets: str = "hard"             # "hard" | "soft" | "multilabel"
+    sharpen: float = 1.0              # temperature tau for soft targets (<1 sharpens)
+    balanced: bool = True             # cluster-balanced sampling (DeepCluster's uniform-per-cluster)
+    head: str = "reset"               # "reset" | "keep"
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 10
+    relabel_every: int = 1            # recluster every E epochs (DeepCluster: 1)
+    batch_size: int = 256
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 1e-5
+    head_lr: float | None = None      # None: same as lr
+    augment: bool = True              # random crop + flip on tensors
+    crop_padding: int = 4
+    workers: int = 0                  # data lives in memory as tensors; no loader workers needed
+    epoch_samples: int | None = None  # samples per epoch (None: N, as DeepCluster)
+
+
+@dataclass
+class RunConfig:
+    name: str | None = None           # run directory name under out_dir (default: derived from config)
+    out_dir: str = "runs"
+    seed: int = 0
+    device: str = "auto"              # "auto" | "cpu" | "cuda"
+    threads: int | None = None        # torch/faiss CPU threads (None: library default)
+    knn_every: int = 5                # kNN eval every N rounds (and always at the end); 0 = only at the end
+    knn_k: int = 20
+    snapshot_every: int = 1           # cluster snapshot every N rounds
+    figures: bool = True
+    progress: bool = True
+    resume: bool = False
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    features: FeatureConfig = field(default_factory=FeatureConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    targets: TargetConfig = field(default_factory=TargetConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+    # ---- serialisation -------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Config":
+        return merge(cls(), d)
+
+    @classmethod
+    def from_json(cls, path: str | Path) -> "Config":
+        return cls.from_dict(json.loads(Path(path).read_text()))
+
+    def default_name(self) -> str:
+        c = self.cluster
+        k = f"k{c.k}" if c.prior == "kmeans" else f"T{c.truncation}-{c.warm_start}"
+        return f"{self.data.dataset}-{c.prior}-{k}-{self.targets.targets}-e{self.train.epochs}-s{self.run.seed}"
+
+
+SECTIONS = {f.name: f.type for f in dataclasses.fields(Config)}
+
+
+def merge(cfg: Config, overrides: dict[str, Any]) -> Config:
+    """Return a copy of ``cfg`` with ``overrides`` ({section: {field: value}}) applied.
+
+    Unknown sections or fields raise ValueError listing the valid names, so a typo in a preset or a
+    JSON config never silently does nothing.
+    """
+    cfg = dataclasses.replace(cfg)
+    for section, values in overrides.items():
+        if section not in SECTIONS:
+            raise ValueError(f"unknown config section {section!r}; valid sections: {sorted(SECTIONS)}")
+        if not isinstance(values, dict):
+            raise ValueError(f"config section {section!r} must be a mapping, got {type(values).__name__}")
+        current = getattr(cfg, section)
+        valid = {f.name for f in dataclasses.fields(current)}
+        unknown = set(values) - valid
+        if unknown:
+            raise ValueError(f"unknown field(s) {sorted(unknown)} in config section {section!r}; "
+                             f"valid fields: {sorted(valid)}")
+        values = dict(values)
+        if section == "cluster" and isinstance(values.get("alpha_prior"), list):
+            values["alpha_prior"] = tuple(values["alpha_prior"])
+        setattr(cfg, section, dataclasses.replace(current, **values))
+    return cfg
+
+
+def diff(a: Config, b: Config, ignore: tuple[str, ...] = ("run.resume", "run.progress")) -> dict[str, tuple]:
+    """Fields where two configs differ, as {"section.field": (a_value, b_value)}."""
+    out = {}
+    da, db = a.to_dict(), b.to_dict()
+    for section in da:
+        for key in da[section]:
+            name = f"{section}.{key}"
+            va, vb = da[section][key], db[section][key]
+            if isinstance(va, tuple):
+                va = list(va)
+            if isinstance(vb, tuple):
+                vb = list(vb)
+            if name not in ignore and va != vb:
+                out[name] = (va, vb)
+    return out
