@@ -35,7 +35,7 @@ class FeatureConfig:
     pca_dim: int = 256                # capped by the feature dimension and N
     whiten: bool = True
     l2: bool = True
-    batch_size: int = 1024
+    extract_batch: int = 1024         # images per forward pass during feature extraction
 
 
 @dataclass

@@ -1,0 +1,261 @@
+"""``run(config)``: the DeepCluster round loop, for any clustering backend.
+
+Each epoch e (0-based) of a run:
+1. if e is a relabel epoch (every ``relabel_every``): extract trunk features of all training images,
+   whiten (PCA + L2, refit), cluster with the backend (warm state in / out), evaluate the clustering,
+   build targets and set up the head (``reset``: fresh head; ``keep``: rows follow the permutation);
+2. optionally evaluate kNN accuracy on the eval split;
+3. train one epoch on the fixed targets with cluster-balanced sampling;
+4. append one record to metrics.jsonl and checkpoint atomically (resume restarts at the next epoch).
+After the last epoch the final trunk is clustered and evaluated once more (record ``phase: "final"``).
+
+Randomness is derived from (seed, purpose, epoch) only, so a resumed run repeats the uninterrupted one.
+"""
+from __future__ import annotations
+
+import time
+import warnings
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from . import metrics
+from .clustering import BACKENDS, ClusterResult, make_backend
+from .config import Config
+from .data import load_dataset
+from .features import extract_features
+from .models import ARCHS, build_model, new_head
+from .preprocess import Whitener
+from .runlog import RunDir
+from .targets import TARGET_KINDS, Targets, build_targets, sample_epoch
+from .train import train_epoch
+
+HEAD_POLICIES = ("reset", "keep")
+
+
+def derive_seed(seed: int, *parts: str | int) -> int:
+    """A 31-bit seed for one purpose and step, derived from the run seed (numpy SeedSequence hashing)."""
+    words = [seed] + [p if isinstance(p, int) else int.from_bytes(p.encode(), "little") % (2**32) for p in parts]
+    return int(np.random.SeedSequence(words).generate_state(1)[0] % (2**31 - 1))
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda was asked for but torch sees no CUDA device; use --device cpu or auto")
+    if name not in ("cpu", "cuda") and not name.startswith("cuda:"):
+        raise ValueError(f"unknown --device {name!r}; choose auto, cpu or cuda")
+    return torch.device(name)
+
+
+def validate(cfg: Config) -> None:
+    """Reject a bad configuration before anything is written (clear message naming the option)."""
+    c, t, tr = cfg.cluster, cfg.targets, cfg.train
+    if cfg.model.arch not in ARCHS:
+        raise ValueError(f"unknown --arch {cfg.model.arch!r}; choose one of {sorted(ARCHS)}")
+    if c.prior not in BACKENDS:
+        raise ValueError(f"unknown --prior {c.prior!r}; choose one of {sorted(BACKENDS)}")
+    if t.targets not in TARGET_KINDS:
+        raise ValueError(f"unknown --targets {t.targets!r}; choose one of {list(TARGET_KINDS)}")
+    if t.head not in HEAD_POLICIES:
+        raise ValueError(f"unknown --head {t.head!r}; choose one of {list(HEAD_POLICIES)}")
+    if t.head == "keep" and c.prior == "kmeans":
+        raise ValueError("--head keep needs component identities that persist across rounds; k-means clusters "
+                         "are renumbered every run, so use --head reset with --prior kmeans (or --prior dp)")
+    if c.prior == "kmeans" and t.targets != "hard":
+        raise ValueError(f"--targets {t.targets} needs responsibilities; k-means gives hard labels only. "
+                         "Use --targets hard with --prior kmeans, or --prior dp")
+    if tr.epochs < 1 or tr.relabel_every < 1:
+        raise ValueError(f"--epochs ({tr.epochs}) and --relabel-every ({tr.relabel_every}) must be >= 1")
+    if tr.batch_size < 2:
+        raise ValueError(f"--batch-size must be >= 2 (batch norm), got {tr.batch_size}")
+    if tr.lr <= 0:
+        raise ValueError(f"--lr must be > 0, got {tr.lr}")
+
+
+def _head_outputs(cfg: Config) -> int:
+    return cfg.cluster.k if cfg.cluster.prior == "kmeans" else cfg.cluster.truncation
+
+
+def permute_head(head: torch.nn.Linear, permutation: np.ndarray, generator: torch.Generator) -> torch.nn.Linear:
+    """A new head whose row ``permutation[j]`` is the old row j; rows no old id maps to start fresh.
+
+    ``permutation[j] == -1`` (component reset to the prior) drops old row j.
+    """
+    fresh = new_head(head.in_features, head.out_features, generator).to(head.weight.device)
+    with torch.no_grad():
+        keep = np.flatnonzero(permutation >= 0)
+        src = torch.from_numpy(keep).to(head.weight.device)
+        dst = torch.from_numpy(permutation[keep].astype(np.int64)).to(head.weight.device)
+        fresh.weight[dst] = head.weight[src]
+        fresh.bias[dst] = head.bias[src]
+    return fresh
+
+
+class _Progress:
+    """Outer progress bar over epochs, with the last clustering's headline numbers."""
+
+    def __init__(self, total: int, initial: int, enabled: bool, desc: str):
+        self.bar = tqdm(total=total, initial=initial, disable=not enabled, desc=desc, unit="epoch")
+
+    def update(self, record: dict) -> None:
+        shown = {k: record[k] for k in ("nmi", "k_active", "loss", "knn") if record.get(k) is not None}
+        self.bar.set_postfix({k: (f"{v:.3f}" if isinstance(v, float) else v) for k, v in shown.items()})
+        self.bar.update(1)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def run(cfg: Config) -> dict:
+    """Run (or resume) the experiment described by ``cfg``; return the final record."""
+    validate(cfg)
+    device = resolve_device(cfg.run.device)
+    if cfg.run.threads:
+        torch.set_num_threads(cfg.run.threads)
+    d = cfg.data
+    train_set = load_dataset(d.dataset, "train", root=d.data_root, subset=d.subset, seed=cfg.run.seed,
+                             image_size=d.image_size, download=d.download)
+    eval_set = None
+    if d.eval_split != "none":
+        try:
+            eval_set = load_dataset(d.dataset, d.eval_split, root=d.data_root, subset=d.eval_subset,
+                                    seed=cfg.run.seed, image_size=d.image_size, download=d.download)
+        except ValueError as err:
+            if d.dataset != "imagefolder":
+                raise
+            warnings.warn(f"kNN evaluation skipped: {err} (pass --eval-split none to silence this)")
+        if eval_set is not None and (eval_set.labels is None or train_set.labels is None):
+            eval_set = None
+    backend = make_backend(cfg.cluster, device)
+    if cfg.cluster.prior == "kmeans" and cfg.cluster.k > len(train_set):
+        raise ValueError(f"--k {cfg.cluster.k} exceeds the number of training images ({len(train_set)})")
+    rundir = RunDir.open(cfg, device)  # first write happens only after every check above passed
+
+    torch.manual_seed(derive_seed(cfg.run.seed, "init"))
+    model = build_model(cfg.model.arch, train_set.num_channels, sobel=cfg.model.sobel, width=cfg.model.width,
+                        num_outputs=_head_outputs(cfg)).to(device)
+    mean, std = train_set.mean_std()
+    images = train_set.images.to(device)
+    eval_images = eval_set.images.to(device) if eval_set is not None else None
+    tr = cfg.train
+    trunk_opt = torch.optim.SGD(model.trunk.parameters(), lr=tr.lr, momentum=tr.momentum,
+                                weight_decay=tr.weight_decay)
+
+    def make_head_opt() -> torch.optim.Optimizer:
+        return torch.optim.SGD(model.head.parameters(), lr=tr.head_lr or tr.lr, momentum=tr.momentum,
+                               weight_decay=tr.weight_decay)
+
+    head_opt = make_head_opt()
+    state = {"epoch": 0, "round": 0, "targets": None, "warm_state": None, "prev_labels": None}
+    ckpt = rundir.load_checkpoint() if cfg.run.resume else None
+    if ckpt is not None:
+        model.load_state_dict(ckpt["model"])
+        trunk_opt.load_state_dict(ckpt["trunk_opt"])
+        head_opt.load_state_dict(ckpt["head_opt"])
+        state = ckpt["state"]
+    rundir.truncate_metrics(state["epoch"])
+
+    progress = _Progress(tr.epochs, state["epoch"], cfg.run.progress, rundir.path.name)
+    record: dict = {}
+    for epoch in range(state["epoch"], tr.epochs):
+        t_epoch = time.perf_counter()
+        record = {"epoch": epoch, "phase": "train"}
+        train_feats = None
+        if state["targets"] is None or epoch % tr.relabel_every == 0:
+            train_feats, result, info = _cluster_round(cfg, model, images, mean, std, backend, state, device,
+                                                       train_set.labels)
+            record.update(info)
+            rundir.save_snapshot(state["round"], result.labels, result.resp_values, result.resp_index, result.weights)
+            state["targets"] = build_targets(result, cfg.targets.targets, tau=cfg.targets.sharpen,
+                                             balanced=cfg.targets.balanced)
+            gen = torch.Generator().manual_seed(derive_seed(cfg.run.seed, "head", state["round"]))
+            if cfg.targets.head == "keep" and result.permutation is not None:
+                model.head = permute_head(model.head, result.permutation, gen)
+            else:
+                model.head = new_head(model.feature_dim, _head_outputs(cfg), gen).to(device)
+            head_opt = make_head_opt()
+            state["warm_state"], state["prev_labels"] = result.state, result.labels
+            state["round"] += 1
+        if eval_set is not None and cfg.run.knn_every and epoch % cfg.run.knn_every == 0:
+            record["knn"] = _knn(cfg, model, images, eval_images, train_set.labels, eval_set.labels, mean, std,
+                                 device, train_feats)
+
+        targets: Targets = state["targets"]
+        gen = torch.Generator().manual_seed(derive_seed(cfg.run.seed, "epoch", epoch))
+        torch.manual_seed(derive_seed(cfg.run.seed, "torch", epoch))  # dropout
+        indices = sample_epoch(targets, tr.epoch_samples or len(targets), gen)
+        stats = train_epoch(model, images, targets, indices, optimizers=[trunk_opt, head_opt], mean=mean, std=std,
+                            batch_size=tr.batch_size, augment=tr.augment, padding=tr.crop_padding, generator=gen,
+                            device=device, progress=cfg.run.progress, desc=f"epoch {epoch}")
+        record.update(loss=stats["loss"], train_seconds=stats["seconds"],
+                      epoch_seconds=time.perf_counter() - t_epoch)
+        if "cluster_seconds" in record:
+            record["cluster_share"] = record["cluster_seconds"] / record["epoch_seconds"]
+        rundir.log(record)
+        state["epoch"] = epoch + 1
+        rundir.save_checkpoint({"model": model.state_dict(), "trunk_opt": trunk_opt.state_dict(),
+                                "head_opt": head_opt.state_dict(), "state": state, "config": cfg.to_dict()})
+        progress.update(record)
+    progress.close()
+
+    final = _final_record(cfg, model, images, eval_images, train_set, eval_set, mean, std, backend, state, device,
+                          rundir)
+    if cfg.run.figures:
+        from .plots import plot_run
+        plot_run(rundir.path)
+    return final
+
+
+def _cluster_round(cfg: Config, model, images, mean, std, backend, state: dict, device, labels_true,
+                   ) -> tuple[torch.Tensor, ClusterResult, dict]:
+    """Features -> whitening -> clustering -> metrics. Returns (trunk features, result, record fields)."""
+    t0 = time.perf_counter()
+    feats = extract_features(model.trunk, images, mean, std, batch_size=cfg.features.extract_batch, device=device,
+                             progress=cfg.run.progress, desc="extract")
+    t1 = time.perf_counter()
+    f = cfg.features
+    x = Whitener(dim=f.pca_dim, whiten=f.whiten, l2=f.l2).fit_transform(feats)
+    result = backend.fit(x, seed=derive_seed(cfg.run.seed, "cluster", state["round"]),
+                         warm_state=state["warm_state"])
+    t2 = time.perf_counter()
+    info = {"round": state["round"], "extract_seconds": t1 - t0, "cluster_seconds": t2 - t1,
+            "fit_seconds": result.seconds, "objective": result.objective, "n_iter": result.n_iter,
+            "history": result.history, "k_active": result.k_active, "k_used": result.k_used,
+            "k_eff": result.k_eff, "weights": np.sort(result.weights)[::-1][: max(result.k_used, 1)],
+            "backend_info": result.info, "feature_dim": int(x.shape[1])}
+    if labels_true is not None:
+        scores = metrics.cluster_metrics(labels_true, result.labels, result.weights)
+        info.update({k: scores[k] for k in ("nmi", "ari", "acc", "purity")})
+    if state["prev_labels"] is not None:
+        info["nmi_prev"] = metrics.nmi(state["prev_labels"], result.labels)
+    return feats, result, info
+
+
+def _knn(cfg: Config, model, images, eval_images, train_labels, eval_labels, mean, std, device,
+         train_feats: torch.Tensor | None = None) -> float:
+    bs = cfg.features.extract_batch
+    if train_feats is None:
+        train_feats = extract_features(model.trunk, images, mean, std, batch_size=bs, device=device)
+    test_feats = extract_features(model.trunk, eval_images, mean, std, batch_size=bs, device=device)
+    return metrics.knn_accuracy(train_feats, train_labels, test_feats, eval_labels, k=cfg.run.knn_k)
+
+
+def _final_record(cfg, model, images, eval_images, train_set, eval_set, mean, std, backend, state, device,
+                  rundir: RunDir) -> dict:
+    """Cluster and evaluate the final trunk once more; logged as ``phase: "final"`` (epoch = epochs)."""
+    done = [r for r in rundir.read_metrics() if r.get("phase") == "final"]
+    if done:
+        return done[-1]
+    state = dict(state)
+    feats, result, info = _cluster_round(cfg, model, images, mean, std, backend, state, device, train_set.labels)
+    record = {"epoch": cfg.train.epochs, "phase": "final", **info}
+    if eval_set is not None:
+        record["knn"] = _knn(cfg, model, images, eval_images, train_set.labels, eval_set.labels, mean, std, device,
+                             feats)
+    rundir.save_snapshot(state["round"], result.labels, result.resp_values, result.resp_index, result.weights)
+    return rundir.log(record)
+
+
+__all__ = ["run", "validate", "derive_seed", "resolve_device", "permute_head"]

@@ -1,0 +1,139 @@
+"""From a :class:`ClusterResult` to training targets, their losses and the cluster-balanced sampler.
+
+Target kinds (``--targets``):
+- ``hard``: argmax label, cross-entropy (DeepCluster).
+- ``soft``: cross-entropy against the top-k responsibility distribution (renormalised, optionally
+  sharpened by a temperature tau: q ∝ r^(1/tau)).
+- ``multilabel``: one sigmoid per component, BCE against the responsibilities.
+
+Components that carry no target mass anywhere (empty k-means clusters, inactive DP components) are masked
+out of the loss: they are not classes this round, and pushing their logits down forever would only bias the
+head against components that may be reborn later.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from .clustering.base import ClusterResult
+
+TARGET_KINDS = ("hard", "soft", "multilabel")
+
+
+@dataclass
+class Targets:
+    """Training targets for N points over ``num_outputs`` head outputs (all tensors on CPU).
+
+    Attributes:
+        kind: one of TARGET_KINDS.
+        labels: (N,) int64 argmax component.
+        resp_values: (N, k) float32 target distribution over ``resp_index`` (rows sum to 1).
+        resp_index: (N, k) int64.
+        used: (num_outputs,) bool, components with any target mass (others are masked out of the loss).
+        sample_weights: (N,) float64 cluster-balanced sampling weights, sum to 1.
+    """
+
+    kind: str
+    labels: torch.Tensor
+    resp_values: torch.Tensor
+    resp_index: torch.Tensor
+    used: torch.Tensor
+    sample_weights: torch.Tensor
+
+    @property
+    def num_outputs(self) -> int:
+        return int(self.used.shape[0])
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+    def batch(self, idx: torch.Tensor, device: torch.device | str) -> torch.Tensor:
+        """Targets of points ``idx`` (B,): hard -> (B,) int64; soft/multilabel -> dense (B, num_outputs)."""
+        if self.kind == "hard":
+            return self.labels[idx].to(device)
+        dense = torch.zeros(idx.shape[0], self.num_outputs)
+        dense.scatter_add_(1, self.resp_index[idx], self.resp_values[idx])
+        return dense.to(device)
+
+
+def sharpen(values: np.ndarray, tau: float) -> np.ndarray:
+    """q ∝ r^(1/tau) row-wise over (N, k) values; tau=1 is the identity, tau -> 0 approaches one-hot."""
+    if tau <= 0:
+        raise ValueError(f"--sharpen tau must be > 0, got {tau}")
+    if tau == 1.0:
+        return values
+    logq = np.log(np.clip(values, 1e-30, None)) / tau
+    logq -= logq.max(axis=1, keepdims=True)
+    q = np.exp(logq)
+    return q / q.sum(axis=1, keepdims=True)
+
+
+def balanced_weights(resp_values: np.ndarray, resp_index: np.ndarray, num_outputs: int) -> np.ndarray:
+    """Cluster-balanced sampling weight of each point: w_n = sum_k r_nk / N_k with N_k = sum_n r_nk.
+
+    Sampling points with probability ∝ w_n gives every non-empty cluster the same expected share of
+    the epoch (1 / number of non-empty clusters), which is DeepCluster's uniform-per-cluster sampler for
+    one-hot r and its natural extension for soft r. Returns (N,) float64 summing to 1.
+    """
+    sizes = np.bincount(resp_index.ravel(), weights=resp_values.ravel().astype(np.float64), minlength=num_outputs)
+    inv = np.divide(1.0, sizes, out=np.zeros_like(sizes), where=sizes > 0)  # (T,)
+    w = (resp_values * inv[resp_index]).sum(axis=1)  # (N,)
+    return w / w.sum()
+
+
+def build_targets(result: ClusterResult, kind: str = "hard", *, tau: float = 1.0,
+                  balanced: bool = True) -> Targets:
+    """Targets for the next training epochs from one clustering round."""
+    if kind not in TARGET_KINDS:
+        raise ValueError(f"unknown target kind {kind!r}; choose one of {list(TARGET_KINDS)} (--targets)")
+    t = result.n_components
+    if kind == "hard":
+        values = np.ones((result.n_points, 1), dtype=np.float32)
+        index = result.labels[:, None]
+    else:
+        values = sharpen(result.resp_values.astype(np.float64), tau).astype(np.float32)
+        index = result.resp_index
+    mass = np.bincount(index.ravel(), weights=values.ravel(), minlength=t)
+    if balanced:
+        weights = balanced_weights(values, index, t)
+    else:
+        weights = np.full(result.n_points, 1.0 / result.n_points)
+    return Targets(kind=kind,
+                   labels=torch.from_numpy(result.labels.astype(np.int64)),
+                   resp_values=torch.from_numpy(np.ascontiguousarray(values)),
+                   resp_index=torch.from_numpy(np.ascontiguousarray(index.astype(np.int64))),
+                   used=torch.from_numpy(mass > 0),
+                   sample_weights=torch.from_numpy(weights))
+
+
+def sample_epoch(targets: Targets, n_samples: int, generator: torch.Generator) -> torch.Tensor:
+    """Indices of one epoch (n_samples,), drawn with replacement ∝ ``targets.sample_weights``."""
+    return torch.multinomial(targets.sample_weights, n_samples, replacement=True, generator=generator)
+
+
+class ClusterLoss(nn.Module):
+    """The loss for a target kind, with unused components masked out.
+
+    ``forward(logits (B, T), target, used (T,) bool) -> scalar``; ``target`` as from :meth:`Targets.batch`.
+    """
+
+    def __init__(self, kind: str):
+        super().__init__()
+        if kind not in TARGET_KINDS:
+            raise ValueError(f"unknown target kind {kind!r}; choose one of {list(TARGET_KINDS)} (--targets)")
+        self.kind = kind
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor, used: torch.Tensor) -> torch.Tensor:
+        used = used.to(logits.device)
+        if self.kind == "multilabel":
+            bce = F.binary_cross_entropy_with_logits(logits[:, used], target[:, used], reduction="none")
+            return bce.mean()
+        masked = logits.masked_fill(~used, float("-inf"))
+        if self.kind == "hard":
+            return F.cross_entropy(masked, target)
+        log_q = F.log_softmax(masked, dim=1)[:, used]
+        return -(target[:, used] * log_q).sum(dim=1).mean()

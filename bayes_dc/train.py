@@ -1,0 +1,74 @@
+"""Train the ConvNet on fixed targets for one epoch. No I/O, no clustering: the pipeline owns both."""
+from __future__ import annotations
+
+import time
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from .features import normalize
+from .targets import ClusterLoss, Targets
+
+
+def random_crop_flip(images: torch.Tensor, padding: int, generator: torch.Generator) -> torch.Tensor:
+    """Per-image random crop (after zero padding by ``padding``) and horizontal flip, on tensors.
+
+    (B, C, H, W) any dtype -> same shape, on the input's device. The random offsets are drawn on the CPU
+    from ``generator`` so that CPU and GPU runs see the same augmentation for the same seed.
+    """
+    b, c, h, w = images.shape
+    device = images.device
+    if padding > 0:
+        padded = nn.functional.pad(images, (padding,) * 4)
+        dy = torch.randint(0, 2 * padding + 1, (b,), generator=generator).to(device)
+        dx = torch.randint(0, 2 * padding + 1, (b,), generator=generator).to(device)
+        rows = (dy[:, None] + torch.arange(h, device=device))[:, None, :, None]  # (B, 1, H, 1)
+        cols = (dx[:, None] + torch.arange(w, device=device))[:, None, None, :]  # (B, 1, 1, W)
+        batch_idx = torch.arange(b, device=device)[:, None, None, None]
+        chan_idx = torch.arange(c, device=device)[None, :, None, None]
+        images = padded[batch_idx, chan_idx, rows, cols]
+    flip = (torch.rand(b, generator=generator) < 0.5).to(device)[:, None, None, None]
+    return torch.where(flip, images.flip(-1), images)
+
+
+def train_epoch(model: nn.Module, images: torch.Tensor, targets: Targets, indices: torch.Tensor, *,
+                optimizers: list[torch.optim.Optimizer], mean: torch.Tensor, std: torch.Tensor,
+                batch_size: int, augment: bool, padding: int, generator: torch.Generator,
+                device: torch.device, progress: bool = False, desc: str = "train") -> dict:
+    """One pass over ``indices`` (the epoch's sampled point ids) in mini-batches.
+
+    Args:
+        images: (N, C, H, W) uint8 (on ``device`` or CPU).
+        indices: (S,) int64 point ids, already drawn by the cluster-balanced sampler.
+        optimizers: stepped together (trunk and head have separate optimizers, as in DeepCluster).
+    Returns:
+        {"loss": mean loss, "seconds": wall time, "steps": number of optimiser steps}.
+    """
+    loss_fn = ClusterLoss(targets.kind)
+    model.train()
+    used = targets.used.to(device)
+    total, steps = 0.0, 0
+    t0 = time.perf_counter()
+    bar = tqdm(range(0, indices.shape[0], batch_size), desc=desc, disable=not progress, leave=False, unit="batch")
+    for start in bar:
+        idx = indices[start:start + batch_size]
+        if idx.shape[0] < 2:  # batch norm cannot train on a single sample
+            continue
+        batch = images[idx.to(images.device)].to(device, non_blocking=True)
+        if augment:
+            batch = random_crop_flip(batch, padding, generator)
+        logits = model(normalize(batch, mean, std))
+        loss = loss_fn(logits, targets.batch(idx, device), used)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"training loss became {loss.item()} at step {steps}; lower --lr")
+        for opt in optimizers:
+            opt.zero_grad(set_to_none=True)
+        loss.backward()
+        for opt in optimizers:
+            opt.step()
+        total += loss.item()
+        steps += 1
+        if progress and steps % 20 == 0:
+            bar.set_postfix(loss=f"{total / steps:.3f}")
+    return {"loss": total / max(steps, 1), "seconds": time.perf_counter() - t0, "steps": steps}

@@ -1,0 +1,26 @@
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+# Two cores: keep torch from oversubscribing when pytest runs alongside faiss's OpenMP threads.
+torch.set_num_threads(2)
+
+
+@pytest.fixture
+def tiny_config(tmp_path):
+    """A seconds-long end-to-end configuration on generated images."""
+    from bayes_dc.config import Config, merge
+
+    return merge(Config(), {
+        "data": {"dataset": "synthetic", "subset": 300, "eval_subset": 100},
+        "model": {"width": 4},
+        "features": {"pca_dim": 16, "extract_batch": 300},
+        "cluster": {"prior": "kmeans", "k": 10},
+        "train": {"epochs": 3, "batch_size": 64},
+        "run": {"out_dir": str(tmp_path / "runs"), "name": "tiny", "progress": False, "figures": False,
+                "knn_every": 2},
+    })
