@@ -75,6 +75,9 @@ class TargetConfig:
 class TrainConfig:
     epochs: int = 10
     relabel_every: int = 1            # recluster every E epochs (DeepCluster: 1)
+    relabel: str = "fixed"            # "fixed" (every relabel_every) | "adaptive" (when the targets go stale)
+    relabel_agreement: float = 0.8    # adaptive: relabel once the head agrees with this share of its targets
+    relabel_max_gap: int = 5          # adaptive: relabel at the latest after this many epochs
     batch_size: int = 256
     lr: float = 0.05
     momentum: float = 0.9

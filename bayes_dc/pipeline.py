@@ -1,7 +1,7 @@
 """``run(config)``: the DeepCluster round loop, for any clustering backend.
 
 Each epoch e (0-based) of a run:
-1. if e is a relabel epoch (every ``relabel_every``): extract trunk features of all training images,
+1. if e is a relabel epoch (see :func:`relabel_due`): extract trunk features of all training images,
    whiten (PCA + L2, refit), cluster with the backend (warm state in / out), evaluate the clustering,
    build targets and set up the head (``reset``: fresh head; ``keep``: rows follow the permutation);
 2. optionally evaluate kNN accuracy on the eval split;
@@ -24,6 +24,7 @@ from .clustering import BACKENDS, ClusterResult, make_backend
 from .config import Config
 from .data import load_dataset
 from .features import extract_features
+from .lineage import round_lineage
 from .models import ARCHS, build_model, new_head
 from .preprocess import Whitener
 from .runlog import RunDir
@@ -31,6 +32,22 @@ from .targets import TARGET_KINDS, Targets, build_targets, sample_epoch
 from .train import train_epoch
 
 HEAD_POLICIES = ("reset", "keep")
+RELABEL_RULES = ("fixed", "adaptive")
+
+
+def relabel_due(tr, epoch: int, last_relabel: int | None, agreement: float | None) -> bool:
+    """Whether epoch ``epoch`` starts with a new clustering.
+
+    ``fixed``: every ``relabel_every`` epochs (DeepCluster: 1). ``adaptive``: once the head agreed with its
+    targets on at least ``relabel_agreement`` of the previous epoch's samples (the targets are learned, so
+    they teach nothing new), and at the latest ``relabel_max_gap`` epochs after the last relabel.
+    """
+    if last_relabel is None:
+        return True
+    gap = epoch - last_relabel
+    if tr.relabel == "fixed":
+        return gap >= tr.relabel_every
+    return gap >= tr.relabel_max_gap or (agreement is not None and agreement >= tr.relabel_agreement)
 
 
 def derive_seed(seed: int, *parts: str | int) -> int:
@@ -66,6 +83,10 @@ def validate(cfg: Config) -> None:
     if c.prior == "kmeans" and t.targets != "hard":
         raise ValueError(f"--targets {t.targets} needs responsibilities; k-means gives hard labels only. "
                          "Use --targets hard with --prior kmeans, or --prior dp")
+    if tr.relabel not in RELABEL_RULES:
+        raise ValueError(f"unknown --relabel {tr.relabel!r}; choose one of {list(RELABEL_RULES)}")
+    if not 0 < tr.relabel_agreement <= 1 or tr.relabel_max_gap < 1:
+        raise ValueError("--relabel-agreement must be in (0, 1] and --relabel-max-gap >= 1")
     if tr.epochs < 1 or tr.relabel_every < 1:
         raise ValueError(f"--epochs ({tr.epochs}) and --relabel-every ({tr.relabel_every}) must be >= 1")
     if tr.batch_size < 2:
@@ -148,7 +169,8 @@ def run(cfg: Config) -> dict:
                                weight_decay=tr.weight_decay)
 
     head_opt = make_head_opt()
-    state = {"epoch": 0, "round": 0, "targets": None, "warm_state": None, "prev_labels": None}
+    state = {"epoch": 0, "round": 0, "targets": None, "warm_state": None, "prev_labels": None,
+             "last_relabel": None, "agreement": None}
     ckpt = rundir.load_checkpoint() if cfg.run.resume else None
     if ckpt is not None:
         model.load_state_dict(ckpt["model"])
@@ -163,11 +185,11 @@ def run(cfg: Config) -> dict:
         t_epoch = time.perf_counter()
         record = {"epoch": epoch, "phase": "train"}
         train_feats = None
-        if state["targets"] is None or epoch % tr.relabel_every == 0:
+        if relabel_due(tr, epoch, state.get("last_relabel"), state.get("agreement")):
             train_feats, result, info = _cluster_round(cfg, model, images, mean, std, backend, state, device,
                                                        train_set.labels)
             record.update(info)
-            rundir.save_snapshot(state["round"], result.labels, result.resp_values, result.resp_index, result.weights)
+            _snapshot_and_lineage(rundir, state["round"], epoch, result)
             state["targets"] = build_targets(result, cfg.targets.targets, tau=cfg.targets.sharpen,
                                              balanced=cfg.targets.balanced)
             gen = torch.Generator().manual_seed(derive_seed(cfg.run.seed, "head", state["round"]))
@@ -178,6 +200,7 @@ def run(cfg: Config) -> dict:
             head_opt = make_head_opt()
             state["warm_state"], state["prev_labels"] = result.state, result.labels
             state["round"] += 1
+            state["last_relabel"] = epoch
         if eval_set is not None and cfg.run.knn_every and epoch % cfg.run.knn_every == 0:
             record["knn"] = _knn(cfg, model, images, eval_images, train_set.labels, eval_set.labels, mean, std,
                                  device, train_feats)
@@ -189,7 +212,8 @@ def run(cfg: Config) -> dict:
         stats = train_epoch(model, images, targets, indices, optimizers=[trunk_opt, head_opt], mean=mean, std=std,
                             batch_size=tr.batch_size, augment=tr.augment, padding=tr.crop_padding, generator=gen,
                             device=device, progress=cfg.run.progress, desc=f"epoch {epoch}")
-        record.update(loss=stats["loss"], train_seconds=stats["seconds"],
+        state["agreement"] = stats["agreement"]
+        record.update(loss=stats["loss"], agreement=stats["agreement"], train_seconds=stats["seconds"],
                       epoch_seconds=time.perf_counter() - t_epoch)
         if "cluster_seconds" in record:
             record["cluster_share"] = record["cluster_seconds"] / record["epoch_seconds"]
@@ -233,6 +257,16 @@ def _cluster_round(cfg: Config, model, images, mean, std, backend, state: dict, 
     return feats, result, info
 
 
+def _snapshot_and_lineage(rundir: RunDir, round_idx: int, epoch: int, result: ClusterResult) -> None:
+    """Save the round's snapshot and, from round 1 on, its lineage against the previous round's snapshot."""
+    rundir.save_snapshot(round_idx, result.labels, result.resp_values, result.resp_index, result.weights)
+    prev = rundir.snapshot_path(round_idx - 1)
+    if round_idx > 0 and prev.exists():
+        with np.load(prev) as old:
+            events = round_lineage(old, result)
+        rundir.log({"epoch": epoch, "round": round_idx, **events}, rundir.lineage_path)
+
+
 def _knn(cfg: Config, model, images, eval_images, train_labels, eval_labels, mean, std, device,
          train_feats: torch.Tensor | None = None) -> float:
     bs = cfg.features.extract_batch
@@ -254,7 +288,7 @@ def _final_record(cfg, model, images, eval_images, train_set, eval_set, mean, st
     if eval_set is not None:
         record["knn"] = _knn(cfg, model, images, eval_images, train_set.labels, eval_set.labels, mean, std, device,
                              feats)
-    rundir.save_snapshot(state["round"], result.labels, result.resp_values, result.resp_index, result.weights)
+    _snapshot_and_lineage(rundir, state["round"], cfg.train.epochs, result)
     return rundir.log(record)
 
 

@@ -5,6 +5,7 @@ Layout of ``runs/<name>/``::
     config.json        the full Config (JSON round-trip of bayes_dc.config.Config)
     environment.json   versions, git revision, device, command line, host, start time
     metrics.jsonl      one JSON object per epoch (clustering metrics on relabel epochs)
+    lineage.jsonl      one JSON object per relabel after the first: components kept / split / merged / born / died
     last.pt            atomic checkpoint (model, optimisers, targets, warm state, epoch)
     clusters/round_XXXX.npz   compact cluster snapshots: labels, top-k responsibilities, weights
     figures/           PNG + PDF figures made at the end of the run
@@ -149,15 +150,17 @@ class RunDir:
         return run
 
     # ---- metrics -------------------------------------------------------------------------------
-    def read_metrics(self) -> list[dict]:
-        if not self.metrics_path.exists():
-            return []
-        return [json.loads(line) for line in self.metrics_path.read_text().splitlines() if line.strip()]
+    @property
+    def lineage_path(self) -> Path:
+        return self.path / "lineage.jsonl"
 
-    def log(self, record: dict) -> dict:
-        """Append one record (one epoch) to metrics.jsonl; return it as written (plain JSON types)."""
+    def read_metrics(self) -> list[dict]:
+        return _read_jsonl(self.metrics_path)
+
+    def log(self, record: dict, path: Path | None = None) -> dict:
+        """Append one record (one epoch) to metrics.jsonl (or ``path``); return it as written (JSON types)."""
         record = _jsonable(record)
-        with open(self.metrics_path, "a") as f:
+        with open(path or self.metrics_path, "a") as f:
             f.write(json.dumps(record) + "\n")
             f.flush()
             os.fsync(f.fileno())
@@ -165,8 +168,10 @@ class RunDir:
 
     def truncate_metrics(self, before_epoch: int) -> None:
         """Keep only records of epochs < ``before_epoch`` (those logged after the last checkpoint are redone)."""
-        kept = [r for r in self.read_metrics() if r.get("epoch", -1) < before_epoch]
-        atomic_write_text(self.metrics_path, "".join(json.dumps(r) + "\n" for r in kept))
+        for path in (self.metrics_path, self.lineage_path):
+            if path.exists():
+                kept = [r for r in _read_jsonl(path) if r.get("epoch", -1) < before_epoch]
+                atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in kept))
 
     # ---- checkpoints and snapshots ---------------------------------------------------------------
     def save_checkpoint(self, state: dict) -> None:
@@ -177,10 +182,13 @@ class RunDir:
             return None
         return torch.load(self.checkpoint_path, map_location="cpu", weights_only=False)
 
+    def snapshot_path(self, round_idx: int) -> Path:
+        return self.path / "clusters" / f"round_{round_idx:04d}.npz"
+
     def save_snapshot(self, round_idx: int, labels: np.ndarray, resp_values: np.ndarray, resp_index: np.ndarray,
                       weights: np.ndarray) -> Path:
         """Compact per-round clustering: int32 labels / indices, float16 responsibilities."""
-        path = self.path / "clusters" / f"round_{round_idx:04d}.npz"
+        path = self.snapshot_path(round_idx)
         path.parent.mkdir(exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npz")
         os.close(fd)
@@ -188,6 +196,12 @@ class RunDir:
                             resp_index=resp_index.astype(np.int32), weights=weights.astype(np.float32))
         os.replace(tmp, path)
         return path
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def _jsonable(value: Any) -> Any:

@@ -43,12 +43,13 @@ def train_epoch(model: nn.Module, images: torch.Tensor, targets: Targets, indice
         indices: (S,) int64 point ids, already drawn by the cluster-balanced sampler.
         optimizers: stepped together (trunk and head have separate optimizers, as in DeepCluster).
     Returns:
-        {"loss": mean loss, "seconds": wall time, "steps": number of optimiser steps}.
+        {"loss": mean loss, "agreement": share of samples whose head argmax equals the target argmax,
+         "seconds": wall time, "steps": number of optimiser steps}.
     """
     loss_fn = ClusterLoss(targets.kind)
     model.train()
     used = targets.used.to(device)
-    total, steps = 0.0, 0
+    total, steps, agree, seen = 0.0, 0, 0, 0
     t0 = time.perf_counter()
     bar = tqdm(range(0, indices.shape[0], batch_size), desc=desc, disable=not progress, leave=False, unit="batch")
     for start in bar:
@@ -69,6 +70,10 @@ def train_epoch(model: nn.Module, images: torch.Tensor, targets: Targets, indice
             opt.step()
         total += loss.item()
         steps += 1
+        # Share of samples whose head argmax already matches the target argmax: how "learned" the targets are.
+        agree += int((logits.detach().argmax(1).cpu() == targets.labels[idx]).sum())
+        seen += idx.shape[0]
         if progress and steps % 20 == 0:
             bar.set_postfix(loss=f"{total / steps:.3f}")
-    return {"loss": total / max(steps, 1), "seconds": time.perf_counter() - t0, "steps": steps}
+    return {"loss": total / max(steps, 1), "agreement": agree / max(seen, 1), "seconds": time.perf_counter() - t0,
+            "steps": steps}

@@ -43,6 +43,10 @@ def test_run_writes_run_directory(tiny_config):
     snap = np.load(snaps[0])
     assert snap["labels"].shape == (300,) and np.allclose(snap["resp_values"].astype(np.float32).sum(1), 1)
     assert (d / "figures" / "rounds.png").stat().st_size > 0 and (d / "figures" / "rounds.pdf").exists()
+    lineage = [json.loads(line) for line in (d / "lineage.jsonl").read_text().splitlines()]
+    assert [e["round"] for e in lineage] == [1, 2, 3]
+    for event, rec in zip(lineage, records[1:]):  # every active component of the previous round is accounted for
+        assert event["n_active_new"] == rec["k_active"]
 
 
 def test_same_seed_same_metrics(tiny_config, tmp_path):
@@ -137,3 +141,23 @@ def test_permute_head_moves_rows():
         if newid >= 0:
             assert torch.equal(new.weight[newid], head.weight[old]) and new.bias[newid] == head.bias[old]
     assert not any(torch.equal(new.weight[3], head.weight[j]) for j in range(5))
+
+
+def test_relabel_every_e_reclusters_exactly_every_e_epochs(tiny_config, tmp_path):
+    cfg = merge(tiny_config, {"train": {"epochs": 7, "relabel_every": 3}, "run": {"knn_every": 0}})
+    pipeline.run(cfg)
+    records = [r for r in read(tmp_path / "runs" / "tiny") if r["phase"] == "train"]
+    assert [r["epoch"] for r in records if "round" in r] == [0, 3, 6]
+    assert [r["round"] for r in records if "round" in r] == [0, 1, 2]
+    assert len(list((tmp_path / "runs" / "tiny" / "clusters").glob("*.npz"))) == 4  # 3 rounds + final
+
+
+def test_adaptive_relabel_rule():
+    from bayes_dc.config import TrainConfig
+    tr = TrainConfig(relabel="adaptive", relabel_agreement=0.8, relabel_max_gap=4)
+    assert pipeline.relabel_due(tr, 0, None, None)
+    assert not pipeline.relabel_due(tr, 1, 0, 0.5)
+    assert pipeline.relabel_due(tr, 1, 0, 0.85)          # targets learned -> stale
+    assert pipeline.relabel_due(tr, 4, 0, 0.1)           # max gap reached
+    fixed = TrainConfig(relabel_every=2)
+    assert [pipeline.relabel_due(fixed, e, 0, 0.99) for e in range(1, 5)] == [False, True, True, True]

@@ -1,0 +1,38 @@
+"""Shared by the bench_* scripts: launch ``experiments/run.py`` runs (optionally in parallel) and resume them."""
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+RUN_PY = ROOT / "experiments" / "run.py"
+
+
+def launch(runs: list[tuple[str, list[str]]], out_dir: str | Path, parallel: int = 1) -> dict[str, int]:
+    """Run each (name, run.py arguments) into ``out_dir/name``; returns {name: exit code}.
+
+    A run whose directory already has a config is resumed (``--resume``), and a finished one costs only the
+    check, so an interrupted benchmark restarts where it stopped. Each run's output goes to ``out_dir/name.log``.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    pending, running, codes = list(runs), [], {}
+    while pending or running:
+        while pending and len(running) < parallel:
+            name, args = pending.pop(0)
+            cmd = [sys.executable, str(RUN_PY), *args, "--out-dir", str(out_dir), "--name", name, "--no-progress"]
+            if (out_dir / name / "config.json").exists():
+                cmd.append("--resume")
+            log = open(out_dir / f"{name}.log", "a")
+            print(f"[{time.strftime('%H:%M:%S')}] start {name}", flush=True)
+            running.append((name, subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)))
+        time.sleep(1)
+        for name, proc in list(running):
+            if proc.poll() is not None:
+                running.remove((name, proc))
+                codes[name] = proc.returncode
+                note = "" if proc.returncode == 0 else f" -- see {out_dir / (name + '.log')}"
+                print(f"[{time.strftime('%H:%M:%S')}] done  {name} (exit {proc.returncode}){note}", flush=True)
+    return codes
