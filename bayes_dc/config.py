@@ -100,6 +100,7 @@ class RunConfig:
     knn_k: int = 20
     snapshot_every: int = 1           # cluster snapshot every N rounds
     figures: bool = True
+    tensorboard: bool = False         # scalars + cluster image grids under <run dir>/tensorboard
     progress: bool = True
     resume: bool = False
 

@@ -133,8 +133,10 @@ def run(cfg: Config) -> dict:
     """Run (or resume) the experiment described by ``cfg``; return the final record."""
     validate(cfg)
     device = resolve_device(cfg.run.device)
-    if cfg.run.threads:
+    if cfg.run.threads:  # parallel runs on one machine must not each grab every core
         torch.set_num_threads(cfg.run.threads)
+        import faiss
+        faiss.omp_set_num_threads(cfg.run.threads)
     d = cfg.data
     train_set = load_dataset(d.dataset, "train", root=d.data_root, subset=d.subset, seed=cfg.run.seed,
                              image_size=d.image_size, download=d.download)
@@ -179,6 +181,10 @@ def run(cfg: Config) -> dict:
         state = ckpt["state"]
     rundir.truncate_metrics(state["epoch"])
 
+    tb = None
+    if cfg.run.tensorboard:
+        from .tblog import TensorBoardLogger
+        tb = TensorBoardLogger(rundir.path)
     progress = _Progress(tr.epochs, state["epoch"], cfg.run.progress, rundir.path.name)
     record: dict = {}
     for epoch in range(state["epoch"], tr.epochs):
@@ -190,6 +196,8 @@ def run(cfg: Config) -> dict:
                                                        train_set.labels)
             record.update(info)
             _snapshot_and_lineage(rundir, state["round"], epoch, result)
+            if tb is not None:
+                tb.log_clusters(epoch, train_set.images, result.labels, result.weights)
             state["targets"] = build_targets(result, cfg.targets.targets, tau=cfg.targets.sharpen,
                                              balanced=cfg.targets.balanced)
             gen = torch.Generator().manual_seed(derive_seed(cfg.run.seed, "head", state["round"]))
@@ -217,7 +225,9 @@ def run(cfg: Config) -> dict:
                       epoch_seconds=time.perf_counter() - t_epoch)
         if "cluster_seconds" in record:
             record["cluster_share"] = record["cluster_seconds"] / record["epoch_seconds"]
-        rundir.log(record)
+        record = rundir.log(record)
+        if tb is not None:
+            tb.log_record(record)
         state["epoch"] = epoch + 1
         rundir.save_checkpoint({"model": model.state_dict(), "trunk_opt": trunk_opt.state_dict(),
                                 "head_opt": head_opt.state_dict(), "state": state, "config": cfg.to_dict()})
@@ -226,6 +236,9 @@ def run(cfg: Config) -> dict:
 
     final = _final_record(cfg, model, images, eval_images, train_set, eval_set, mean, std, backend, state, device,
                           rundir)
+    if tb is not None:
+        tb.log_record(final)
+        tb.close()
     if cfg.run.figures:
         from .plots import plot_run
         plot_run(rundir.path)

@@ -32,7 +32,8 @@ import torch
 from .config import Config, diff
 
 # Fields that may differ when resuming: growing the schedule or changing cosmetics does not change the past.
-RESUMABLE_CHANGES = {"train.epochs", "run.resume", "run.progress", "run.figures", "run.threads", "run.knn_every"}
+RESUMABLE_CHANGES = {"train.epochs", "run.resume", "run.progress", "run.figures", "run.threads", "run.knn_every",
+                     "run.tensorboard", "run.device"}
 
 
 class RunDirError(RuntimeError):

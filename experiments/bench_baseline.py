@@ -36,6 +36,7 @@ def parse_args(argv=None):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")
     p.add_argument("--jobs", type=int, default=1, help="runs in parallel")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads per run (set when --jobs > 1)")
     p.add_argument("--knn-every", type=int, default=5)
     p.add_argument("--out-dir", default="runs/bench_baseline")
     p.add_argument("--data-root", default=None)
@@ -45,8 +46,8 @@ def parse_args(argv=None):
 
 
 def run_name(args, k: int) -> str:
-    sub = f"-n{args.subset}" if args.subset else ""
-    return f"kmeans-k{k}-w{args.width}-e{args.epochs}{sub}-s{args.seed}"
+    # Same names as bench_dcdp.py's km-kK variants, so both benchmarks can share (and reuse) these runs.
+    return f"km-k{k}-w{args.width}-e{args.epochs}-n{args.subset or 60000}-s{args.seed}"
 
 
 def launch_all(args) -> None:
@@ -56,6 +57,8 @@ def launch_all(args) -> None:
         common += ["--subset", str(args.subset)]
     if args.data_root:
         common += ["--data-root", args.data_root]
+    if args.threads:
+        common += ["--threads", str(args.threads)]
     launch([(run_name(args, k), common + ["--k", str(k)]) for k in args.ks], args.out_dir, args.jobs)
 
 

@@ -161,3 +161,26 @@ def test_adaptive_relabel_rule():
     assert pipeline.relabel_due(tr, 4, 0, 0.1)           # max gap reached
     fixed = TrainConfig(relabel_every=2)
     assert [pipeline.relabel_due(fixed, e, 0, 0.99) for e in range(1, 5)] == [False, True, True, True]
+
+
+def test_tensorboard_logs_scalars_and_cluster_grid(tiny_config, tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    pipeline.run(merge(tiny_config, {"train": {"epochs": 2}, "run": {"tensorboard": True}}))
+    acc = EventAccumulator(str(tmp_path / "runs" / "tiny" / "tensorboard")).Reload()
+    nmi = [e.value for e in acc.Scalars("round/nmi")]
+    records = read(tmp_path / "runs" / "tiny")
+    assert nmi == pytest.approx([r["nmi"] for r in records])
+    grid = acc.Images("clusters/largest")
+    assert len(grid) == 2 and grid[0].width > 0
+
+
+def test_cluster_grid_rows_follow_cluster_sizes():
+    from bayes_dc.tblog import cluster_grid
+    images = torch.zeros(30, 1, 4, 4, dtype=torch.uint8)
+    labels = np.repeat([0, 1, 2], [5, 20, 5])
+    images[labels == 1] = 200  # the largest cluster is bright
+    grid = cluster_grid(images, labels, np.bincount(labels) / 30, n_clusters=2, per_cluster=3)
+    assert grid.shape[-2:] == (2 * 6 + 2, 3 * 6 + 2)
+    assert grid[0, 2:6, 2:6].float().mean() == 200  # first row = cluster 1
