@@ -19,10 +19,13 @@ active or not), and every comparison is inclusive (``>=`` / ``<`` exactly as wri
   ``M[i, j] >= 0.5 * in_mass[j]`` -- a mutual majority. It is one-to-one except at an exact 50/50 tie,
   where both halves qualify. A component that split or absorbed another can still be kept with its
   majority partner (kept and split/merged are not exclusive).
-- **split** ``[i, [j, ...]]``: active old i sending ``>= share * out_mass[i]`` to each of at least two
-  active new components; the children are listed by decreasing share (ties: lower id first).
-- **merged** ``[[i, ...], j]``: active new j receiving ``>= share * in_mass[j]`` from each of at least two
-  active old components; parents by decreasing share.
+- **split** ``[i, [j, ...]]``: active old i with at least two active children, a child j being one that
+  gets ``>= share * out_mass[i]`` from i *or* takes the majority of its own mass from i
+  (``M[i, j] >= 0.5 * in_mass[j]``, i fragmenting into small pieces); children by decreasing share of i
+  (ties: lower id first).
+- **merged** ``[[i, ...], j]``: active new j with at least two active parents, a parent i being one that
+  gives ``>= share * in_mass[j]`` to j *or* sends the majority of its own mass there
+  (``M[i, j] >= 0.5 * out_mass[i]``, i being absorbed); parents by decreasing share of j.
 - **born** ``j``: active new j receiving ``< share * in_mass[j]`` from all active old components together
   (its points came from nothing or from components too small to count as active).
 - **died** ``i``: active old i sending ``< share * out_mass[i]`` to all active new components together
@@ -164,8 +167,13 @@ def lineage_events(M: sp.spmatrix | np.ndarray, prev_weights: np.ndarray, new_we
     order = np.lexsort((cols[kept_mask], rows[kept_mask]))
     kept = [[int(i), int(j)] for i, j in zip(rows[kept_mask][order], cols[kept_mask][order])]
 
-    split = _branches(rows, cols, frac_of_old, both_active & (frac_of_old >= share))
-    merged = [[parents, j] for j, parents in _branches(cols, rows, frac_of_new, both_active & (frac_of_new >= share))]
+    # A branch counts from either side: a real share of the parent, or the majority of the child. The
+    # second clause catches fragmentation and absorption (e.g. 40 small components collapsing into 3: no
+    # old one is a real share of its new home, but each sends its majority there).
+    split_edge = both_active & ((frac_of_old >= share) | (frac_of_new >= KEEP_FRACTION))
+    merge_edge = both_active & ((frac_of_new >= share) | (frac_of_old >= KEEP_FRACTION))
+    split = _branches(rows, cols, frac_of_old, split_edge)
+    merged = [[parents, j] for j, parents in _branches(cols, rows, frac_of_new, merge_edge)]
 
     # Mass each component exchanges with the *active* side of the other round, as a fraction of its own.
     to_active = np.bincount(rows, weights=np.where(active_new[cols], mass, 0.0), minlength=M.shape[0])

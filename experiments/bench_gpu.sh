@@ -32,7 +32,7 @@ fi
 cat "$OUT/machine.txt"
 start=$(date +%s)
 
-python3 experiments/bench_cluster.py --device "$DEVICE" --n "$CLUSTER_N" --skip sklearn svi \
+python3 experiments/bench_cluster.py --device "$DEVICE" --n "$CLUSTER_N" --skip sklearn,svi \
   --out "$OUT/bench_cluster_gpu.md" > "$OUT/bench_cluster_gpu.log" 2>&1 &
 cluster_pid=$!
 timeout "$BUDGET" python3 experiments/bench_baseline.py --ks 10 100 300 --epochs "$EPOCHS" --subset "$SUBSET" \

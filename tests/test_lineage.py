@@ -114,7 +114,7 @@ def test_cluster_vanishing_dies():
     assert out["kept"] == [[0, 0], [1, 1]]
 
 
-def test_soft_spread_is_a_split_only_below_its_share():
+def test_soft_spread_split_depends_on_share_unless_child_is_all_parent():
     # Every point of old 0 is 60 % new 0, 40 % new 1 (k=2); old 1 stays put as new 2.
     n0, n1 = 400, 600
     prev = _hard(_labels((n0, 0), (n1, 1)), 3)
@@ -125,8 +125,14 @@ def test_soft_spread_is_a_split_only_below_its_share():
     loose = round_lineage(prev, new, share=0.2)
     assert loose["split"] == [[0, [0, 1]]]
     assert loose["kept"] == [[0, 0], [1, 2]]
+    # At share 0.5 the 40 % branch still counts: new 1 is made of old 0's points only (its majority parent).
     strict = round_lineage(prev, new, share=0.5)
-    assert strict["split"] == [] and strict["kept"] == loose["kept"]
+    assert strict["split"] == [[0, [0, 1]]] and strict["kept"] == loose["kept"]
+    # ...but not when new 1 is mostly made of other points: then only the share decides.
+    values2 = np.vstack([np.tile([0.6, 0.4], (n0, 1)), np.tile([0.7, 0.3], (n1, 1))])
+    new2 = dict(new, resp_values=values2, resp_index=np.vstack([np.tile([0, 1], (n0, 1)), np.tile([2, 1], (n1, 1))]))
+    assert 0 not in [i for i, _ in round_lineage(prev, new2, share=0.5)["split"]]
+    assert [0, [0, 1]] in round_lineage(prev, new2, share=0.2)["split"]
 
 
 def test_lineage_events_accepts_dense_M_and_checks_shapes():
@@ -172,3 +178,19 @@ def test_cluster_result_and_float16_snapshot_agree(tmp_path):
                                [e[2] for e in from_results["top_overlap"]], atol=5e-3)
     assert len(from_results["top_overlap"]) <= 200
     json.loads(json.dumps(from_snapshots))  # plain ints / floats / lists only
+
+
+def test_collapse_of_many_small_components_is_a_merge():
+    # 40 equal components collapse into 2: each old one is only 1/20 of its new home (below `share`), but
+    # sends all its mass there, so both new components are merges of 20 parents.
+    from bayes_dc.lineage import lineage_events, overlap
+    n = 4000
+    prev = np.arange(n) % 40
+    new = (prev >= 20).astype(np.int64)
+    M = overlap(np.ones((n, 1)), prev[:, None], np.ones((n, 1)), new[:, None], 40, 2)
+    ev = lineage_events(M, np.full(40, 1 / 40), np.array([0.5, 0.5]))
+    assert ev["n_merged"] == 2 and sorted(len(p) for p, _ in ev["merged"]) == [20, 20]
+    assert ev["n_died"] == 0 and ev["n_kept"] == 0
+    # The reverse direction (2 -> 40) is a fragmentation: two splits of 20 children each.
+    ev = lineage_events(M.T.tocsr(), np.array([0.5, 0.5]), np.full(40, 1 / 40))
+    assert ev["n_split"] == 2 and sorted(len(c) for _, c in ev["split"]) == [20, 20]
