@@ -33,7 +33,7 @@ from .config import Config, diff
 
 # Fields that may differ when resuming: growing the schedule or changing cosmetics does not change the past.
 RESUMABLE_CHANGES = {"train.epochs", "run.resume", "run.progress", "run.figures", "run.threads", "run.knn_every",
-                     "run.tensorboard", "run.device"}
+                     "run.tensorboard", "run.device", "run.out_dir"}
 
 
 class RunDirError(RuntimeError):

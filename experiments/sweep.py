@@ -338,7 +338,7 @@ def run_sweep(grid: str | Path | dict, out_dir: str | Path | None = None, *, job
     ``launcher(name, run.py args, out_dir) -> exit code`` runs one run (default: :func:`run_inprocess`;
     ``jobs > 1`` uses parallel run.py subprocesses instead). Finished runs are never passed to it.
     """
-    from tqdm.auto import tqdm
+    from tqdm import tqdm  # plain text bar (tqdm.auto warns inside notebooks without ipywidgets)
 
     runs = plan(grid)
     if out_dir is None:
@@ -355,7 +355,8 @@ def run_sweep(grid: str | Path | dict, out_dir: str | Path | None = None, *, job
                                                         else "new")
             say(f"  {r.name:40s} [{state}] {' '.join(r.args)}")
         return [{"name": r.name, **r.options} for r in runs]
-    check_runs(todo, out_dir)
+    if todo:  # (parsing imports the training code: not needed when every run is finished)
+        check_runs(todo, out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     spec = load_grid(grid)
     (out_dir / "sweep.json").write_text(json.dumps(

@@ -1,0 +1,70 @@
+"""paper_figs/make_all.py: every figure from the tiny sweep's run directories, without training code."""
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from test_sweep import tiny_sweep  # noqa: F401  (session fixture: the finished tiny sweep)
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "paper_figs"))
+
+FIGURES = ["fig1_active_clusters", "fig2_nmi_kmeans_vs_dp", "fig3_stability", "fig4_warm_start_elbo",
+           "fig5_weight_spectra", "fig6_cluster_time_share", "fig7_lineage", "fig8_images_dp", "fig8_images_kmeans"]
+TRAINING = ("bayes_dc.pipeline", "bayes_dc.train", "bayes_dc.models", "bayes_dc.clustering", "bayes_dc.features",
+            "bayes_dc.targets")
+
+CHECK = """
+import json, runpy, sys
+sys.argv = ["make_all.py", sys.argv[1], sys.argv[2]]
+try:
+    runpy.run_path("paper_figs/make_all.py", run_name="__main__")
+except SystemExit as stop:
+    assert not stop.code, stop.code
+print("LOADED " + json.dumps(sorted(m for m in sys.modules if m.startswith("bayes_dc"))))
+"""
+
+
+def test_make_all_writes_every_figure_without_training_code(tiny_sweep, tmp_path):
+    out = tmp_path / "figs"
+    proc = subprocess.run([sys.executable, "-c", CHECK, str(tiny_sweep), str(out)], cwd=ROOT, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for name in FIGURES:
+        for ext in ("png", "pdf"):
+            path = out / f"{name}.{ext}"
+            assert path.exists() and path.stat().st_size > 1000, f"{path} missing or empty\n{proc.stdout}"
+            assert str(path) in proc.stdout  # listed as written
+    assert "skipped" not in proc.stdout
+    loaded = json.loads(proc.stdout.split("LOADED ", 1)[1])
+    assert not [m for m in loaded if m.startswith(TRAINING)], loaded
+
+
+def test_missing_runs_skip_figures_with_a_note(tiny_sweep, tmp_path, capsys, monkeypatch):
+    import make_all
+
+    cheap = [f for f in make_all.FIGURES if not f[0].startswith(("fig6", "fig8"))]  # the first test draws them
+    monkeypatch.setattr(make_all, "FIGURES", cheap)
+
+    assert make_all.make_all(tmp_path / "nothing", tmp_path / "f0") == []
+    assert "no run directories" in capsys.readouterr().out
+    only_km = tmp_path / "km"
+    shutil.copytree(tiny_sweep / "kmeans_k10", only_km / "kmeans_k10")
+    written = make_all.make_all(only_km, tmp_path / "f1")
+    out = capsys.readouterr().out
+    assert "skipped fig1 active clusters" in out and "skipped fig4 warm start" in out
+    names = {p.stem for p in written}
+    assert {"fig3_stability", "fig5_weight_spectra", "fig7_lineage"} <= names
+    assert "fig1_active_clusters" not in names
+
+
+def test_several_settings_are_never_mixed(tiny_sweep, tmp_path):
+    import make_all
+
+    runs = make_all.find_runs(tiny_sweep)
+    other = json.loads(json.dumps(runs[0].config))
+    other["data"]["subset"] = 999
+    runs.append(make_all.Run(Path("x"), other, runs[0].records, []))
+    settings = make_all.split_settings(make_all.group_runs(runs))
+    assert sorted(len(g) for g in settings.values()) == [1, len(runs) - 1]
