@@ -30,7 +30,7 @@ HELP = {
     "targets": "training targets: hard | soft | multilabel",
     "head": "head policy at relabel: reset | keep (keep needs --prior dp)",
     "relabel_every": "recluster every E epochs",
-    "pca_dim": "PCA dimension before clustering (capped by feature dim)",
+    "pca_dim": "PCA dimension before clustering (None: 256 for kmeans, 64 for dp; capped by feature dim)",
     "device": "auto | cpu | cuda",
     "resume": "continue the run in out_dir/name from its last checkpoint",
     "name": "run directory name (default derived from the config)",

@@ -32,15 +32,20 @@ class ModelConfig:
 
 @dataclass
 class FeatureConfig:
-    pca_dim: int = 256                # capped by the feature dimension and N
+    # None: the backend's default, PCA_DEFAULTS below (k-means 256 as DeepCluster; the DP-GMM collapses to
+    # 1-3 components on 256 whitened dimensions of random-init features, so 64). Capped by F and N - 1.
+    pca_dim: int | None = None
     whiten: bool = True
     l2: bool = True
     extract_batch: int = 1024         # images per forward pass during feature extraction
 
 
+PCA_DEFAULTS = {"kmeans": 256, "dp": 64}
+
+
 @dataclass
 class ClusterConfig:
-    prior: str = "kmeans"             # backend registry key: "kmeans" | "dp"
+    prior: str = "dp"                 # backend registry key: "dp" (DP-GMM) | "kmeans" (DeepCluster baseline)
     k: int = 100                      # k-means clusters
     truncation: int = 300             # DP truncation T
     kmeans_niter: int = 20
@@ -129,6 +134,13 @@ class Config:
     @classmethod
     def from_json(cls, path: str | Path) -> "Config":
         return cls.from_dict(json.loads(Path(path).read_text()))
+
+    @property
+    def pca_dim(self) -> int:
+        """The PCA dimension in force: ``features.pca_dim``, else the backend's default."""
+        if self.features.pca_dim is not None:
+            return self.features.pca_dim
+        return PCA_DEFAULTS.get(self.cluster.prior, 256)
 
     def default_name(self) -> str:
         c = self.cluster

@@ -253,7 +253,7 @@ def _cluster_round(cfg: Config, model, images, mean, std, backend, state: dict, 
                              progress=cfg.run.progress, desc="extract")
     t1 = time.perf_counter()
     f = cfg.features
-    x = Whitener(dim=f.pca_dim, whiten=f.whiten, l2=f.l2).fit_transform(feats)
+    x = Whitener(dim=cfg.pca_dim, whiten=f.whiten, l2=f.l2).fit_transform(feats)
     result = backend.fit(x, seed=derive_seed(cfg.run.seed, "cluster", state["round"]),
                          warm_state=state["warm_state"])
     t2 = time.perf_counter()

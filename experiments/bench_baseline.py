@@ -51,9 +51,10 @@ def run_name(args, k: int) -> str:
 
 
 def launch_all(args) -> None:
-    common = ["--dataset", "fashion-mnist", "--prior", "kmeans", "--epochs", str(args.epochs), "--width",
+    common = ["--dataset", "fashion-mnist", "--prior", "kmeans", "--pca-dim", "256", "--targets", "hard",
+              "--head", "reset", "--epochs", str(args.epochs), "--width",
               str(args.width), "--seed", str(args.seed), "--device", args.device, "--knn-every", str(args.knn_every)]
-    if args.subset:
+    if args.subset and args.subset < 60000:
         common += ["--subset", str(args.subset)]
     if args.data_root:
         common += ["--data-root", args.data_root]
@@ -68,7 +69,8 @@ def raw_pixel_kmeans(args) -> dict:
     from bayes_dc.clustering.kmeans import KMeansBackend
     from bayes_dc.data import load_dataset
 
-    ds = load_dataset("fashion-mnist", "train", root=args.data_root, subset=args.subset, seed=args.seed)
+    subset = args.subset if args.subset and args.subset < 60000 else None
+    ds = load_dataset("fashion-mnist", "train", root=args.data_root, subset=subset, seed=args.seed)
     x = ds.images.reshape(len(ds), -1).float() / 255.0
     result = KMeansBackend(k=10).fit(x, seed=args.seed)
     return metrics.cluster_metrics(ds.labels, result.labels)

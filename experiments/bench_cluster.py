@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import threading
 import time
 import warnings
@@ -21,9 +22,11 @@ import numpy as np
 import torch
 from sklearn.metrics import normalized_mutual_info_score
 
-from bayes_dc.clustering.base import ACTIVE_WEIGHT
-from bayes_dc.clustering.dpgmm import DPGMMBackend
-from bayes_dc.clustering.kmeans import KMeansBackend
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bayes_dc.clustering.base import ACTIVE_WEIGHT  # noqa: E402
+from bayes_dc.clustering.dpgmm import DPGMMBackend  # noqa: E402
+from bayes_dc.clustering.kmeans import KMeansBackend  # noqa: E402
 
 
 def synthetic(n: int, d: int, clusters: int, seed: int) -> tuple[torch.Tensor, np.ndarray]:

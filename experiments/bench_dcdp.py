@@ -38,16 +38,21 @@ def full_grid() -> list[str]:
     return ["km-k10", "km-k100"] + dp + ["dp-soft-init-r1-keep", "dp-hard-init-r1-keep"]
 
 
-def variant_args(name: str, truncation: int) -> list[str]:
-    """run.py arguments for a variant name (see module docstring)."""
+def variant_args(name: str, truncation: int, km_pca: int = 256, dp_pca: int = 64) -> list[str]:
+    """run.py arguments for a variant name (see module docstring).
+
+    Each backend gets its own PCA dimension: 256 is DeepCluster's (the faithful baseline); the DP-GMM
+    collapses to 1-3 components on 256 whitened dimensions of these features (BENCHMARKS.md), so DP
+    variants default to 64.
+    """
     parts = name.split("-")
     if parts[0] == "km":
-        return ["--prior", "kmeans", "--k", parts[1][1:], "--targets", "hard", "--head", "reset"]
+        return ["--prior", "kmeans", "--k", parts[1][1:], "--targets", "hard", "--head", "reset",
+                "--pca-dim", str(km_pca)]
     if parts[0] != "dp" or len(parts) not in (4, 5) or parts[3] not in RELABEL_ARGS:
         raise ValueError(f"bad variant name {name!r}: expected km-kK or dp-TARGETS-WARM-(r1|r3|ra)[-keep]")
-    args = ["--prior", "dp", "--truncation", str(truncation), "--targets", parts[1], "--warm-start", parts[2],
-            *RELABEL_ARGS[parts[3]], "--head", "keep" if parts[-1] == "keep" else "reset"]
-    return args
+    return ["--prior", "dp", "--truncation", str(truncation), "--targets", parts[1], "--warm-start", parts[2],
+            *RELABEL_ARGS[parts[3]], "--head", "keep" if parts[-1] == "keep" else "reset", "--pca-dim", str(dp_pca)]
 
 
 def parse_args(argv=None):
@@ -58,6 +63,8 @@ def parse_args(argv=None):
     p.add_argument("--subset", type=int, default=10000)
     p.add_argument("--width", type=int, default=16)
     p.add_argument("--truncation", type=int, default=300)
+    p.add_argument("--km-pca-dim", type=int, default=256, help="PCA dimension for k-means runs")
+    p.add_argument("--dp-pca-dim", type=int, default=64, help="PCA dimension for DP runs")
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
     p.add_argument("--device", default="auto")
     p.add_argument("--jobs", type=int, default=1)
@@ -83,7 +90,7 @@ def main(argv=None) -> int:
         common += ["--subset", str(args.subset)]
     if args.threads:
         common += ["--threads", str(args.threads)]
-    runs = [(run_name(args, v, s), common + variant_args(v, args.truncation) + ["--seed", str(s)] + args.extra)
+    runs = [(run_name(args, v, s), common + variant_args(v, args.truncation, args.km_pca_dim, args.dp_pca_dim) + ["--seed", str(s)] + args.extra)
             for v in variants for s in args.seeds]
     t0 = time.time()
     if not args.table_only:
@@ -109,7 +116,7 @@ def main(argv=None) -> int:
                      f"{cell(r['ari'])} | {cell(r['k_active'], 1)} | {cell(r['knn'])} | {cell(r['nmi_prev'])} | "
                      f"{cell(r['relabels'], 1)} | {cell(r['epoch_s'], 1)} | {cell(r['cluster_share'], 2)} |")
     header = (f"bench_dcdp: epochs={args.epochs} subset={args.subset or 60000} width={args.width} "
-              f"T={args.truncation} seeds={args.seeds} device={args.device} jobs={args.jobs} "
+              f"T={args.truncation} pca(km/dp)={args.km_pca_dim}/{args.dp_pca_dim} seeds={args.seeds} device={args.device} jobs={args.jobs} "
               f"wall={time.time() - t0:.0f}s")
     text = header + "\n\n" + "\n".join(lines)
     print(text)
