@@ -79,7 +79,7 @@ def plot_run(run_dir: str | Path) -> list[Path]:
             clus = [r.get("cluster_seconds", 0.0) for r in train]
             ax.bar(ex, total, color="0.8", edgecolor="k", label="epoch total")
             ax.bar(ex, clus, color="0.3", edgecolor="k", hatch="//", label="clustering")
-            ax.legend()
+            ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.18), ncol=2)
         ax.set(xlabel="epoch", ylabel="seconds", title="Time per epoch")
         fig.suptitle(title)
         return save(fig, run_dir / "figures" / "rounds")

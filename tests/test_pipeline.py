@@ -61,8 +61,13 @@ def test_same_seed_same_metrics(tiny_config, tmp_path):
     assert comparable(read(tmp_path / "runs" / "c")) != comparable(ra)
 
 
-def test_resume_after_interruption_matches_uninterrupted_run(tiny_config, tmp_path, monkeypatch):
-    cfg = merge(tiny_config, {"train": {"epochs": 4, "relabel_every": 2}})
+DP_TINY = {"cluster": {"prior": "dp", "truncation": 20, "warm_start": "prior", "max_iter": 30},
+           "targets": {"targets": "soft", "head": "keep"}}
+
+
+@pytest.mark.parametrize("overrides", [{}, DP_TINY], ids=["kmeans", "dp-soft-keep-warm"])
+def test_resume_after_interruption_matches_uninterrupted_run(tiny_config, tmp_path, monkeypatch, overrides):
+    cfg = merge(merge(tiny_config, {"train": {"epochs": 4, "relabel_every": 2}}), overrides)
     pipeline.run(merge(cfg, {"run": {"name": "full"}}))
 
     real_train_epoch = pipeline.train_epoch
@@ -184,3 +189,24 @@ def test_cluster_grid_rows_follow_cluster_sizes():
     grid = cluster_grid(images, labels, np.bincount(labels) / 30, n_clusters=2, per_cluster=3)
     assert grid.shape[-2:] == (2 * 6 + 2, 3 * 6 + 2)
     assert grid[0, 2:6, 2:6].float().mean() == 200  # first row = cluster 1
+
+
+def test_dp_run_keeps_head_rows_of_kept_components(tiny_config, tmp_path, monkeypatch):
+    """With --head keep, a component's head row survives relabelling under its new id (the permutation)."""
+    seen = []
+    real = pipeline.permute_head
+
+    def spy(head, permutation, generator):
+        new = real(head, permutation, generator)
+        seen.append((head.weight.detach().clone(), new.weight.detach().clone(), permutation.copy()))
+        return new
+
+    monkeypatch.setattr(pipeline, "permute_head", spy)
+    pipeline.run(merge(merge(tiny_config, DP_TINY), {"train": {"epochs": 3}}))
+    assert len(seen) == 3  # one per relabel
+    for old_w, new_w, perm in seen[1:]:
+        kept = np.flatnonzero(perm >= 0)
+        assert kept.size > 0
+        assert torch.equal(new_w[perm[kept]], old_w[kept])
+    records = read(tmp_path / "runs" / "tiny")
+    assert all(r["k_active"] >= 1 and np.isclose(sum(r["weights"]), 1, atol=0.01) for r in records)
