@@ -57,6 +57,7 @@ class ClusterConfig:
     beta0: float | None = None        # None: data-driven defaults (as scikit-learn)
     a0: float | None = None
     b0: float | None = None
+    prior_strength: float = 1.0       # scales the data-driven a0, b0 (more pseudo-counts -> fewer clusters)
     topk: int = 8
     max_iter: int = 100
     tol: float = 1e-4                 # relative ELBO change for convergence

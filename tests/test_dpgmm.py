@@ -214,3 +214,12 @@ def test_bad_inputs_raise():
         DPGMMBackend(10).fit(x[:150], seed=0, warm_state=state)
     with pytest.raises(ValueError, match="truncation T=10 but this model has T=12"):
         DPGMMBackend(12).fit(x, seed=0, warm_state=state)
+
+
+def test_prior_strength_keeps_mean_precision_and_refuses_nonpositive():
+    from bayes_dc.clustering.dpgmm import DPGMM, default_prior
+    x = torch.randn(500, 6) * torch.arange(1, 7)
+    weak, strong = default_prior(x, 10), default_prior(x, 10, strength=8.0)
+    assert torch.allclose(strong.a0, 8 * weak.a0) and torch.allclose(strong.a0 / strong.b0, weak.a0 / weak.b0)
+    with pytest.raises(ValueError, match="prior-strength"):
+        DPGMM(10, prior_strength=0.0)

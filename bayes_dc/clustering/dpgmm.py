@@ -223,7 +223,7 @@ def elbo(stats: SuffStats, q: DPGMMParams, prior: DPGMMPrior) -> float:
 
 def default_prior(x: torch.Tensor, truncation: int, covariance: str = "diag", *, alpha: float = 1.0,
                   alpha_prior: tuple[float, float] | None = None, beta0: float | None = None,
-                  a0: float | None = None, b0: float | None = None) -> DPGMMPrior:
+                  a0: float | None = None, b0: float | None = None, strength: float = 1.0) -> DPGMMPrior:
     """Data-driven prior, translated from scikit-learn's BayesianGaussianMixture defaults.
 
     scikit-learn (covariance_type="diag"): mean_prior = data mean, mean_precision_prior = 1,
@@ -234,16 +234,21 @@ def default_prior(x: torch.Tensor, truncation: int, covariance: str = "diag", *,
     i.e. prior mean precision a0/b0 = d/var (as scikit-learn's nu0 W0). Spherical: one precision per component
     sees d numbers per point, so the same prior strength (nu0 = d points) is a0 = d^2/2, b0 = d mean(var)/2.
     A scalar ``a0`` / ``b0`` / ``beta0`` overrides the default for every component and dimension.
+    ``strength`` scales the default a0 and b0 together: the prior mean precision stays a0/b0, its weight (the
+    pseudo-count 2 a0) grows. A stronger precision prior makes small tight components costlier, so the
+    posterior keeps fewer of them (BENCHMARKS.md, bench_prior).
     """
+    if not strength > 0:
+        raise ValueError(f"prior strength must be > 0, got {strength} (--prior-strength)")
     n, d = x.shape
     # float32 reductions (torch sums pairwise) are accurate enough for a prior and 5x faster than a float64 copy
     var, mean = torch.var_mean(x.float(), dim=0, unbiased=n > 1)
     var, mean = var.double().clamp_min(1e-12), mean.double()
     if covariance == "spherical":
-        a0_default, b0_default = 0.5 * d * d, 0.5 * d * var.mean()
+        a0_default, b0_default = 0.5 * d * d * strength, 0.5 * d * var.mean() * strength
         shape = (truncation,)
     else:
-        a0_default, b0_default = 0.5 * d * torch.ones_like(var), 0.5 * var
+        a0_default, b0_default = 0.5 * d * strength * torch.ones_like(var), 0.5 * var * strength
         shape = (truncation, d)
     a0_t = torch.as_tensor(a0_default if a0 is None else a0, dtype=torch.float64, device=x.device)
     b0_t = torch.as_tensor(b0_default if b0 is None else b0, dtype=torch.float64, device=x.device)
@@ -429,6 +434,7 @@ class DPGMM(VariationalMixture):
         covariance: "diag" (a Normal-Gamma per dimension) or "spherical" (one precision per component).
         alpha: DP concentration (> 0); fixed unless ``alpha_prior`` = (shape, rate) puts a Gamma prior on it.
         beta0, a0, b0: prior overrides (None: data-driven, see :func:`default_prior`).
+        prior_strength: multiplies the data-driven a0 and b0 (same mean precision, more pseudo-counts).
         topk: responsibilities kept per point (1 <= topk <= T; topk = T is exact CAVI).
         min_size: components whose expected count N_k ends below this are reset to the prior (see ``_finalize``).
         warm_start: "none" | "init" | "prior" (what ``fit(..., warm_state=...)`` does with a previous state).
@@ -448,7 +454,8 @@ class DPGMM(VariationalMixture):
 
     def __init__(self, truncation: int = 300, *, covariance: str = "diag", alpha: float = 1.0,
                  alpha_prior: tuple[float, float] | None = None, beta0: float | None = None,
-                 a0: float | None = None, b0: float | None = None, topk: int = 8, max_iter: int = 100,
+                 a0: float | None = None, b0: float | None = None, prior_strength: float = 1.0,
+                 topk: int = 8, max_iter: int = 100,
                  tol: float = 1e-4, min_size: float = 1.0, warm_start: str = "init", prior_decay: float = 0.5,
                  init_subsample: int | None = None, init_iter: int = 20, chunk_size: int | None = None,
                  profile_gemm: bool = False, verbose: bool = False):
@@ -471,7 +478,10 @@ class DPGMM(VariationalMixture):
         if min_size < 0:
             raise ValueError(f"min_size must be >= 0, got {min_size} (--min-size)")
         self.truncation, self.covariance, self.alpha, self.alpha_prior = int(truncation), covariance, float(alpha), alpha_prior
+        if not prior_strength > 0:
+            raise ValueError(f"prior_strength must be > 0, got {prior_strength} (--prior-strength)")
         self.beta0, self.a0, self.b0, self.topk = beta0, a0, b0, int(topk)
+        self.prior_strength = float(prior_strength)
         self.min_size, self.warm_start, self.prior_decay = float(min_size), warm_start, float(prior_decay)
         self.init_subsample, self.init_iter, self.chunk_size = init_subsample, int(init_iter), chunk_size
         self.profile_gemm = profile_gemm
@@ -481,7 +491,7 @@ class DPGMM(VariationalMixture):
         """Data-driven prior (centred coordinates) and the chunked sweeper for x."""
         self._x = x
         base = default_prior(x, self.truncation, self.covariance, alpha=self.alpha, alpha_prior=self.alpha_prior,
-                             beta0=self.beta0, a0=self.a0, b0=self.b0)
+                             beta0=self.beta0, a0=self.a0, b0=self.b0, strength=self.prior_strength)
         self._shift = base.m0[0].clone()                                          # data mean (d,)
         self._base_prior = replace(base, m0=base.m0 - self._shift)
         self._prior = self._base_prior
@@ -719,6 +729,7 @@ class DPGMMBackend(ClusterBackend):
         return cls(truncation=cfg.truncation, inference=cfg.inference, svi_steps=cfg.svi_steps,
                    svi_batch=cfg.svi_batch, svi_lr=cfg.svi_lr, device=device, covariance=cfg.covariance,
                    alpha=cfg.alpha, alpha_prior=cfg.alpha_prior, beta0=cfg.beta0, a0=cfg.a0, b0=cfg.b0,
+                   prior_strength=cfg.prior_strength,
                    topk=cfg.topk, max_iter=cfg.max_iter, tol=cfg.tol, min_size=cfg.min_size,
                    warm_start=cfg.warm_start, prior_decay=cfg.prior_decay)
 
