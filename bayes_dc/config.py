@@ -27,7 +27,9 @@ class DataConfig:
 class ModelConfig:
     arch: str = "vgg-small"           # see bayes_dc.models.ARCHS
     sobel: bool = False
-    width: int = 64                   # channel width multiplier for vgg-small
+    # vgg-small channel width; None: WIDTH_DEFAULTS[dataset] (the small demo datasets get a small trunk so
+    # they run in about a minute on a CPU), else 64 as the reference DeepCluster setting.
+    width: int | None = None
 
 
 @dataclass
@@ -41,6 +43,7 @@ class FeatureConfig:
 
 
 PCA_DEFAULTS = {"kmeans": 256, "dp": 64}
+WIDTH_DEFAULTS = {"digits": 16, "synthetic": 16}
 
 
 @dataclass
@@ -142,6 +145,13 @@ class Config:
         if self.features.pca_dim is not None:
             return self.features.pca_dim
         return PCA_DEFAULTS.get(self.cluster.prior, 256)
+
+    @property
+    def width(self) -> int:
+        """The trunk width in force: ``model.width``, else the dataset's default (64 for real datasets)."""
+        if self.model.width is not None:
+            return self.model.width
+        return WIDTH_DEFAULTS.get(self.data.dataset, 64)
 
     def default_name(self) -> str:
         c = self.cluster

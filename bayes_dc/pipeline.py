@@ -157,7 +157,7 @@ def run(cfg: Config) -> dict:
     rundir = RunDir.open(cfg, device)  # first write happens only after every check above passed
 
     torch.manual_seed(derive_seed(cfg.run.seed, "init"))
-    model = build_model(cfg.model.arch, train_set.num_channels, sobel=cfg.model.sobel, width=cfg.model.width,
+    model = build_model(cfg.model.arch, train_set.num_channels, sobel=cfg.model.sobel, width=cfg.width,
                         num_outputs=_head_outputs(cfg)).to(device)
     mean, std = train_set.mean_std()
     images = train_set.images.to(device)

@@ -25,6 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bayes_dc import metrics  # noqa: E402
 from bayes_dc.clustering.dpgmm import DPGMMBackend  # noqa: E402
+from bayes_dc.config import Config  # noqa: E402
 from bayes_dc.data import load_dataset  # noqa: E402
 from bayes_dc.features import extract_features  # noqa: E402
 from bayes_dc.models import build_model  # noqa: E402
@@ -56,7 +57,8 @@ def trunk_features(args) -> tuple[torch.Tensor, object, str]:
     if args.run_dir:
         ckpt = torch.load(Path(args.run_dir) / "last.pt", map_location="cpu", weights_only=False)
         cfg = ckpt["config"]
-        subset, width = cfg["data"]["subset"], cfg["model"]["width"]
+        run_cfg = Config.from_dict(cfg)
+        subset, width = run_cfg.data.subset, run_cfg.width
         state = {k[len("trunk."):]: v for k, v in ckpt["model"].items() if k.startswith("trunk.")}
         note = f"trunk of {args.run_dir} after {ckpt['state']['epoch']} epochs"
     data = load_dataset("fashion-mnist", "train", root=args.data_root, subset=subset, seed=args.seed)

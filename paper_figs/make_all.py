@@ -156,7 +156,7 @@ def split_settings(groups: list[Group]) -> dict[str, list[Group]]:
 def setting_name(config: dict) -> str:
     d, t, m = config["data"], config["train"], config["model"]
     subset = f"n{d['subset']}" if d.get("subset") else "full"
-    return f"{d['dataset']}-{subset}-e{t['epochs']}-w{m.get('width')}"
+    return f"{d['dataset']}-{subset}-e{t['epochs']}-w{m.get('width') or 'default'}"
 
 
 # ---- labels and selections ------------------------------------------------------------------------------
