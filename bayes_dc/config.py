@@ -94,7 +94,6 @@ class TrainConfig:
     head_lr: float | None = None      # None: same as lr
     augment: bool = True              # random crop + flip on tensors
     crop_padding: int = 4
-    workers: int = 0                  # data lives in memory as tensors; no loader workers needed
     epoch_samples: int | None = None  # samples per epoch (None: N, as DeepCluster)
 
 
@@ -107,7 +106,6 @@ class RunConfig:
     threads: int | None = None        # torch/faiss CPU threads (None: library default)
     knn_every: int = 5                # kNN eval every N rounds (and always at the end); 0 = only at the end
     knn_k: int = 20
-    snapshot_every: int = 1           # cluster snapshot every N rounds
     figures: bool = True
     tensorboard: bool = False         # scalars + cluster image grids under <run dir>/tensorboard
     progress: bool = True

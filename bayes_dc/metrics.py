@@ -1,4 +1,4 @@
-"""Evaluation metrics (``/work/shared/eval-protocol.md``, section Metrics).
+"""Evaluation metrics (the project's eval protocol (``shared/eval-protocol.md``), section Metrics).
 
 Clustering quality against the classes (NMI, ARI, ACC, purity), stability between rounds (NMI(t, t-1)),
 how many clusters a result uses (K_used, K_active, K_eff), and the representation-quality probes that

@@ -186,12 +186,11 @@ def run(cfg: Config) -> dict:
         from .tblog import TensorBoardLogger
         tb = TensorBoardLogger(rundir.path)
     progress = _Progress(tr.epochs, state["epoch"], cfg.run.progress, rundir.path.name)
-    record: dict = {}
     for epoch in range(state["epoch"], tr.epochs):
         t_epoch = time.perf_counter()
         record = {"epoch": epoch, "phase": "train"}
         train_feats = None
-        if relabel_due(tr, epoch, state.get("last_relabel"), state.get("agreement")):
+        if relabel_due(tr, epoch, state["last_relabel"], state["agreement"]):
             train_feats, result, info = _cluster_round(cfg, model, images, mean, std, backend, state, device,
                                                        train_set.labels)
             record.update(info)
