@@ -62,3 +62,16 @@ def test_bench_prior_tiny_one_row_per_setting(tmp_path):
     assert out.returncode == 0, out.stderr
     rows = [l for l in (tmp_path / "p.md").read_text().splitlines() if l.startswith("| 8 |")]
     assert len(rows) == 4
+
+
+def test_linear_probe_command_scores_a_run(tmp_path):
+    out = run_script("experiments/run.py", "--dataset", "synthetic", "--subset", "300", "--eval-subset", "100",
+                     "--prior", "kmeans", "--k", "10", "--width", "4", "--epochs", "1", "--pca-dim", "16",
+                     "--threads", "1", "--out-dir", tmp_path, "--name", "lp", "--no-progress", "--no-figures")
+    assert out.returncode == 0, out.stderr
+    out = run_script("experiments/linear_probe.py", tmp_path / "lp", "--device", "cpu")
+    assert out.returncode == 0, out.stderr
+    result = json.loads((tmp_path / "lp" / "linear_probe.json").read_text())
+    assert result["linear_probe_acc"] > 0.8 and result["test_images"] == 100  # synthetic clusters are separable
+    missing = run_script("experiments/linear_probe.py", tmp_path / "nope")
+    assert missing.returncode == 2 and "last.pt" in missing.stderr

@@ -1,0 +1,73 @@
+#!/usr/bin/env python
+"""Linear probe: logistic regression on the frozen trunk features of a run, test accuracy.
+
+    python experiments/linear_probe.py runs/my-run                 # trunk from runs/my-run/last.pt
+    python experiments/linear_probe.py runs/my-run --init          # the same architecture, random init
+
+Trains on the run's training images (its dataset, subset and seed) and scores its eval split, with the
+L2-normalised trunk features standardised (bayes_dc.metrics.linear_probe). Writes ``linear_probe.json`` into the
+run directory and prints it.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+from torch.nn import functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bayes_dc import metrics  # noqa: E402
+from bayes_dc.config import Config  # noqa: E402
+from bayes_dc.data import load_dataset  # noqa: E402
+from bayes_dc.features import extract_features  # noqa: E402
+from bayes_dc.models import build_model  # noqa: E402
+from bayes_dc.pipeline import derive_seed, resolve_device  # noqa: E402
+from bayes_dc.runlog import atomic_write_text  # noqa: E402
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("run_dir", type=Path)
+    p.add_argument("--init", action="store_true", help="probe the random-init trunk instead of the trained one")
+    p.add_argument("--C", type=float, default=1.0, help="inverse L2 regularisation of the logistic regression")
+    p.add_argument("--device", default="auto")
+    args = p.parse_args(argv)
+    ckpt_path = args.run_dir / "last.pt"
+    if not ckpt_path.exists():
+        print(f"error: {ckpt_path} not found; pass a run directory that has finished at least one epoch",
+              file=sys.stderr)
+        return 2
+    cfg = Config.from_json(args.run_dir / "config.json")
+    if cfg.data.eval_split == "none":
+        print("error: this run has no eval split (--eval-split none); nothing to score", file=sys.stderr)
+        return 2
+    device = resolve_device(args.device)
+    d = cfg.data
+    train = load_dataset(d.dataset, "train", root=d.data_root, subset=d.subset, seed=cfg.run.seed,
+                         image_size=d.image_size, download=d.download)
+    test = load_dataset(d.dataset, d.eval_split, root=d.data_root, subset=d.eval_subset, seed=cfg.run.seed,
+                        image_size=d.image_size, download=d.download)
+    torch.manual_seed(derive_seed(cfg.run.seed, "init"))  # the run's own initialisation
+    model = build_model(cfg.model.arch, train.num_channels, sobel=cfg.model.sobel, width=cfg.width)
+    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+    if not args.init:
+        model.trunk.load_state_dict({k[len("trunk."):]: v for k, v in ckpt["model"].items() if k.startswith("trunk.")})
+    model.to(device)
+    mean, std = train.mean_std()
+    feats = [F.normalize(extract_features(model.trunk, ds.images, mean, std, device=device), dim=1).cpu()
+             for ds in (train, test)]
+    acc = metrics.linear_probe(feats[0], train.labels, feats[1], test.labels, C=args.C, seed=cfg.run.seed)
+    result = {"linear_probe_acc": acc, "trunk": "random-init" if args.init else f"epoch {ckpt['state']['epoch']}",
+              "train_images": len(train), "test_images": len(test), "C": args.C}
+    name = "linear_probe_init.json" if args.init else "linear_probe.json"
+    atomic_write_text(args.run_dir / name, json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
