@@ -145,8 +145,7 @@ class RunDir:
             raise RunDirError(f"run directory {path} already exists; pass --resume to continue it, or choose "
                               "another --name (or delete the directory)")
         path.mkdir(parents=True, exist_ok=True)
-        cfg.to_json(path / ".config.json.tmp")
-        os.replace(path / ".config.json.tmp", saved)
+        atomic_write_text(saved, json.dumps(cfg.to_dict(), indent=2, sort_keys=True) + "\n")
         atomic_write_text(path / "environment.json", json.dumps(environment(device), indent=2) + "\n")
         return run
 

@@ -44,7 +44,7 @@ class TensorBoardLogger:
     def log_record(self, record: dict) -> None:
         for key in SCALARS:
             value = record.get(key)
-            if isinstance(value, (int, float)) and value is not None:
+            if isinstance(value, (int, float)):
                 self.writer.add_scalar(f"round/{key}", value, record["epoch"])
         self.writer.flush()
 

@@ -45,18 +45,12 @@ def synthetic(n: int, d: int, clusters: int, seed: int) -> tuple[torch.Tensor, n
 def fashion_mnist_features(d: int, seed: int, device: str, data_root: str | None = None,
                            width: int = 64) -> tuple[torch.Tensor, np.ndarray]:
     """Whitened PCA-d + L2 features (N=60,000) of Fashion-MNIST train from a random-init vgg-small trunk."""
-    from bayes_dc.data import load_dataset
-    from bayes_dc.features import extract_features
-    from bayes_dc.models import build_model
+    from benchlib import fmnist_trunk_features
+
     from bayes_dc.preprocess import Whitener
 
-    torch.manual_seed(seed)
-    data = load_dataset("fashion-mnist", "train", root=data_root, seed=seed)
-    mean, std = data.mean_std()
-    model = build_model("vgg-small", data.num_channels, width=width).to(device)
-    feats = extract_features(model.trunk, data.images, mean, std, batch_size=1024, device=device)
-    x = Whitener(dim=d, whiten=True, l2=True).fit_transform(feats)
-    return x.float(), np.asarray(data.labels)
+    feats, data = fmnist_trunk_features(width=width, device=device, seed=seed, data_root=data_root)
+    return Whitener(dim=d, whiten=True, l2=True).fit_transform(feats), np.asarray(data.labels)
 
 
 class PeakMemory:

@@ -23,12 +23,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from benchlib import fmnist_trunk_features  # noqa: E402
+
 from bayes_dc import metrics  # noqa: E402
 from bayes_dc.clustering.dpgmm import DPGMMBackend  # noqa: E402
 from bayes_dc.config import Config  # noqa: E402
-from bayes_dc.data import load_dataset  # noqa: E402
-from bayes_dc.features import extract_features  # noqa: E402
-from bayes_dc.models import build_model  # noqa: E402
 from bayes_dc.preprocess import Whitener  # noqa: E402
 
 
@@ -52,22 +51,15 @@ def parse_args(argv=None):
 
 
 def trunk_features(args) -> tuple[torch.Tensor, object, str]:
-    subset, width, note = args.subset, args.width, f"random-init vgg-small width {args.width}"
-    state = None
+    subset, width, note, state = args.subset, args.width, f"random-init vgg-small width {args.width}", None
     if args.run_dir:
         ckpt = torch.load(Path(args.run_dir) / "last.pt", map_location="cpu", weights_only=False)
-        cfg = ckpt["config"]
-        run_cfg = Config.from_dict(cfg)
+        run_cfg = Config.from_dict(ckpt["config"])
         subset, width = run_cfg.data.subset, run_cfg.width
         state = {k[len("trunk."):]: v for k, v in ckpt["model"].items() if k.startswith("trunk.")}
         note = f"trunk of {args.run_dir} after {ckpt['state']['epoch']} epochs"
-    data = load_dataset("fashion-mnist", "train", root=args.data_root, subset=subset, seed=args.seed)
-    torch.manual_seed(args.seed)
-    model = build_model("vgg-small", data.num_channels, width=width).to(args.device)
-    if state is not None:
-        model.trunk.load_state_dict(state)
-    mean, std = data.mean_std()
-    feats = extract_features(model.trunk, data.images, mean, std, device=args.device)
+    feats, data = fmnist_trunk_features(subset=subset, width=width, device=args.device, seed=args.seed,
+                                        data_root=args.data_root, trunk_state=state)
     return feats, data, note
 
 

@@ -36,3 +36,25 @@ def launch(runs: list[tuple[str, list[str]]], out_dir: str | Path, parallel: int
                 note = "" if proc.returncode == 0 else f" -- see {out_dir / (name + '.log')}"
                 print(f"[{time.strftime('%H:%M:%S')}] done  {name} (exit {proc.returncode}){note}", flush=True)
     return codes
+
+
+def fmnist_trunk_features(*, subset: int | None = None, width: int = 64, device: str = "cpu", seed: int = 0,
+                          data_root: str | None = None, trunk_state: dict | None = None):
+    """Trunk features of Fashion-MNIST train, for the clustering benchmarks.
+
+    A vgg-small trunk initialised with ``seed`` (the random-init trunk), or with ``trunk_state`` loaded.
+    Returns (features (N, F) float32 on ``device``, the ImageDataset).
+    """
+    import torch
+
+    from bayes_dc.data import load_dataset
+    from bayes_dc.features import extract_features
+    from bayes_dc.models import build_model
+
+    data = load_dataset("fashion-mnist", "train", root=data_root, subset=subset, seed=seed)
+    torch.manual_seed(seed)
+    model = build_model("vgg-small", data.num_channels, width=width).to(device)
+    if trunk_state is not None:
+        model.trunk.load_state_dict(trunk_state)
+    mean, std = data.mean_std()
+    return extract_features(model.trunk, data.images, mean, std, device=device), data
