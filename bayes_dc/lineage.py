@@ -11,7 +11,8 @@ k-means) M[i, j] is simply the number of points labelled i before and j now. Eac
 mass of old component i (``out_mass[i] = sum_j M[i, j]``, about N * weight_i), each column to the mass of
 new component j (``in_mass[j] = sum_i M[i, j]``).
 
-Rules (read by :func:`lineage_events`; "active" means ``weight >= active_threshold``, default 0.5 %, the
+Rules (read by :func:`lineage_events`; "active" means ``weight >= active_threshold``, default
+``clustering.base.active_threshold(T)``, the
 same cut as K_active). Fractions are always taken of the component's *whole* mass in M (all partners,
 active or not), and every comparison is inclusive (``>=`` / ``<`` exactly as written):
 
@@ -50,6 +51,8 @@ from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
+
+from .clustering.base import active_threshold as _active_threshold
 
 # Products per chunk in :func:`overlap`: bounds the temporary (row, col, value) arrays to ~100 MB
 # however large N is, while keeping each chunk fully vectorised.
@@ -126,7 +129,7 @@ def overlap(prev_values: np.ndarray, prev_index: np.ndarray, new_values: np.ndar
 
 
 def lineage_events(M: sp.spmatrix | np.ndarray, prev_weights: np.ndarray, new_weights: np.ndarray, *,
-                   active_threshold: float = 0.005, share: float = 0.2) -> dict:
+                   active_threshold: float | None = None, share: float = 0.2) -> dict:
     """Kept / split / merged / born / died components between two rounds (rules in the module docstring).
 
     Args:
@@ -152,6 +155,8 @@ def lineage_events(M: sp.spmatrix | np.ndarray, prev_weights: np.ndarray, new_we
     if not 0.0 < share <= 1.0:
         raise ValueError(f"share must lie in (0, 1], got {share}")
 
+    if active_threshold is None:
+        active_threshold = _active_threshold(max(prev_weights.shape[0], new_weights.shape[0]))
     active_prev = prev_weights >= active_threshold
     active_new = new_weights >= active_threshold
     M.sum_duplicates()
@@ -192,7 +197,7 @@ def lineage_events(M: sp.spmatrix | np.ndarray, prev_weights: np.ndarray, new_we
     }
 
 
-def round_lineage(prev_result_arrays: Any, new_result_arrays: Any, *, active_threshold: float = 0.005,
+def round_lineage(prev_result_arrays: Any, new_result_arrays: Any, *, active_threshold: float | None = None,
                   share: float = 0.2) -> dict:
     """Lineage between two rounds given as ClusterResults, dicts, or loaded snapshot npz files.
 

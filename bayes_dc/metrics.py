@@ -19,7 +19,7 @@ from scipy.stats import entropy
 from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 from sklearn.metrics.cluster import contingency_matrix
 
-from .clustering.base import ACTIVE_WEIGHT
+from .clustering.base import active_threshold
 
 ArrayLike = Any  # np.ndarray | torch.Tensor | sequence
 
@@ -119,12 +119,14 @@ def k_used(labels: ArrayLike) -> int:
     return int(np.unique(_as_label_array(labels, "labels")).shape[0])
 
 
-def k_active(weights: ArrayLike, threshold: float = ACTIVE_WEIGHT) -> int:
-    """Number of components with normalised weight >= ``threshold`` (K_active; protocol: 0.5 %).
+def k_active(weights: ArrayLike, threshold: float | None = None) -> int:
+    """Number of components with normalised weight >= ``threshold`` (K_active).
 
     ``weights`` (T,) are mixture weights or cluster sizes; they are normalised to sum to 1 first.
+    ``threshold`` None: ``clustering.base.active_threshold(T)`` (the protocol's 0.5 % for T <= 100, 1/(2T) above).
     """
-    return int((_as_weight_array(weights) >= threshold).sum())
+    w = _as_weight_array(weights)
+    return int((w >= (active_threshold(w.shape[0]) if threshold is None else threshold)).sum())
 
 
 def k_eff(weights: ArrayLike) -> float:

@@ -59,7 +59,7 @@ def plot_run(run_dir: str | Path) -> list[Path]:
         ax.legend()
 
         ax = axes[0, 1]
-        ax.plot(x, [r["k_active"] for r in rs], "o-", color="k", label="K_active (weight ≥ 0.5 %)")
+        ax.plot(x, [r["k_active"] for r in rs], "o-", color="k", label="K_active (weight ≥ min(0.5 %, 1/2T))")
         ax.plot(x, [r["k_used"] for r in rs], "^:", color="0.4", label="K_used (argmax labels)")
         ax.plot(x, [r["k_eff"] for r in rs], "s--", color="0.6", label="K_eff (exp entropy)")
         ax.set(xlabel="epoch", ylabel="clusters", title="Clusters per round")

@@ -5,7 +5,7 @@ from typing import Callable
 
 import torch
 
-from .base import ACTIVE_WEIGHT, ClusterBackend, ClusterResult, check_features
+from .base import ACTIVE_WEIGHT, ClusterBackend, ClusterResult, active_mask, active_threshold, check_features
 
 
 def _kmeans(cfg, device: torch.device) -> ClusterBackend:
@@ -28,4 +28,4 @@ def make_backend(cfg, device: torch.device | str = "cpu") -> ClusterBackend:
     return BACKENDS[cfg.prior](cfg, torch.device(device))
 
 
-__all__ = ["ACTIVE_WEIGHT", "BACKENDS", "ClusterBackend", "ClusterResult", "check_features", "make_backend"]
+__all__ = ["ACTIVE_WEIGHT", "BACKENDS", "active_mask", "active_threshold", "ClusterBackend", "ClusterResult", "check_features", "make_backend"]

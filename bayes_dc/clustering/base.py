@@ -14,8 +14,27 @@ from typing import Any
 import numpy as np
 import torch
 
-# Weight at or above which a component counts as active (eval-protocol: K_active uses 0.5 %).
+# Weight at or above which a component counts as active (eval-protocol: K_active uses 0.5 %) while the
+# number of components is small enough for that cut not to cap K_active; see :func:`active_threshold`.
 ACTIVE_WEIGHT = 0.005
+
+
+def active_threshold(n_components: int) -> float:
+    """Mixture weight at or above which a component counts as active: ``min(0.5 %, 1 / (2 T))``.
+
+    0.5 % is the eval protocol's cut, but a fixed cut w caps K_active at 1/w (200 for 0.5 %), which means
+    nothing at T = 3,000 clusters (ImageNet-sized runs). Halving 1/T keeps the cut below the weight of a
+    uniform T-component mixture, so K_active can reach T; for T <= 100 it is the protocol's 0.5 % exactly.
+    """
+    if n_components < 1:
+        raise ValueError(f"n_components must be >= 1, got {n_components}")
+    return min(ACTIVE_WEIGHT, 0.5 / n_components)
+
+
+def active_mask(weights: np.ndarray) -> np.ndarray:
+    """(T,) weights -> (T,) bool, ``weights >= active_threshold(T)``."""
+    weights = np.asarray(weights)
+    return weights >= active_threshold(weights.shape[0])
 
 
 @dataclass
@@ -32,7 +51,7 @@ class ClusterResult:
         resp_values: (N, k) float32, top-k responsibilities, each row sums to 1 (k-means: k=1, value 1).
         resp_index: (N, k) int64, component ids of ``resp_values``.
         weights: (T,) float64, mixture weights (DP: E[pi]; k-means: cluster fractions), sum to 1.
-        active: (T,) bool, ``weights >= ACTIVE_WEIGHT``.
+        active: (T,) bool, ``active_mask(weights)`` (``weights >= active_threshold(T)``).
         objective: final objective (DP: ELBO per point; k-means: mean squared distance).
         history: per-iteration objective.
         n_iter: iterations run.

@@ -40,7 +40,7 @@ import torch
 from torch.special import digamma
 
 from . import stick
-from .base import ACTIVE_WEIGHT, ClusterBackend, ClusterResult, check_features
+from .base import ClusterBackend, ClusterResult, active_mask, check_features
 
 COVARIANCES = ("diag", "spherical")
 WARM_STARTS = ("none", "init", "prior")
@@ -754,7 +754,7 @@ class DPGMMBackend(ClusterBackend):
             resp_values=engine.resp_values_.cpu().numpy(),
             resp_index=engine.resp_index_.cpu().numpy(),
             weights=weights,
-            active=weights >= ACTIVE_WEIGHT,
+            active=active_mask(weights),
             objective=engine.lower_bound_ / n,
             history=[v / n for v in engine.history_],
             n_iter=engine.n_iter_,
@@ -762,7 +762,7 @@ class DPGMMBackend(ClusterBackend):
             permutation=engine.permutation_,
             state=engine.state_,
             info={"inference": self.inference, "converged": bool(engine.converged_),
-                  "alpha_mean": engine.alpha_, "K_active": int((weights >= ACTIVE_WEIGHT).sum()),
+                  "alpha_mean": engine.alpha_, "K_active": int(active_mask(weights).sum()),
                   "K_reset": int((engine.permutation_ < 0).sum()),
                   "elbo_before_finalize": engine.elbo_before_finalize_ / n,
                   "elbo_init": None if engine.init_elbo_ is None else engine.init_elbo_ / n,

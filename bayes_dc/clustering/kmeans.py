@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .base import ACTIVE_WEIGHT, ClusterBackend, ClusterResult, check_features
+from .base import ClusterBackend, ClusterResult, active_mask, check_features
 
 
 class KMeansBackend(ClusterBackend):
@@ -56,7 +56,7 @@ class KMeansBackend(ClusterBackend):
             resp_values=np.ones((n, 1), dtype=np.float32),
             resp_index=labels[:, None].copy(),
             weights=weights.astype(np.float64),
-            active=weights >= ACTIVE_WEIGHT,
+            active=active_mask(weights),
             objective=float(dist.mean()),
             history=history,
             n_iter=self.niter,
