@@ -40,9 +40,15 @@ class FeatureConfig:
     whiten: bool = True
     l2: bool = True
     extract_batch: int = 1024         # images per forward pass during feature extraction
+    reduce: str = "pca"               # clustering space: "pca" (whitened PCA + L2, DeepCluster) | "umap" (PCA then UMAP)
+    reduce_dim: int = 10              # UMAP output dimension (--reduce umap)
+    umap_neighbors: int = 20          # UMAP n_neighbors: size of the local neighbourhood (--reduce umap)
+    umap_min_dist: float = 0.0        # UMAP min_dist; 0 packs clusters tightly, as for clustering (--reduce umap)
 
 
 PCA_DEFAULTS = {"kmeans": 256, "dp": 64}
+# PCA dimension before UMAP (as in N2D / the eval protocol's UMAP baseline); UMAP then reduces to reduce_dim.
+UMAP_PCA_DEFAULT = 50
 WIDTH_DEFAULTS = {"digits": 16, "synthetic": 16}
 
 
@@ -142,6 +148,8 @@ class Config:
         """The PCA dimension in force: ``features.pca_dim``, else the backend's default."""
         if self.features.pca_dim is not None:
             return self.features.pca_dim
+        if self.features.reduce == "umap":
+            return UMAP_PCA_DEFAULT
         return PCA_DEFAULTS.get(self.cluster.prior, 256)
 
     @property

@@ -1,0 +1,107 @@
+"""bayes_dc.reduce: the clustering space (PCA whitening or PCA -> UMAP), its warm start and its errors."""
+import numpy as np
+import pytest
+import torch
+from sklearn.cluster import KMeans
+from sklearn.metrics import normalized_mutual_info_score as nmi
+from sklearn.neighbors import NearestNeighbors
+
+from bayes_dc.config import Config, merge
+from bayes_dc.preprocess import Whitener
+from bayes_dc.reduce import (UMAP_WARM_EPOCHS, PCAReducer, UMAPReducer, make_reducer, nearest_neighbors,
+                             neighbor_overlap)
+
+
+def blobs(n=600, f=40, k=4, seed=0):
+    """k well separated Gaussian blobs in f dimensions, with a random linear mixing (not axis aligned)."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(k, size=n)
+    centres = rng.normal(size=(k, f)) * 6.0
+    x = centres[labels] + rng.normal(size=(n, f))
+    return torch.tensor(x @ rng.normal(size=(f, f)) / np.sqrt(f), dtype=torch.float32), labels
+
+
+def test_pca_reducer_is_the_whitener():
+    x, _ = blobs()
+    out = PCAReducer(dim=8).reduce(x, seed=0)
+    assert torch.equal(out.points, Whitener(dim=8).fit_transform(x))
+    assert out.state is None and out.info["reduce_dim"] == 8
+
+
+def test_nearest_neighbors_match_scikit_learn():
+    x, _ = blobs(n=300, f=6, seed=1)
+    rows = np.array([0, 5, 17, 299])
+    ours = nearest_neighbors(x.numpy(), rows, 7)
+    ref = NearestNeighbors(n_neighbors=8).fit(x.numpy()).kneighbors(x.numpy()[rows], return_distance=False)[:, 1:]
+    assert [set(a) for a in ours] == [set(b) for b in ref]
+
+
+def test_neighbor_overlap_counts_shared_ids():
+    before = np.array([[1, 2, 3, 4], [5, 6, 7, 8]])
+    after = np.array([[4, 3, 9, 10], [8, 7, 6, 5]])
+    assert neighbor_overlap(before, after) == pytest.approx((2 / 4 + 4 / 4) / 2)
+    assert neighbor_overlap(before, after[:, :3]) == 0.0          # shapes differ: nothing to compare
+
+
+@pytest.fixture(scope="module")
+def umap_round():
+    x, labels = blobs()
+    reducer = UMAPReducer(dim=3, pca_dim=10, n_neighbors=10)
+    return x, labels, reducer, reducer.reduce(x, seed=3)
+
+
+def test_umap_embedding_keeps_the_clusters_and_is_seeded(umap_round):
+    x, labels, reducer, first = umap_round
+    assert first.points.shape == (600, 3) and first.points.dtype == torch.float32
+    found = KMeans(4, n_init=4, random_state=0).fit_predict(first.points.numpy())
+    assert nmi(labels, found) > 0.95
+    again = reducer.reduce(x, seed=3)
+    assert torch.equal(again.points, first.points)
+    assert not first.info["umap_warm"] and first.info["umap_neighbor_overlap"] is None
+
+
+def test_umap_warm_starts_only_when_neighbourhoods_survive(umap_round, monkeypatch):
+    x, labels, reducer, first = umap_round
+    seen = {}
+    import umap
+
+    original = umap.UMAP.__init__
+
+    def spy(self, *args, **kwargs):
+        seen.update(init=kwargs.get("init"), n_epochs=kwargs.get("n_epochs"))
+        original(self, *args, **kwargs)
+
+    monkeypatch.setattr(umap.UMAP, "__init__", spy)
+    # Slightly perturbed features: same neighbourhoods, so the previous layout is the starting point.
+    noisy = x + 0.01 * torch.randn(x.shape, generator=torch.Generator().manual_seed(0))
+    warm = reducer.reduce(noisy, seed=4, warm_state=first.state)
+    assert warm.info["umap_warm"] and warm.info["umap_neighbor_overlap"] > 0.8
+    assert isinstance(seen["init"], np.ndarray) and np.array_equal(seen["init"], first.state["embedding"].numpy())
+    assert seen["n_epochs"] == UMAP_WARM_EPOCHS
+    assert nmi(labels, KMeans(4, n_init=4, random_state=0).fit_predict(warm.points.numpy())) > 0.95
+    # Rows shuffled: every point's neighbourhood changed, so the old layout would mislead: spectral start.
+    shuffled = x[torch.randperm(600, generator=torch.Generator().manual_seed(1))]
+    cold = reducer.reduce(shuffled, seed=4, warm_state=first.state)
+    assert not cold.info["umap_warm"] and cold.info["umap_neighbor_overlap"] < 0.2
+    assert seen["init"] == "spectral"
+
+
+def test_make_reducer_resolves_defaults_and_names_bad_choices():
+    cfg = merge(Config(), {"features": {"reduce": "umap"}, "cluster": {"prior": "dp"}})
+    reducer = make_reducer(cfg)
+    assert isinstance(reducer, UMAPReducer) and reducer.pca_dim == 50 and reducer.dim == 10
+    assert make_reducer(merge(Config(), {"cluster": {"prior": "kmeans"}})).whitener.dim == 256
+    with pytest.raises(ValueError, match="--reduce.*choose one of"):
+        make_reducer(merge(Config(), {"features": {"reduce": "tsne"}}))
+
+
+@pytest.mark.parametrize("kwargs,match", [({"dim": 0}, "reduce-dim"), ({"n_neighbors": 1}, "umap-neighbors"),
+                                          ({"min_dist": -1.0}, "umap-min-dist")])
+def test_bad_umap_options_are_named(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        UMAPReducer(**kwargs)
+
+
+def test_umap_refuses_too_few_points():
+    with pytest.raises(ValueError, match="needs more than"):
+        UMAPReducer(n_neighbors=20).reduce(torch.randn(15, 4), seed=0)
