@@ -105,30 +105,67 @@ def new_head(feature_dim: int, num_outputs: int, generator: torch.Generator | No
     return head
 
 
-class DeepClusterNet(nn.Module):
-    """Trunk + head. ``forward`` gives head logits (B, num_outputs); ``trunk(x)`` gives features (B, F)."""
+class Projection(nn.Module):
+    """Projection head (DeepCluster-v2 / SwAV): Linear(F, hidden) -> BN -> ReLU -> Linear(hidden, dim), then L2
+    normalisation when ``l2``. (B, F) -> (B, dim). The clustering space when clustering on the projection."""
 
-    def __init__(self, trunk: Trunk, num_outputs: int = 10):
+    def __init__(self, in_dim: int, dim: int, hidden: int = 512, l2: bool = True):
+        super().__init__()
+        self.mlp = nn.Sequential(nn.Linear(in_dim, hidden), nn.BatchNorm1d(hidden), nn.ReLU(inplace=True),
+                                 nn.Linear(hidden, dim))
+        self.dim, self.l2 = dim, l2
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        z = self.mlp(features)
+        return nn.functional.normalize(z, dim=1) if self.l2 else z
+
+
+class DeepClusterNet(nn.Module):
+    """Trunk [+ projection] + head.
+
+    ``forward`` gives head logits (B, num_outputs); ``trunk(x)`` gives the features (B, F) that kNN and linear
+    probes evaluate; :meth:`embed` gives what the head sees — the projection (B, P) when there is one (the
+    clustering space for ``--cluster-on projection``), else the trunk features.
+    """
+
+    def __init__(self, trunk: Trunk, num_outputs: int = 10, projection: Projection | None = None):
         super().__init__()
         self.trunk = trunk
-        self.head = new_head(trunk.feature_dim, num_outputs)
+        self.projection = projection
+        self.head = new_head(self.embed_dim, num_outputs)
 
     @property
     def feature_dim(self) -> int:
         return self.trunk.feature_dim
 
+    @property
+    def embed_dim(self) -> int:
+        """Input width of the head: the projection's dimension, or the trunk's feature dimension."""
+        return self.projection.dim if self.projection is not None else self.trunk.feature_dim
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        features = self.trunk(x)
+        return self.projection(features) if self.projection is not None else features
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.trunk(x))
+        return self.head(self.embed(x))
 
 
 def build_model(arch: str, in_channels: int, *, sobel: bool = False, width: int = 64,
-                num_outputs: int = 10) -> DeepClusterNet:
-    """Build ``arch`` (a key of ARCHS) for images with ``in_channels`` channels."""
+                num_outputs: int = 10, projection_dim: int = 0, projection_hidden: int = 512,
+                projection_l2: bool = True) -> DeepClusterNet:
+    """Build ``arch`` (a key of ARCHS) for images with ``in_channels`` channels; ``projection_dim > 0`` adds a
+    projection head of that output dimension between the trunk and the classifier head."""
     if arch not in ARCHS:
         raise ValueError(f"unknown architecture {arch!r}; choose one of {sorted(ARCHS)} (--arch)")
     if width < 1:
         raise ValueError(f"--width must be >= 1, got {width}")
+    if projection_dim < 0 or (projection_dim and projection_hidden < 1):
+        raise ValueError(f"--projection-dim must be >= 0 (0: none) and --projection-hidden >= 1, got "
+                         f"{projection_dim} and {projection_hidden}")
     trunk = ARCHS[arch](2 if sobel else in_channels, width)
     if sobel:
         trunk.sobel = Sobel(in_channels)
-    return DeepClusterNet(trunk, num_outputs)
+    projection = (Projection(trunk.feature_dim, projection_dim, projection_hidden, projection_l2)
+                  if projection_dim else None)
+    return DeepClusterNet(trunk, num_outputs, projection)

@@ -42,3 +42,16 @@ def test_unknown_arch_lists_choices():
     with pytest.raises(ValueError, match="vgg-small"):
         build_model("resnet", 3)
     assert set(ARCHS) == {"vgg-small", "alexnet-bn", "vgg16-bn"}
+
+
+def test_projection_sits_between_trunk_and_head():
+    model = build_model("vgg-small", 1, num_outputs=5, width=4, projection_dim=6, projection_hidden=16).eval()
+    x = torch.randn(3, 1, 28, 28)
+    z = model.embed(x)
+    assert z.shape == (3, 6) and torch.allclose(z.norm(dim=1), torch.ones(3), atol=1e-5)
+    assert model.head.in_features == 6 and torch.allclose(model(x), model.head(z))
+    assert model.trunk(x).shape == (3, model.feature_dim)        # kNN still sees the trunk features
+    plain = build_model("vgg-small", 1, num_outputs=5, width=4).eval()
+    assert plain.projection is None and torch.equal(plain.embed(x), plain.trunk(x))
+    with pytest.raises(ValueError, match="--projection-dim"):
+        build_model("vgg-small", 1, projection_dim=-1)
