@@ -1,4 +1,4 @@
-"""End-to-end behaviour of the round loop: determinism, resume, run-directory safety, CLI."""
+"""End-to-end behaviour of the round loop: determinism, resume, run-directory safety (CLI: test_cli.py)."""
 import json
 
 import numpy as np
@@ -6,7 +6,6 @@ import pytest
 import torch
 
 from bayes_dc import pipeline
-from bayes_dc.cli import config_from_args
 from bayes_dc.config import Config, merge
 from bayes_dc.runlog import RunDirError
 
@@ -118,18 +117,6 @@ def test_bad_config_fails_clearly_and_writes_nothing(tiny_config, overrides, mes
     with pytest.raises(ValueError, match=message):
         pipeline.run(merge(tiny_config, overrides))
     assert not (Path(tiny_config.run.out_dir) / "tiny").exists()
-
-
-def test_cli_precedence_and_round_trip(tmp_path):
-    cfg = config_from_args(["--preset", "quick", "--k", "7", "--no-whiten", "--alpha-prior", "1", "2"])
-    assert cfg.cluster.k == 7 and cfg.features.whiten is False and cfg.cluster.alpha_prior == (1.0, 2.0)
-    path = tmp_path / "c.json"
-    cfg.to_json(path)
-    assert Config.from_json(path) == cfg
-    with pytest.raises(ValueError, match="valid fields"):
-        Config.from_dict({"cluster": {"kk": 3}})
-    with pytest.raises(ValueError, match="unknown --preset"):
-        config_from_args(["--preset", "nope"])
 
 
 def test_derived_seeds_differ_by_purpose_and_step():
