@@ -4,17 +4,16 @@ Reads files only; imports no training code, so it is safe to use on run director
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 
+from .jsonl import read_jsonl
+
 
 def read_records(run_dir: str | Path) -> list[dict]:
-    path = Path(run_dir) / "metrics.jsonl"
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    """The records of a run's ``metrics.jsonl`` (one per epoch, plus the final one); ``[]`` if there are none."""
+    return read_jsonl(Path(run_dir) / "metrics.jsonl")
 
 
 def summarize_run(run_dir: str | Path, stability_window: int = 5) -> dict | None:

@@ -28,12 +28,14 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from bayes_dc.clustering.base import active_threshold  # noqa: E402  (the K_active cut; base imports no backend)
+from bayes_dc.jsonl import read_jsonl  # noqa: E402
 from bayes_dc.report import read_records  # noqa: E402
 import style as S  # noqa: E402
 
 # Config fields that do not change what a run measures (where it ran / how it was shown) or that make seeds.
 IGNORED = {("run", k) for k in ("name", "out_dir", "resume", "progress", "figures", "threads", "device", "seed",
-                                "knn_every", "snapshot_every")} | {("features", "extract_batch")}
+                                "knn_every")} | {("features", "extract_batch")}
 # Fields that define the "setting" (runs of different settings are never put on one axis).
 SETTING = [("data", "dataset"), ("data", "subset"), ("train", "epochs"), ("model", "arch"), ("model", "width")]
 # Fields shown in legend labels when they differ between the plotted groups, in this order.
@@ -115,10 +117,7 @@ def find_runs(runs_dir: Path) -> list[Run]:
         records = read_records(d)
         if not any("round" in r for r in records):
             continue
-        lineage_path = d / "lineage.jsonl"
-        lineage = ([json.loads(x) for x in lineage_path.read_text().splitlines() if x.strip()]
-                   if lineage_path.exists() else [])
-        runs.append(Run(d, json.loads((d / "config.json").read_text()), records, lineage))
+        runs.append(Run(d, json.loads((d / "config.json").read_text()), records, read_jsonl(d / "lineage.jsonl")))
     return runs
 
 
@@ -250,7 +249,7 @@ def fig_active_clusters(groups, out, name):
             ax.axhline(t, color="0.6", linewidth=0.8, linestyle=(0, (1, 3)))
             ax.annotate(f"T={t}", (ax.get_xlim()[0], t), textcoords="offset points", xytext=(2, 2), fontsize=7,
                         color="0.4")
-        ax.set(ylabel="active clusters K_active\n(components with weight ≥ 0.5 %)",
+        ax.set(ylabel="active clusters K_active\n(components with weight ≥ min(0.5 %, 1/2T))",
                title="Active clusters per round")
         if max(ts) / max(1, min(g.final("k_active") or 1 for g in fam)) > 30:
             ax.set_yscale("log")
@@ -375,9 +374,10 @@ def fig_weights(groups, out, name):
             w = np.maximum(_final_weights(g.runs[0]), floor)
             ax.plot(np.arange(1, len(w) + 1), w, label=label + (" (seed 0)" if len(g.runs) > 1 else ""),
                     markevery=max(1, len(w) // 12), drawstyle="steps-mid", **g.kw)
-        ax.axhline(0.005, color="0.5", linewidth=0.8, linestyle=(0, (4, 2)))
-        ax.annotate("active cut 0.5 %", (1, 0.005), textcoords="offset points", xytext=(2, -10), fontsize=7,
-                    color="0.35")
+        for cut in sorted({active_threshold(len(_final_weights(g.runs[0]))) for g in sel}):
+            ax.axhline(cut, color="0.5", linewidth=0.8, linestyle=(0, (4, 2)))
+            ax.annotate(f"active cut {100 * cut:.2g} %", (1, cut), textcoords="offset points", xytext=(2, -10),
+                        fontsize=7, color="0.35")
         ax.set(xscale="log" if max(len(_final_weights(g.runs[0])) for g in sel) > 50 else "linear", yscale="log",
                xlabel="component rank (largest first)", ylabel="mixture weight (fraction of points)",
                title=f"Final weight spectra ({name})")
@@ -452,7 +452,7 @@ def fig_lineage(groups, out, name):
                 ax.set_xticks(x)
         axes[0, -1].legend(loc="center left", bbox_to_anchor=(1.01, 0.5))
         fig.suptitle(f"Component lineage between consecutive rounds ({name}): active components of round t-1 "
-                     "kept / split / merged, of round t born / died (active = weight ≥ 0.5 %)", fontsize=9)
+                     "kept / split / merged, of round t born / died (active = weight ≥ min(0.5 %, 1/2T))", fontsize=9)
         return S.save(fig, out, "fig7_lineage")
 
 
