@@ -236,15 +236,14 @@ def fig_active_clusters(groups, out, name):
     ts = sorted({g.get("cluster", "truncation") for g in fam})
     alphas = sorted({g.get("cluster", "alpha") for g in fam})
     with S.style():
-        fig, axes = S.figure(1, 2, size=(8.0, 3.4))
+        # One setting: a single panel with the final number written out (a lone bar says nothing more).
+        fig, axes = S.figure(1, 2, size=(8.0, 3.4)) if len(fam) > 1 else S.figure(size=(5.2, 3.4))
         ax = axes[0, 0]
         for g in fam:
             t, a = g.get("cluster", "truncation"), g.get("cluster", "alpha")
-            kw = {"color": S.COLORS[ts.index(t) % 8], "marker": S.MARKERS[ts.index(t) % 8],
-                  "linestyle": S.LINESTYLES[alphas.index(a) % 4]}
             c = g.curve("k_active")
             if c is not None:
-                ax.plot(c[0], c[1], label=f"T={t}, α={a:g}", **kw)
+                ax.plot(c[0], c[1], label=f"T={t}, α={a:g}", **_t_alpha_style(ts.index(t), alphas.index(a)))
         for t in ts:
             ax.axhline(t, color="0.6", linewidth=0.8, linestyle=(0, (1, 3)))
             ax.annotate(f"T={t}", (ax.get_xlim()[0], t), textcoords="offset points", xytext=(2, 2), fontsize=7,
@@ -254,22 +253,53 @@ def fig_active_clusters(groups, out, name):
         if max(ts) / max(1, min(g.final("k_active") or 1 for g in fam)) > 30:
             ax.set_yscale("log")
         _epoch_axis(ax, fam)
-        _legend(ax, title="marker: T, line: α", fontsize=7, ncol=1 + (len(fam) > 4))
-        ax = axes[0, 1]
-        width = 0.8 / max(1, len(alphas))
-        for j, a in enumerate(alphas):
-            vals = [next((g.final("k_active") for g in fam if g.get("cluster", "truncation") == t
-                          and g.get("cluster", "alpha") == a), np.nan) for t in ts]
-            xs = np.arange(len(ts)) + (j - (len(alphas) - 1) / 2) * width
-            bars = ax.bar(xs, vals, width, color=S.BAR_GREYS[j % 6], edgecolor="k", hatch=S.HATCHES[j % 6],
-                          label=f"α={a:g}")
-            ax.bar_label(bars, fmt="%.0f", fontsize=7, padding=1)
-        ax.set_xticks(range(len(ts)), [f"T={t}" for t in ts])
-        ax.set(xlabel="truncation T (upper bound on clusters)", ylabel="K_active after the last round",
-               title="Final active clusters")
-        _legend(ax)
+        if len(fam) == 1:
+            g = fam[0]
+            seeds = f" (mean of {len(g.runs)} seeds)" if len(g.runs) > 1 else ""
+            ax.text(0.98, 0.5, f"after the last round:\nK_active = {g.final('k_active'):.3g} of T = {ts[0]}{seeds}",
+                    transform=ax.transAxes, ha="right", va="center", fontsize=9,
+                    bbox={"boxstyle": "round", "facecolor": "white", "edgecolor": "0.6"})
+            ax.set_title(f"Active clusters per round (T={ts[0]}, α={alphas[0]:g})")
+        else:
+            _legend(ax, title="marker: T, line: α", fontsize=7, ncol=1 + (len(fam) > 4))
+            _final_k_panel(axes[0, 1], fam, ts, alphas)
         fig.suptitle(f"Clusters inferred by the DP-GMM ({name})")
         return S.save(fig, out, "fig1_active_clusters")
+
+
+def _t_alpha_style(t_index: int, alpha_index: int) -> dict:
+    """Marker and colour carry T, the line style carries alpha (the same in both panels of fig 1)."""
+    return {"color": S.COLORS[t_index % 8], "marker": S.MARKERS[t_index % 8],
+            "linestyle": S.LINESTYLES[alpha_index % 4]}
+
+
+def _final_k_panel(ax, fam, ts, alphas):
+    """K_active after the last round against T (one line per alpha; against alpha when only one T ran), each
+    point labelled with its value. The x positions are the settings in order, and the series are spread
+    a little sideways, so that equal values of different series stay visible."""
+    def final(t, a):
+        return next((g.final("k_active") for g in fam if g.get("cluster", "truncation") == t
+                     and g.get("cluster", "alpha") == a), None)
+
+    by_t = len(ts) > 1
+    xs, lines = (ts, alphas) if by_t else (alphas, ts)
+    for j, line in enumerate(lines):
+        shift = 0.06 * (j - (len(lines) - 1) / 2)
+        pts = [(i + shift, final(x, line) if by_t else final(line, x)) for i, x in enumerate(xs)]
+        pts = [(i, k) for i, k in pts if k is not None]
+        ax.plot(*zip(*pts), label=f"α={line:g}" if by_t else f"T={line}", **S.series(j))
+        for i, k in pts:
+            left = shift < 0  # labels on the side the series is shifted to, away from the others
+            ax.annotate(f"{k:.3g}", (i, k), textcoords="offset points", xytext=(-5 if left else 5, 3), fontsize=7,
+                        ha="right" if left else "left")
+    if by_t:
+        ax.plot(range(len(ts)), ts, color="0.6", linewidth=0.8, linestyle=(0, (1, 3)), label="K = T (upper bound)")
+    ax.set_xticks(range(len(xs)), [f"T={t}" for t in ts] if by_t else [f"α={a:g}" for a in alphas])
+    ax.set_xlim(-0.5, len(xs) - 0.5)
+    ax.set(xlabel="truncation T (upper bound on clusters)" if by_t else "concentration α",
+           ylabel="K_active after the last round", title="Final active clusters")
+    ax.set_ylim(bottom=0)
+    _legend(ax)
 
 
 def fig_nmi(groups, out, name):

@@ -60,6 +60,24 @@ def test_missing_runs_skip_figures_with_a_note(tiny_sweep, tmp_path, capsys, mon
     assert "fig1_active_clusters" not in names
 
 
+def test_fig1_with_one_dp_setting_is_one_panel_with_the_number(tiny_sweep, tmp_path, monkeypatch):
+    """One (T, alpha) setting: no lone bar; the final K_active is written on the single per-round panel."""
+    import make_all
+    from matplotlib.image import imread
+
+    monkeypatch.setattr(make_all, "FIGURES", make_all.FIGURES[:1])
+    one = tmp_path / "one"
+    shutil.copytree(tiny_sweep / "dp_T20_warm-init", one / "dp_T20_warm-init")
+    texts = []
+    real_text = make_all.S.plt.Axes.text
+    monkeypatch.setattr(make_all.S.plt.Axes, "text", lambda ax, *a, **k: texts.append(a[2]) or real_text(ax, *a, **k))
+    [png, _] = make_all.make_all(one, tmp_path / "f1", verbose=False)
+    k_final = json.loads((one / "dp_T20_warm-init" / "metrics.jsonl").read_text().splitlines()[-1])["k_active"]
+    assert any(f"K_active = {k_final} of T = 20" in t for t in texts), texts
+    [several, _] = make_all.make_all(tiny_sweep, tmp_path / "f2", verbose=False)
+    assert imread(png).shape[1] < 0.8 * imread(several).shape[1]  # one panel instead of two
+
+
 def test_several_settings_are_never_mixed(tiny_sweep, tmp_path):
     import make_all
 
