@@ -30,12 +30,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bayes_dc.clustering.base import active_threshold  # noqa: E402  (the K_active cut; base imports no backend)
 from bayes_dc.jsonl import read_jsonl  # noqa: E402
-from bayes_dc.report import read_records  # noqa: E402
+from bayes_dc.report import NOT_COMPARED, read_records  # noqa: E402
 import style as S  # noqa: E402
 
-# Config fields that do not change what a run measures (where it ran / how it was shown) or that make seeds.
-IGNORED = {("run", k) for k in ("name", "out_dir", "resume", "progress", "figures", "threads", "device", "seed",
-                                "knn_every")} | {("features", "extract_batch")}
 # Fields that define the "setting" (runs of different settings are never put on one axis).
 SETTING = [("data", "dataset"), ("data", "subset"), ("train", "epochs"), ("model", "arch"), ("model", "width")]
 # Fields shown in legend labels when they differ between the plotted groups, in this order.
@@ -124,7 +121,7 @@ def find_runs(runs_dir: Path) -> list[Run]:
 def _key(config: dict, fields=None) -> str:
     if fields is not None:
         return json.dumps([config.get(s, {}).get(k) for s, k in fields])
-    flat = {f"{s}.{k}": v for s, sec in config.items() for k, v in sec.items() if (s, k) not in IGNORED}
+    flat = {f"{s}.{k}": v for s, sec in config.items() for k, v in sec.items() if k not in NOT_COMPARED}
     return json.dumps(flat, sort_keys=True, default=str)
 
 
