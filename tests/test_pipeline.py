@@ -258,16 +258,14 @@ def test_dp_run_with_head_keep_trains_the_permuted_head(tiny_config, tmp_path, m
 
 def test_warm_start_prior_differs_from_init_from_the_second_round(tiny_config, tmp_path):
     """--warm-start prior adds the previous posterior to the prior: the same run with init differs from round 1
-    on (the first round is cold for both), and so does prior with another decay."""
+    on (round 0 is cold for both; round 1 is the final clustering after one epoch)."""
     base = merge(merge(tiny_config, DP_TINY), {"targets": {"targets": "hard", "head": "reset"},
-                                                "train": {"epochs": 2}, "run": {"knn_every": 0}})
-    runs = {}
-    for name, cluster in (("init", {"warm_start": "init"}), ("prior", {"warm_start": "prior", "prior_decay": 0.5}),
-                          ("prior1", {"warm_start": "prior", "prior_decay": 1.0})):
-        pipeline.run(merge(base, {"cluster": cluster, "run": {"name": name}}))
-        runs[name] = [r for r in read(tmp_path / "runs" / name) if "round" in r]
-    objective = {name: [r["objective"] for r in recs] for name, recs in runs.items()}
-    assert objective["init"][0] == objective["prior"][0] == objective["prior1"][0]
-    assert [r["backend_info"]["warm_start"] for r in runs["prior"]] == ["none", "prior", "prior"]
-    for later in (1, 2):
-        assert len({objective[name][later] for name in runs}) == 3, objective
+                                                "train": {"epochs": 1}, "run": {"knn_every": 0}})
+    rounds = {}
+    for warm in ("init", "prior"):
+        pipeline.run(merge(base, {"cluster": {"warm_start": warm}, "run": {"name": warm}}))
+        rounds[warm] = [r for r in read(tmp_path / "runs" / warm) if "round" in r]
+    assert [r["backend_info"]["warm_start"] for r in rounds["prior"]] == ["none", "prior"]
+    init, prior = rounds["init"], rounds["prior"]
+    assert init[0]["objective"] == prior[0]["objective"] and init[0]["weights"] == prior[0]["weights"]
+    assert init[1]["objective"] != prior[1]["objective"] and init[1]["weights"] != prior[1]["weights"]
