@@ -71,9 +71,14 @@ def _command_line_type() -> type:
     ])
 
 
+class _FilesParser(argparse.ArgumentParser):
+    def error(self, message: str):  # e.g. --preset without a name: one line, like every other error here
+        raise CLIError(message)
+
+
 def _files_config(argv: list[str]) -> tuple[Config, str | None, str | None]:
     """Defaults with --preset and then --config applied (read before the full parse; see module docstring)."""
-    pre = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    pre = _FilesParser(add_help=False, allow_abbrev=False)
     pre.add_argument("--preset")
     pre.add_argument("--config")
     known, _ = pre.parse_known_args(argv)

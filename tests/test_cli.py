@@ -102,6 +102,8 @@ def test_unknown_preset_is_one_line_listing_presets():
         config_from_args(["--preset", "nope"])
     assert "\n" not in str(err.value) and "'nope'" in str(err.value)
     assert all(p in str(err.value) for p in list_presets())
+    with pytest.raises(CLIError, match="--preset: expected one argument"):
+        config_from_args(["--k", "3", "--preset"])
 
 
 @pytest.mark.parametrize("contents, named", [("{not json", "not valid JSON"),
