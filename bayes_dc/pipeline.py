@@ -9,6 +9,10 @@ Each epoch e (0-based) of a run:
 4. append one record to metrics.jsonl and checkpoint atomically (resume restarts at the next epoch).
 After the last epoch the final trunk is clustered and evaluated once more (record ``phase: "final"``).
 
+What stays fixed for the run (config, data, model, optimisers, device, backend, run directory) is built once
+by :func:`setup` into a :class:`~bayes_dc.context.RunContext` that every stage takes; what changes from epoch
+to epoch (round, targets, warm state, ...) is the ``state`` dict that checkpoints store.
+
 Randomness is derived from (seed, purpose, epoch) only, so a resumed run repeats the uninterrupted one.
 """
 from __future__ import annotations
