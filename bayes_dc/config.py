@@ -1,51 +1,99 @@
 """Typed configuration. One :class:`Config` describes a run completely; it round-trips through JSON.
 
-Each section is a dataclass whose fields are the CLI options of ``experiments/run.py`` (same names,
-``-`` for ``_``). Presets in ``experiments/configs/*.json`` are partial dicts merged over the defaults.
+Each section is a dataclass whose fields are the command-line options of ``experiments/run.py``, generated
+from this file by tyro (:mod:`bayes_dc.cli`): field ``pca_dim`` is the option ``--pca-dim`` (flat names, no
+section prefix, so a field name must be unique across sections), a ``bool`` field is ``--x`` / ``--no-x``, a
+``... | None`` field accepts ``None``. Presets in ``experiments/configs/*.json`` are partial dicts merged over
+the defaults.
+
+Conventions for a field (a new field written this way is a new, documented option with no further code):
+
+- ``name: type = default  # one-line help text``: the comment on the same line is the ``--help`` text;
+  say what the value means, its unit, and what ``None`` means where it is allowed.
+- An enumerated option is a ``Literal[...]`` (``--help`` lists the choices and the parser rejects anything
+  else). Where the names come from a registry (datasets, architectures, backends, target kinds, ...),
+  ``tests/test_cli.py`` checks that the ``Literal`` and the registry agree.
+- A field read by one clustering backend only carries ``field(default=..., metadata={"backend": "dp"})``
+  (or ``"kmeans"``: a key of ``bayes_dc.clustering.BACKENDS``).
+- A field read only when other options have certain values adds ``"only_if": {"option": [values, ...]}`` to
+  its metadata, e.g. ``prior_decay`` only with ``warm_start: prior``. Every condition must hold.
+
+Sweeps read the metadata through :func:`unused_options` to drop options that cannot change a run (and so
+never make the same run twice); nothing else lists which option matters when.
 """
 from __future__ import annotations
 
 import dataclasses
 import json
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, Mapping
+
+# Names of registries elsewhere (bayes_dc.data.DATASETS, bayes_dc.models.ARCHS, bayes_dc.clustering.BACKENDS,
+# ...), repeated here so the command line can list them without importing torch; tests/test_cli.py checks
+# that each Literal agrees with its registry.
+Dataset = Literal["fashion-mnist", "mnist", "cifar10", "stl10", "imagefolder", "digits", "synthetic"]
+Split = Literal["train", "test", "unlabeled", "none"]
+Arch = Literal["vgg-small", "alexnet-bn", "vgg16-bn"]
+Backend = Literal["kmeans", "dp"]
+Inference = Literal["cavi", "svi"]
+Covariance = Literal["diag", "spherical"]
+WarmStart = Literal["none", "init", "prior"]
+TargetKind = Literal["hard", "soft", "multilabel"]
+HeadPolicy = Literal["reset", "keep"]
+RelabelRule = Literal["fixed", "adaptive"]
+Reduce = Literal["pca", "umap"]
+
+DP = {"backend": "dp"}
+KMEANS = {"backend": "kmeans"}
+WITH_EVAL = {"only_if": {"eval_split": ["train", "test", "unlabeled"]}}
+DP_SVI = {**DP, "only_if": {"inference": ["svi"]}}
+ADAPTIVE = {"only_if": {"relabel": ["adaptive"]}}
+DP_PRIOR = {**DP, "only_if": {"warm_start": ["prior"]}}
+SOFT = {"only_if": {"targets": ["soft", "multilabel"]}}
+PCA_ONLY = {"only_if": {"reduce": ["pca"]}}
+UMAP_ONLY = {"only_if": {"reduce": ["umap"]}}
 
 
 @dataclass
 class DataConfig:
-    dataset: str = "fashion-mnist"
-    data_root: str | None = None      # searched first; then $BAYES_DC_DATA, system paths, download
-    subset: int | None = None         # use the first N training images (deterministic, seeded shuffle)
-    eval_split: str = "test"          # split for kNN / linear probe; "none" to skip
-    eval_subset: int | None = None
-    image_size: int | None = None     # resize (imagefolder / digits); None = dataset's native size
-    download: bool = True             # allow torchvision's download when no local copy is found
+    """Training and evaluation data."""
+
+    dataset: Dataset = "fashion-mnist"  # dataset to train on (its labels are used for evaluation only)
+    data_root: str | None = None  # folder searched first (imagefolder: the images); None: $BAYES_DC_DATA, system paths
+    subset: int | None = None  # train on N images (a seeded shuffle of the training split); None: all
+    eval_split: Split = "test"  # split scored by kNN accuracy; none: no kNN evaluation
+    eval_subset: int | None = field(default=None, metadata=WITH_EVAL)  # kNN on N seeded eval images; None: all
+    image_size: int | None = None  # resize images to this side in pixels (imagefolder, digits); None: as stored
+    download: bool = True  # let torchvision download the dataset when no local copy is found
 
 
 @dataclass
 class ModelConfig:
-    arch: str = "vgg-small"           # see bayes_dc.models.ARCHS
-    sobel: bool = False
-    # vgg-small channel width; None: WIDTH_DEFAULTS[dataset] (the small demo datasets get a small trunk so
-    # they run in about a minute on a CPU), else 64 as the reference DeepCluster setting.
-    width: int | None = None
+    """The ConvNet trunk (the classifier head's size follows the clustering)."""
+
+    arch: Arch = "vgg-small"  # trunk architecture (bayes_dc.models.ARCHS)
+    sobel: bool = False  # feed fixed Sobel edge filters instead of the pixels (DeepCluster on ImageNet)
+    width: int | None = None  # vgg-small channel width; None: WIDTH_DEFAULTS (16 for digits/synthetic, else 64)
 
 
 @dataclass
 class FeatureConfig:
-    # None: the backend's default, PCA_DEFAULTS below (k-means 256 as DeepCluster; the DP-GMM collapses to
-    # 1-3 components on 256 whitened dimensions of random-init features, so 64). Capped by F and N - 1.
-    pca_dim: int | None = None
-    whiten: bool = True
-    l2: bool = True
-    extract_batch: int = 1024         # images per forward pass during feature extraction
-    reduce: str = "pca"               # clustering space: "pca" (whitened PCA + L2, DeepCluster) | "umap" (PCA then UMAP)
-    reduce_dim: int = 10              # UMAP output dimension (--reduce umap)
-    umap_neighbors: int = 20          # UMAP n_neighbors: size of the local neighbourhood (--reduce umap)
-    umap_min_dist: float = 0.0        # UMAP min_dist; 0 packs clusters tightly, as for clustering (--reduce umap)
+    """From trunk features to the space that is clustered (refitted every round)."""
+
+    pca_dim: int | None = None  # PCA dimension before clustering (capped by F and N-1); None: PCA_DEFAULTS[--prior], 50 before UMAP
+    whiten: bool = field(default=True, metadata=PCA_ONLY)  # whiten the PCA components (unit variance each)
+    l2: bool = field(default=True, metadata=PCA_ONLY)  # L2-normalise each point after PCA
+    extract_batch: int = 1024  # images per forward pass when extracting features (memory only)
+    reduce: Reduce = "pca"  # clustering space: pca (whitened PCA + L2, DeepCluster) or umap (PCA, then UMAP to --reduce-dim)
+    reduce_dim: int = field(default=10, metadata=UMAP_ONLY)  # UMAP output dimension
+    umap_neighbors: int = field(default=20, metadata=UMAP_ONLY)  # UMAP n_neighbors: the size of a local neighbourhood
+    umap_min_dist: float = field(default=0.0, metadata=UMAP_ONLY)  # UMAP min_dist; 0 packs clusters tightly (clustering)
 
 
+# k-means keeps DeepCluster's 256; the DP-GMM collapses to 1-3 components on 256 whitened dimensions of
+# random-init features, so 64. Small demo datasets get a small trunk so they run in a minute on a CPU.
 PCA_DEFAULTS = {"kmeans": 256, "dp": 64}
 # PCA dimension before UMAP (as in N2D / the eval protocol's UMAP baseline); UMAP then reduces to reduce_dim.
 UMAP_PCA_DEFAULT = 50
@@ -54,72 +102,81 @@ WIDTH_DEFAULTS = {"digits": 16, "synthetic": 16}
 
 @dataclass
 class ClusterConfig:
-    prior: str = "dp"                 # backend registry key: "dp" (DP-GMM) | "kmeans" (DeepCluster baseline)
-    k: int = 100                      # k-means clusters
-    truncation: int = 300             # DP truncation T
-    kmeans_niter: int = 20
-    # DP-GMM
-    inference: str = "cavi"           # "cavi" (closed form) | "svi" (Pyro)
-    covariance: str = "diag"          # "diag" | "spherical"
-    alpha: float = 1.0                # DP concentration (fixed unless alpha_prior is set)
-    alpha_prior: tuple[float, float] | None = None   # Gamma(shape, rate) prior on alpha
-    beta0: float | None = None        # None: data-driven defaults (as scikit-learn)
-    a0: float | None = None
-    b0: float | None = None
-    prior_strength: float = 1.0       # scales the data-driven a0, b0 (more pseudo-counts -> fewer clusters)
-    topk: int = 8
-    max_iter: int = 100
-    tol: float = 1e-4                 # relative ELBO change for convergence
-    min_size: float = 1.0             # expected count below which a component is reset to the prior
-    warm_start: str = "init"          # "none" | "init" | "prior"
-    prior_decay: float = 0.5          # rho for warm_start="prior"
-    svi_steps: int = 2000
-    svi_batch: int = 1024
-    svi_lr: float = 0.05
+    """The clustering step: faiss k-means (DeepCluster's baseline) or the variational DP-GMM."""
+
+    prior: Backend = "dp"  # clustering backend: dp (DP-GMM, K inferred) or kmeans (DeepCluster, K fixed)
+    k: int = field(default=100, metadata=KMEANS)  # number of k-means clusters
+    truncation: int = field(default=300, metadata=DP)  # DP truncation T: the most clusters the DP-GMM can use
+    kmeans_niter: int = field(default=20, metadata=KMEANS)  # k-means iterations (faiss)
+    inference: Inference = field(default="cavi", metadata=DP)  # cavi (closed-form, fast) or svi (Pyro)
+    covariance: Covariance = field(default="diag", metadata=DP)  # per-dimension (diag) or one variance (spherical)
+    alpha: float = field(default=1.0, metadata=DP)  # DP concentration (more: more clusters); start if --alpha-prior
+    alpha_prior: tuple[float, float] | None = field(default=None, metadata=DP)  # Gamma(shape, rate); None: alpha fixed
+    beta0: float | None = field(default=None, metadata=DP)  # prior precision scale of the means; None: 1 (sklearn)
+    a0: float | None = field(default=None, metadata=DP)  # Gamma shape of the precisions; None: d/2 (sklearn)
+    b0: float | None = field(default=None, metadata=DP)  # Gamma rate of the precisions; None: data variance / 2
+    prior_strength: float = field(default=1.0, metadata=DP)  # scales the data-driven a0, b0 (more: fewer clusters)
+    topk: int = field(default=8, metadata=DP)  # responsibilities kept per point (soft targets, warm starts)
+    max_iter: int = field(default=100, metadata=DP)  # most coordinate-ascent iterations per round
+    tol: float = field(default=1e-4, metadata=DP)  # converged when the relative ELBO change is below this
+    min_size: float = field(default=1.0, metadata=DP)  # expected count below which a component is reset to the prior
+    warm_start: WarmStart = field(default="init", metadata=DP)  # none (cold), init (last responsibilities), prior
+    prior_decay: float = field(default=0.5, metadata=DP_PRIOR)  # weight rho in (0, 1] of the last posterior in the prior
+    svi_steps: int = field(default=2000, metadata=DP_SVI)  # Pyro SVI optimisation steps per round
+    svi_batch: int = field(default=1024, metadata=DP_SVI)  # Pyro SVI mini-batch size (points)
+    svi_lr: float = field(default=0.05, metadata=DP_SVI)  # Pyro SVI learning rate (Adam)
 
 
 @dataclass
 class TargetConfig:
-    targets: str = "hard"             # "hard" | "soft" | "multilabel"
-    sharpen: float = 1.0              # temperature tau for soft targets (<1 sharpens)
-    balanced: bool = True             # cluster-balanced sampling (DeepCluster's uniform-per-cluster)
-    head: str = "reset"               # "reset" | "keep"
+    """What the ConvNet learns to predict from a clustering."""
+
+    targets: TargetKind = "hard"  # hard (argmax, CE), soft (CE to responsibilities), multilabel (per-cluster BCE)
+    sharpen: float = field(default=1.0, metadata=SOFT)  # temperature tau of soft targets, q ~ r^(1/tau); <1 sharpens
+    balanced: bool = True  # cluster-balanced sampling (DeepCluster's uniform-per-cluster sampler)
+    head: HeadPolicy = "reset"  # at a relabel: reset (fresh head) or keep (rows follow DP component ids)
 
 
 @dataclass
 class TrainConfig:
-    epochs: int = 10
-    relabel_every: int = 1            # recluster every E epochs (DeepCluster: 1)
-    relabel: str = "fixed"            # "fixed" (every relabel_every) | "adaptive" (when the targets go stale)
-    relabel_agreement: float = 0.8    # adaptive: relabel once the head agrees with this share of its targets
-    relabel_max_gap: int = 5          # adaptive: relabel at the latest after this many epochs
-    batch_size: int = 256
-    lr: float = 0.05
-    momentum: float = 0.9
-    weight_decay: float = 1e-5
-    head_lr: float | None = None      # None: same as lr
-    augment: bool = True              # random crop + flip on tensors
-    crop_padding: int = 4
-    epoch_samples: int | None = None  # samples per epoch (None: N, as DeepCluster)
+    """Training schedule and optimiser (SGD, as DeepCluster)."""
+
+    epochs: int = 10  # training epochs
+    relabel_every: int = field(default=1, metadata={"only_if": {"relabel": ["fixed"]}})  # recluster every E epochs
+    relabel: RelabelRule = "fixed"  # fixed (every --relabel-every epochs) or adaptive (once targets are learned)
+    relabel_agreement: float = field(default=0.8, metadata=ADAPTIVE)  # relabel once the head agrees with this share
+    relabel_max_gap: int = field(default=5, metadata=ADAPTIVE)  # relabel at the latest after this many epochs
+    batch_size: int = 256  # images per optimiser step
+    lr: float = 0.05  # SGD learning rate
+    momentum: float = 0.9  # momentum of the SGD updates
+    weight_decay: float = 1e-5  # SGD weight decay (L2)
+    head_lr: float | None = None  # learning rate of the classifier head; None: --lr
+    augment: bool = True  # random crop (after zero padding) and horizontal flip of training images
+    crop_padding: int = field(default=4, metadata={"only_if": {"augment": [True]}})  # zero padding (pixels)
+    epoch_samples: int | None = None  # images the balanced sampler draws per epoch; None: N, as DeepCluster
 
 
 @dataclass
 class RunConfig:
-    name: str | None = None           # run directory name under out_dir (default: derived from config)
-    out_dir: str = "runs"
-    seed: int = 0
-    device: str = "auto"              # "auto" | "cpu" | "cuda"
-    threads: int | None = None        # torch/faiss CPU threads (None: library default)
-    knn_every: int = 5                # kNN eval every N rounds (and always at the end); 0 = only at the end
-    knn_k: int = 20
-    figures: bool = True
-    tensorboard: bool = False         # scalars + cluster image grids under <run dir>/tensorboard
-    progress: bool = True
-    resume: bool = False
+    """Where the run goes and how it reports."""
+
+    name: str | None = None  # run directory name under --out-dir; None: derived from the config
+    out_dir: str = "runs"  # parent folder of run directories
+    seed: int = 0  # the one seed every random choice is derived from (per purpose and round)
+    device: str = "auto"  # auto (cuda if available), cpu, cuda or cuda:N
+    threads: int | None = None  # torch and faiss CPU threads (set when runs share a machine); None: library default
+    knn_every: int = field(default=5, metadata=WITH_EVAL)  # kNN eval every N epochs, and at the end; 0: only at the end
+    knn_k: int = field(default=20, metadata=WITH_EVAL)  # neighbours of the kNN evaluation (cosine, weighted votes)
+    figures: bool = True  # write figures/rounds.{png,pdf} when the run ends
+    tensorboard: bool = False  # also log scalars and cluster image grids to <run dir>/tensorboard
+    progress: bool = True  # show progress bars
+    resume: bool = False  # continue the run in --out-dir/--name from its last checkpoint (same config)
 
 
 @dataclass
 class Config:
+    """A whole run: one section per stage (each field of each section is a command-line option)."""
+
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     features: FeatureConfig = field(default_factory=FeatureConfig)
@@ -168,11 +225,62 @@ class Config:
 SECTIONS = {f.name: f.type for f in dataclasses.fields(Config)}
 
 
+def _section_fields() -> dict[str, tuple[str, dataclasses.Field]]:
+    """Flat option name -> (section, dataclass field), in declaration order; names must be unique."""
+    out: dict[str, tuple[str, dataclasses.Field]] = {}
+    for section in dataclasses.fields(Config):
+        for f in dataclasses.fields(section.default_factory):
+            if f.name in out:  # the command line has flat names (--pca-dim), so a clash would be ambiguous
+                raise TypeError(f"config field {f.name!r} is in both sections {out[f.name][0]!r} and "
+                                f"{section.name!r}; rename one (options are flat: --{f.name.replace('_', '-')})")
+            out[f.name] = (section.name, f)
+    return out
+
+
+#: flat option name (``pca_dim``) -> (section, dataclasses.Field): what the command line and sweeps accept.
+OPTIONS = _section_fields()
+
+
+def option_defaults() -> dict[str, Any]:
+    """Flat option name -> default value."""
+    defaults = Config()
+    return {name: getattr(getattr(defaults, section), name) for name, (section, _) in OPTIONS.items()}
+
+
+def option_used(name: str, values: Mapping[str, Any], defaults: Mapping[str, Any] | None = None) -> bool:
+    """Whether option ``name`` can change a run whose other options are ``values`` (flat names; missing ones
+    take their defaults), read from the field's metadata: its ``backend`` must be the ``prior`` in force, and
+    every ``only_if`` option must itself be used and hold one of the listed values."""
+    if name not in OPTIONS:
+        raise ValueError(f"unknown option {name!r}")
+    defaults = option_defaults() if defaults is None else defaults
+    meta = OPTIONS[name][1].metadata
+    backend = meta.get("backend")
+    if backend is not None and values.get("prior", defaults["prior"]) != backend:
+        return False
+    for other, allowed in meta.get("only_if", {}).items():
+        if values.get(other, defaults[other]) not in allowed or not option_used(other, values, defaults):
+            return False
+    return True
+
+
+def unused_options(values: Mapping[str, Any]) -> set[str]:
+    """The options among ``values`` (flat names) that cannot change a run with these values (see
+    :func:`option_used`); e.g. ``{"prior": "kmeans", "alpha": 5}`` -> ``{"alpha"}``."""
+    defaults = option_defaults()
+    return {name for name in values if not option_used(name, values, defaults)}
+
+
+def _holds_tuple(tp: Any) -> bool:
+    """``tuple[...]`` or ``tuple[...] | None``: JSON stores these as lists."""
+    return typing.get_origin(tp) is tuple or any(typing.get_origin(a) is tuple for a in typing.get_args(tp))
+
+
 def merge(cfg: Config, overrides: dict[str, Any]) -> Config:
     """Return a copy of ``cfg`` with ``overrides`` ({section: {field: value}}) applied.
 
     Unknown sections or fields raise ValueError listing the valid names, so a typo in a preset or a
-    JSON config never silently does nothing.
+    JSON config never silently does nothing. Lists given for tuple fields (JSON has no tuples) become tuples.
     """
     cfg = dataclasses.replace(cfg)
     for section, values in overrides.items():
@@ -186,9 +294,8 @@ def merge(cfg: Config, overrides: dict[str, Any]) -> Config:
         if unknown:
             raise ValueError(f"unknown field(s) {sorted(unknown)} in config section {section!r}; "
                              f"valid fields: {sorted(valid)}")
-        values = dict(values)
-        if section == "cluster" and isinstance(values.get("alpha_prior"), list):
-            values["alpha_prior"] = tuple(values["alpha_prior"])
+        hints = typing.get_type_hints(type(current))
+        values = {k: tuple(v) if isinstance(v, list) and _holds_tuple(hints[k]) else v for k, v in values.items()}
         setattr(cfg, section, dataclasses.replace(current, **values))
     return cfg
 

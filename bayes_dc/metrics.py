@@ -1,6 +1,6 @@
 """Evaluation metrics (the project's eval protocol (``shared/eval-protocol.md``), section Metrics).
 
-Clustering quality against the classes (NMI, ARI, ACC, purity), stability between rounds (NMI(t, t-1)),
+Clustering quality against the classes (NMI, ARI, ACC, purity), stability between rounds (NMI(t, t-1): :func:`nmi` of two rounds' labels),
 how many clusters a result uses (K_used, K_active, K_eff), and the representation-quality probes that
 score frozen trunk features (weighted kNN, linear probe).
 
@@ -159,15 +159,6 @@ def cluster_metrics(labels_true: ArrayLike, labels_pred: ArrayLike, weights: Arr
     }
 
 
-def nmi_between_rounds(prev_labels: ArrayLike | None, labels: ArrayLike) -> float | None:
-    """NMI between this round's labels and the previous round's (DeepCluster's stability curve, Caron et al.
-    2018, Fig. 2b). Returns None in the first round (``prev_labels is None``)."""
-    if prev_labels is None:
-        return None
-    a, b = _check_label_pair(prev_labels, labels, names=("prev_labels", "labels"))
-    return float(normalized_mutual_info_score(a, b, average_method="arithmetic"))
-
-
 # ----------------------------------------------------------------------------- feature probes
 
 
@@ -281,4 +272,4 @@ def linear_probe(train_features: ArrayLike, train_labels: ArrayLike, test_featur
 
 
 __all__ = ["acc", "ari", "cluster_metrics", "k_active", "k_eff", "k_used", "knn_accuracy", "linear_probe",
-           "nmi", "nmi_between_rounds", "purity"]
+           "nmi", "purity"]

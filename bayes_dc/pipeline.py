@@ -9,19 +9,26 @@ Each epoch e (0-based) of a run:
 4. append one record to metrics.jsonl and checkpoint atomically (resume restarts at the next epoch).
 After the last epoch the final trunk is clustered and evaluated once more (record ``phase: "final"``).
 
+What stays fixed for the run (config, data, model, optimisers, device, backend, run directory) is built once
+by :func:`setup` into a :class:`~bayes_dc.context.RunContext` that every stage takes; what changes from epoch
+to epoch (round, targets, warm state, ...) is the ``state`` dict that checkpoints store.
+
 Randomness is derived from (seed, purpose, epoch) only, so a resumed run repeats the uninterrupted one.
 """
 from __future__ import annotations
 
 import time
+import typing
 import warnings
+
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
 from . import metrics
 from .clustering import BACKENDS, ClusterResult, make_backend
-from .config import Config
+from .config import Config, HeadPolicy, RelabelRule
+from .context import RunContext
 from .data import load_dataset
 from .features import extract_features
 from .lineage import round_lineage
@@ -31,8 +38,8 @@ from .runlog import RunDir
 from .targets import TARGET_KINDS, Targets, build_targets, sample_epoch
 from .train import train_epoch
 
-HEAD_POLICIES = ("reset", "keep")
-RELABEL_RULES = ("fixed", "adaptive")
+HEAD_POLICIES = typing.get_args(HeadPolicy)
+RELABEL_RULES = typing.get_args(RelabelRule)
 
 
 def relabel_due(tr, epoch: int, last_relabel: int | None, agreement: float | None) -> bool:
@@ -129,14 +136,51 @@ class _Progress:
         self.bar.close()
 
 
-def run(cfg: Config) -> dict:
-    """Run (or resume) the experiment described by ``cfg``; return the final record."""
+def _head_optimizer(cfg: Config, head: torch.nn.Module) -> torch.optim.Optimizer:
+    tr = cfg.train
+    return torch.optim.SGD(head.parameters(), lr=tr.head_lr or tr.lr, momentum=tr.momentum,
+                           weight_decay=tr.weight_decay)
+
+
+def install_head(ctx: RunContext, head: torch.nn.Linear) -> None:
+    """Put ``head`` on the model, with a fresh optimiser (DeepCluster: momentum does not carry over)."""
+    ctx.model.head = head
+    ctx.head_opt = _head_optimizer(ctx.cfg, head)
+
+
+def setup(cfg: Config) -> RunContext:
+    """Check ``cfg``, load the data, build backend, model and optimisers, and open the run directory.
+
+    Nothing is written before every check has passed. The model is initialised from the run seed.
+    """
     validate(cfg)
     device = resolve_device(cfg.run.device)
     if cfg.run.threads:  # parallel runs on one machine must not each grab every core
         torch.set_num_threads(cfg.run.threads)
         import faiss
         faiss.omp_set_num_threads(cfg.run.threads)
+    train_set, eval_set = _load_data(cfg)
+    backend = make_backend(cfg.cluster, device)
+    if cfg.cluster.prior == "kmeans" and cfg.cluster.k > len(train_set):
+        raise ValueError(f"--k {cfg.cluster.k} exceeds the number of training images ({len(train_set)})")
+    rundir = RunDir.open(cfg, device)  # first write happens only after every check above passed
+
+    torch.manual_seed(derive_seed(cfg.run.seed, "init"))
+    model = build_model(cfg.model.arch, train_set.num_channels, sobel=cfg.model.sobel, width=cfg.width,
+                        num_outputs=_head_outputs(cfg)).to(device)
+    mean, std = train_set.mean_std()
+    tr = cfg.train
+    trunk_opt = torch.optim.SGD(model.trunk.parameters(), lr=tr.lr, momentum=tr.momentum,
+                                weight_decay=tr.weight_decay)
+    return RunContext(cfg=cfg, device=device, train_set=train_set, eval_set=eval_set,
+                      images=train_set.images.to(device),
+                      eval_images=eval_set.images.to(device) if eval_set is not None else None,
+                      mean=mean, std=std, model=model, trunk_opt=trunk_opt,
+                      head_opt=_head_optimizer(cfg, model.head), backend=backend, rundir=rundir)
+
+
+def _load_data(cfg: Config):
+    """(training set, eval set or None). The eval set is dropped when either split has no labels."""
     d = cfg.data
     train_set = load_dataset(d.dataset, "train", root=d.data_root, subset=d.subset, seed=cfg.run.seed,
                              image_size=d.image_size, download=d.download)
@@ -151,116 +195,121 @@ def run(cfg: Config) -> dict:
             warnings.warn(f"kNN evaluation skipped: {err} (pass --eval-split none to silence this)")
         if eval_set is not None and (eval_set.labels is None or train_set.labels is None):
             eval_set = None
-    backend = make_backend(cfg.cluster, device)
-    if cfg.cluster.prior == "kmeans" and cfg.cluster.k > len(train_set):
-        raise ValueError(f"--k {cfg.cluster.k} exceeds the number of training images ({len(train_set)})")
-    rundir = RunDir.open(cfg, device)  # first write happens only after every check above passed
+    return train_set, eval_set
 
-    torch.manual_seed(derive_seed(cfg.run.seed, "init"))
-    model = build_model(cfg.model.arch, train_set.num_channels, sobel=cfg.model.sobel, width=cfg.width,
-                        num_outputs=_head_outputs(cfg)).to(device)
-    mean, std = train_set.mean_std()
-    images = train_set.images.to(device)
-    eval_images = eval_set.images.to(device) if eval_set is not None else None
-    tr = cfg.train
-    trunk_opt = torch.optim.SGD(model.trunk.parameters(), lr=tr.lr, momentum=tr.momentum,
-                                weight_decay=tr.weight_decay)
 
-    def make_head_opt() -> torch.optim.Optimizer:
-        return torch.optim.SGD(model.head.parameters(), lr=tr.head_lr or tr.lr, momentum=tr.momentum,
-                               weight_decay=tr.weight_decay)
+def _initial_state() -> dict:
+    """The round loop's state: what a checkpoint stores besides model and optimisers."""
+    return {"epoch": 0, "round": 0, "targets": None, "warm_state": None, "prev_labels": None,
+            "last_relabel": None, "agreement": None}
 
-    head_opt = make_head_opt()
-    state = {"epoch": 0, "round": 0, "targets": None, "warm_state": None, "prev_labels": None,
-             "last_relabel": None, "agreement": None}
-    ckpt = rundir.load_checkpoint() if cfg.run.resume else None
-    if ckpt is not None:
-        model.load_state_dict(ckpt["model"])
-        trunk_opt.load_state_dict(ckpt["trunk_opt"])
-        head_opt.load_state_dict(ckpt["head_opt"])
-        state = ckpt["state"]
-    rundir.truncate_metrics(state["epoch"])
 
-    tb = None
+def _restore(ctx: RunContext) -> dict:
+    """The loop state to start from: the checkpoint's (model and optimisers loaded) with --resume, else fresh."""
+    ckpt = ctx.rundir.load_checkpoint() if ctx.cfg.run.resume else None
+    if ckpt is None:
+        return _initial_state()
+    ctx.model.load_state_dict(ckpt["model"])
+    ctx.trunk_opt.load_state_dict(ckpt["trunk_opt"])
+    ctx.head_opt.load_state_dict(ckpt["head_opt"])
+    return ckpt["state"]
+
+
+def _save_checkpoint(ctx: RunContext, state: dict) -> None:
+    ctx.rundir.save_checkpoint({"model": ctx.model.state_dict(), "trunk_opt": ctx.trunk_opt.state_dict(),
+                                "head_opt": ctx.head_opt.state_dict(), "state": state, "config": ctx.cfg.to_dict()})
+
+
+def run(cfg: Config) -> dict:
+    """Run (or resume) the experiment described by ``cfg``; return the final record."""
+    ctx = setup(cfg)
+    state = _restore(ctx)
+    ctx.rundir.truncate_metrics(state["epoch"])
     if cfg.run.tensorboard:
         from .tblog import TensorBoardLogger
-        tb = TensorBoardLogger(rundir.path)
-    progress = _Progress(tr.epochs, state["epoch"], cfg.run.progress, rundir.path.name)
+        ctx.tb = TensorBoardLogger(ctx.rundir.path)
+    tr = cfg.train
+    progress = _Progress(tr.epochs, state["epoch"], cfg.run.progress, ctx.rundir.path.name)
     for epoch in range(state["epoch"], tr.epochs):
         t_epoch = time.perf_counter()
         record = {"epoch": epoch, "phase": "train"}
         train_feats = None
         if relabel_due(tr, epoch, state["last_relabel"], state["agreement"]):
-            train_feats, result, info = _cluster_round(cfg, model, images, mean, std, backend, state, device,
-                                                       train_set.labels)
+            train_feats, info = _relabel(ctx, state, epoch)
             record.update(info)
-            _snapshot_and_lineage(rundir, state["round"], epoch, result)
-            if tb is not None:
-                tb.log_clusters(epoch, train_set.images, result.labels, result.weights)
-            state["targets"] = build_targets(result, cfg.targets.targets, tau=cfg.targets.sharpen,
-                                             balanced=cfg.targets.balanced)
-            gen = torch.Generator().manual_seed(derive_seed(cfg.run.seed, "head", state["round"]))
-            if cfg.targets.head == "keep" and result.permutation is not None:
-                model.head = permute_head(model.head, result.permutation, gen)
-            else:
-                model.head = new_head(model.feature_dim, _head_outputs(cfg), gen).to(device)
-            head_opt = make_head_opt()
-            state["warm_state"], state["prev_labels"] = result.state, result.labels
-            state["round"] += 1
-            state["last_relabel"] = epoch
-        if eval_set is not None and cfg.run.knn_every and epoch % cfg.run.knn_every == 0:
-            record["knn"] = _knn(cfg, model, images, eval_images, train_set.labels, eval_set.labels, mean, std,
-                                 device, train_feats)
+        if ctx.eval_set is not None and cfg.run.knn_every and epoch % cfg.run.knn_every == 0:
+            record["knn"] = _knn(ctx, train_feats)
 
         targets: Targets = state["targets"]
         gen = torch.Generator().manual_seed(derive_seed(cfg.run.seed, "epoch", epoch))
         torch.manual_seed(derive_seed(cfg.run.seed, "torch", epoch))  # dropout
         indices = sample_epoch(targets, tr.epoch_samples or len(targets), gen)
-        stats = train_epoch(model, images, targets, indices, optimizers=[trunk_opt, head_opt], mean=mean, std=std,
-                            batch_size=tr.batch_size, augment=tr.augment, padding=tr.crop_padding, generator=gen,
-                            device=device, progress=cfg.run.progress, desc=f"epoch {epoch}")
+        stats = train_epoch(ctx, targets, indices, generator=gen, desc=f"epoch {epoch}")
         state["agreement"] = stats["agreement"]
         record.update(loss=stats["loss"], agreement=stats["agreement"], train_seconds=stats["seconds"],
                       epoch_seconds=time.perf_counter() - t_epoch)
         if "cluster_seconds" in record:
             record["cluster_share"] = record["cluster_seconds"] / record["epoch_seconds"]
-        record = rundir.log(record)
-        if tb is not None:
-            tb.log_record(record)
+        record = ctx.rundir.log(record)
+        if ctx.tb is not None:
+            ctx.tb.log_record(record)
         state["epoch"] = epoch + 1
-        rundir.save_checkpoint({"model": model.state_dict(), "trunk_opt": trunk_opt.state_dict(),
-                                "head_opt": head_opt.state_dict(), "state": state, "config": cfg.to_dict()})
+        _save_checkpoint(ctx, state)
         progress.update(record)
     progress.close()
 
-    final = _final_record(cfg, model, images, eval_images, train_set, eval_set, mean, std, backend, state, device,
-                          rundir)
-    if tb is not None:
-        tb.log_record(final)
-        tb.close()
+    final = _final_record(ctx, state)
+    if ctx.tb is not None:
+        ctx.tb.log_record(final)
+        ctx.tb.close()
     if cfg.run.figures:
         from .plots import plot_run
-        plot_run(rundir.path)
+        plot_run(ctx.rundir.path)
     return final
 
 
-def _cluster_round(cfg: Config, model, images, mean, std, backend, state: dict, device, labels_true,
-                   ) -> tuple[torch.Tensor, ClusterResult, dict]:
+def _relabel(ctx: RunContext, state: dict, epoch: int) -> tuple[torch.Tensor, dict]:
+    """Cluster, record the round, and set up the next epochs' targets and head; advances ``state``.
+
+    Returns (trunk features (N, F) of the training images, the record fields of the round).
+    """
+    cfg = ctx.cfg
+    train_feats, result, info = _cluster_round(ctx, state)
+    _snapshot_and_lineage(ctx.rundir, state["round"], epoch, result)
+    if ctx.tb is not None:
+        ctx.tb.log_clusters(epoch, ctx.train_set.images, result.labels, result.weights)
+    state["targets"] = build_targets(result, cfg.targets.targets, tau=cfg.targets.sharpen,
+                                     balanced=cfg.targets.balanced)
+    gen = torch.Generator().manual_seed(derive_seed(cfg.run.seed, "head", state["round"]))
+    if cfg.targets.head == "keep" and result.permutation is not None:
+        head = permute_head(ctx.model.head, result.permutation, gen)
+    else:
+        head = new_head(ctx.model.feature_dim, _head_outputs(cfg), gen).to(ctx.device)
+    install_head(ctx, head)
+    state["warm_state"], state["prev_labels"] = result.state, result.labels
+    state["round"] += 1
+    state["last_relabel"] = epoch
+    return train_feats, info
+
+
+def _cluster_round(ctx: RunContext, state: dict) -> tuple[torch.Tensor, ClusterResult, dict]:
     """Features -> whitening -> clustering -> metrics. Returns (trunk features, result, record fields)."""
+    cfg = ctx.cfg
     t0 = time.perf_counter()
-    feats = extract_features(model.trunk, images, mean, std, batch_size=cfg.features.extract_batch, device=device,
-                             progress=cfg.run.progress, desc="extract")
+    feats = extract_features(ctx.model.trunk, ctx.images, ctx.mean, ctx.std, batch_size=cfg.features.extract_batch,
+                             device=ctx.device, progress=cfg.run.progress, desc="extract")
     t1 = time.perf_counter()
     f = cfg.features
     x = Whitener(dim=cfg.pca_dim, whiten=f.whiten, l2=f.l2).fit_transform(feats)
-    result = backend.fit(x, seed=derive_seed(cfg.run.seed, "cluster", state["round"]),
-                         warm_state=state["warm_state"])
+    result = ctx.backend.fit(x, seed=derive_seed(cfg.run.seed, "cluster", state["round"]),
+                             warm_state=state["warm_state"])
     t2 = time.perf_counter()
     info = {"round": state["round"], "extract_seconds": t1 - t0, "cluster_seconds": t2 - t1,
             "fit_seconds": result.seconds, "objective": result.objective, "n_iter": result.n_iter,
             "history": result.history, "k_active": result.k_active, "k_used": result.k_used,
             "k_eff": result.k_eff, "weights": np.sort(result.weights)[::-1][: max(result.k_used, 1)],
             "backend_info": result.info, "feature_dim": int(x.shape[1])}
+    labels_true = ctx.train_set.labels
     if labels_true is not None:
         scores = metrics.cluster_metrics(labels_true, result.labels, result.weights)
         info.update({k: scores[k] for k in ("nmi", "ari", "acc", "purity")})
@@ -279,29 +328,30 @@ def _snapshot_and_lineage(rundir: RunDir, round_idx: int, epoch: int, result: Cl
         rundir.log({"epoch": epoch, "round": round_idx, **events}, rundir.lineage_path)
 
 
-def _knn(cfg: Config, model, images, eval_images, train_labels, eval_labels, mean, std, device,
-         train_feats: torch.Tensor | None = None) -> float:
-    bs = cfg.features.extract_batch
+def _knn(ctx: RunContext, train_feats: torch.Tensor | None = None) -> float:
+    """kNN accuracy of the current trunk on the eval split (``train_feats``: this epoch's, if extracted)."""
+    bs = ctx.cfg.features.extract_batch
     if train_feats is None:
-        train_feats = extract_features(model.trunk, images, mean, std, batch_size=bs, device=device)
-    test_feats = extract_features(model.trunk, eval_images, mean, std, batch_size=bs, device=device)
-    return metrics.knn_accuracy(train_feats, train_labels, test_feats, eval_labels, k=cfg.run.knn_k)
+        train_feats = extract_features(ctx.model.trunk, ctx.images, ctx.mean, ctx.std, batch_size=bs,
+                                       device=ctx.device)
+    test_feats = extract_features(ctx.model.trunk, ctx.eval_images, ctx.mean, ctx.std, batch_size=bs,
+                                  device=ctx.device)
+    return metrics.knn_accuracy(train_feats, ctx.train_set.labels, test_feats, ctx.eval_set.labels,
+                                k=ctx.cfg.run.knn_k)
 
 
-def _final_record(cfg, model, images, eval_images, train_set, eval_set, mean, std, backend, state, device,
-                  rundir: RunDir) -> dict:
+def _final_record(ctx: RunContext, state: dict) -> dict:
     """Cluster and evaluate the final trunk once more; logged as ``phase: "final"`` (epoch = epochs)."""
-    done = [r for r in rundir.read_metrics() if r.get("phase") == "final"]
+    done = [r for r in ctx.rundir.read_metrics() if r.get("phase") == "final"]
     if done:
         return done[-1]
-    state = dict(state)
-    feats, result, info = _cluster_round(cfg, model, images, mean, std, backend, state, device, train_set.labels)
-    record = {"epoch": cfg.train.epochs, "phase": "final", **info}
-    if eval_set is not None:
-        record["knn"] = _knn(cfg, model, images, eval_images, train_set.labels, eval_set.labels, mean, std, device,
-                             feats)
-    _snapshot_and_lineage(rundir, state["round"], cfg.train.epochs, result)
-    return rundir.log(record)
+    epochs = ctx.cfg.train.epochs
+    feats, result, info = _cluster_round(ctx, dict(state))
+    record = {"epoch": epochs, "phase": "final", **info}
+    if ctx.eval_set is not None:
+        record["knn"] = _knn(ctx, feats)
+    _snapshot_and_lineage(ctx.rundir, state["round"], epochs, result)
+    return ctx.rundir.log(record)
 
 
-__all__ = ["run", "validate", "derive_seed", "resolve_device", "permute_head"]
+__all__ = ["RunContext", "run", "setup", "validate", "derive_seed", "resolve_device", "permute_head", "install_head"]

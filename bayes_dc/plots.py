@@ -6,7 +6,6 @@ readable in black and white (markers and line styles, not only colours).
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import matplotlib
@@ -14,15 +13,10 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from .report import read_records  # noqa: E402
+
 STYLE = {"font.size": 9, "axes.grid": True, "grid.alpha": 0.3, "axes.spines.top": False,
          "axes.spines.right": False, "legend.frameon": False, "savefig.dpi": 150}
-
-
-def read_metrics(run_dir: str | Path) -> list[dict]:
-    path = Path(run_dir) / "metrics.jsonl"
-    if not path.exists():
-        raise FileNotFoundError(f"{path} not found: is {run_dir} a bayes_dc run directory?")
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def rounds(records: list[dict]) -> list[dict]:
@@ -42,7 +36,9 @@ def save(fig, out_base: Path) -> list[Path]:
 def plot_run(run_dir: str | Path) -> list[Path]:
     """Write the per-round figure of one run; returns the written paths."""
     run_dir = Path(run_dir)
-    records = read_metrics(run_dir)
+    if not (run_dir / "metrics.jsonl").exists():
+        raise FileNotFoundError(f"{run_dir / 'metrics.jsonl'} not found: is {run_dir} a bayes_dc run directory?")
+    records = read_records(run_dir)
     rs = rounds(records)
     if not rs:
         return []

@@ -9,12 +9,17 @@ from pathlib import Path
 
 import numpy as np
 
+from .jsonl import read_jsonl
+
+# Options that do not change what a run measures (where it ran, how it reported) and the seed: runs that differ
+# only in these are repeats of one experiment (notebook ablations, paper-figure groups of seeds).
+NOT_COMPARED = frozenset({"name", "out_dir", "resume", "progress", "figures", "tensorboard", "threads", "device",
+                          "knn_every", "extract_batch", "data_root", "download", "seed"})
+
 
 def read_records(run_dir: str | Path) -> list[dict]:
-    path = Path(run_dir) / "metrics.jsonl"
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    """The records of a run's ``metrics.jsonl`` (one per epoch, plus the final one); ``[]`` if there are none."""
+    return read_jsonl(Path(run_dir) / "metrics.jsonl")
 
 
 def summarize_run(run_dir: str | Path, stability_window: int = 5) -> dict | None:
@@ -53,6 +58,41 @@ def summarize_run(run_dir: str | Path, stability_window: int = 5) -> dict | None
     for key in ("nmi", "acc", "ari", "purity", "k_active", "k_used", "k_eff"):
         out[key] = last.get(key)
     return out
+
+
+def load_runs(runs_dir: str | Path) -> list[dict]:
+    """Every run directory under ``runs_dir`` that finished an epoch, as a dict: ``name``, ``dir``, ``opts``
+    (its config, flat: ``{"truncation": 300, ...}``), ``records`` (metrics.jsonl) and :func:`summarize_run`'s
+    numbers, in path order."""
+    runs = []
+    for metrics in sorted(Path(runs_dir).rglob("metrics.jsonl")):
+        d = metrics.parent
+        summary = summarize_run(d) if (d / "config.json").exists() else None
+        if summary is None:
+            continue
+        cfg = json.loads((d / "config.json").read_text())
+        opts = {k: v for section in cfg.values() for k, v in section.items()}
+        runs.append({"name": d.name, "dir": d, "opts": opts, "records": read_records(d), **summary})
+    return runs
+
+
+def family(runs: list[dict], vary: list[str]) -> list[dict]:
+    """The largest set of :func:`load_runs` runs that differ only in the options ``vary`` (and in
+    ``NOT_COMPARED``): an ablation of ``vary``, sorted by those options' values."""
+    groups: dict[str, list[dict]] = {}
+    for r in runs:
+        key = json.dumps({k: v for k, v in r["opts"].items() if k not in NOT_COMPARED and k not in vary},
+                         sort_keys=True)
+        groups.setdefault(key, []).append(r)
+    best = max(groups.values(), key=lambda g: len({json.dumps([r["opts"].get(k) for k in vary]) for r in g}),
+               default=[])
+    return sorted(best, key=lambda r: json.dumps([r["opts"].get(k) for k in vary]))
+
+
+def curve(run: dict, key: str) -> tuple:
+    """(epochs, values) of ``key`` over a :func:`load_runs` run's records that carry a clustering."""
+    pts = [(r["epoch"], r[key]) for r in run["records"] if "round" in r and r.get(key) is not None]
+    return tuple(zip(*pts)) if pts else ((), ())
 
 
 def fmt(value, digits: int = 3) -> str:

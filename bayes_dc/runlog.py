@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from .config import Config, diff
+from .jsonl import append_jsonl, read_jsonl
 
 # Fields that may differ when resuming: growing the schedule or changing cosmetics does not change the past.
 RESUMABLE_CHANGES = {"train.epochs", "run.resume", "run.progress", "run.figures", "run.threads", "run.knn_every",
@@ -119,10 +120,6 @@ class RunDir:
     def metrics_path(self) -> Path:
         return self.path / "metrics.jsonl"
 
-    @property
-    def figures_dir(self) -> Path:
-        return self.path / "figures"
-
     @classmethod
     def open(cls, cfg: Config, device: torch.device) -> "RunDir":
         """Create ``out_dir/name`` for a new run, or validate it for ``cfg.run.resume``.
@@ -155,22 +152,19 @@ class RunDir:
         return self.path / "lineage.jsonl"
 
     def read_metrics(self) -> list[dict]:
-        return _read_jsonl(self.metrics_path)
+        return read_jsonl(self.metrics_path)
 
     def log(self, record: dict, path: Path | None = None) -> dict:
         """Append one record (one epoch) to metrics.jsonl (or ``path``); return it as written (JSON types)."""
         record = _jsonable(record)
-        with open(path or self.metrics_path, "a") as f:
-            f.write(json.dumps(record) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+        append_jsonl(path or self.metrics_path, record)
         return record
 
     def truncate_metrics(self, before_epoch: int) -> None:
         """Keep only records of epochs < ``before_epoch`` (those logged after the last checkpoint are redone)."""
         for path in (self.metrics_path, self.lineage_path):
             if path.exists():
-                kept = [r for r in _read_jsonl(path) if r.get("epoch", -1) < before_epoch]
+                kept = [r for r in read_jsonl(path) if r.get("epoch", -1) < before_epoch]
                 atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in kept))
 
     # ---- checkpoints and snapshots ---------------------------------------------------------------
@@ -196,12 +190,6 @@ class RunDir:
                             resp_index=resp_index.astype(np.int32), weights=weights.astype(np.float32))
         os.replace(tmp, path)
         return path
-
-
-def _read_jsonl(path: Path) -> list[dict]:
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def _jsonable(value: Any) -> Any:

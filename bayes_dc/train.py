@@ -7,6 +7,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from .context import RunContext
 from .features import normalize
 from .targets import ClusterLoss, Targets
 
@@ -32,34 +33,39 @@ def random_crop_flip(images: torch.Tensor, padding: int, generator: torch.Genera
     return torch.where(flip, images.flip(-1), images)
 
 
-def train_epoch(model: nn.Module, images: torch.Tensor, targets: Targets, indices: torch.Tensor, *,
-                optimizers: list[torch.optim.Optimizer], mean: torch.Tensor, std: torch.Tensor,
-                batch_size: int, augment: bool, padding: int, generator: torch.Generator,
-                device: torch.device, progress: bool = False, desc: str = "train") -> dict:
-    """One pass over ``indices`` (the epoch's sampled point ids) in mini-batches.
+def train_epoch(ctx: RunContext, targets: Targets, indices: torch.Tensor, *, generator: torch.Generator,
+                desc: str = "train") -> dict:
+    """One pass of ``ctx.model`` over ``indices`` (the epoch's sampled point ids) in mini-batches.
+
+    Reads from ``ctx``: the model, the training images ``(N, C, H, W)`` uint8 with their ``mean``/``std``, the
+    optimisers (trunk and head, stepped together as in DeepCluster), the device, and ``cfg.train``'s batch
+    size and augmentation (``cfg.run.progress`` for the bar).
 
     Args:
-        images: (N, C, H, W) uint8 (on ``device`` or CPU).
+        targets: the current round's targets (``Targets.batch`` gives the loss's target for a batch).
         indices: (S,) int64 point ids, already drawn by the cluster-balanced sampler.
-        optimizers: stepped together (trunk and head have separate optimizers, as in DeepCluster).
+        generator: CPU generator of the augmentation (crop offsets, flips).
     Returns:
         {"loss": mean loss, "agreement": share of samples whose head argmax equals the target argmax,
          "seconds": wall time, "steps": number of optimiser steps}.
     """
+    model, device, tr = ctx.model, ctx.device, ctx.cfg.train
+    images, optimizers, progress = ctx.images, [ctx.trunk_opt, ctx.head_opt], ctx.cfg.run.progress
     loss_fn = ClusterLoss(targets.kind)
     model.train()
     used = targets.used.to(device)
     total, steps, agree, seen = 0.0, 0, 0, 0
     t0 = time.perf_counter()
-    bar = tqdm(range(0, indices.shape[0], batch_size), desc=desc, disable=not progress, leave=False, unit="batch")
+    bar = tqdm(range(0, indices.shape[0], tr.batch_size), desc=desc, disable=not progress, leave=False,
+               unit="batch")
     for start in bar:
-        idx = indices[start:start + batch_size]
+        idx = indices[start:start + tr.batch_size]
         if idx.shape[0] < 2:  # batch norm cannot train on a single sample
             continue
         batch = images[idx.to(images.device)].to(device, non_blocking=True)
-        if augment:
-            batch = random_crop_flip(batch, padding, generator)
-        logits = model(normalize(batch, mean, std))
+        if tr.augment:
+            batch = random_crop_flip(batch, tr.crop_padding, generator)
+        logits = model(normalize(batch, ctx.mean, ctx.std))
         loss = loss_fn(logits, targets.batch(idx, device), used)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"training loss became {loss.item()} at step {steps}; lower --lr")

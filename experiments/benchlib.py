@@ -10,11 +10,20 @@ ROOT = Path(__file__).resolve().parent.parent
 RUN_PY = ROOT / "experiments" / "run.py"
 
 
+def run_argv(name: str, args: list[str], out_dir: str | Path) -> list[str]:
+    """run.py arguments for run NAME under OUT_DIR: ARGS, where it goes, no progress bars, and ``--resume`` when
+    its directory already has a config.json (an interrupted run continues, a finished one costs only the check)."""
+    argv = [*args, "--out-dir", str(out_dir), "--name", name, "--no-progress"]
+    if (Path(out_dir) / name / "config.json").exists():
+        argv.append("--resume")
+    return argv
+
+
 def launch(runs: list[tuple[str, list[str]]], out_dir: str | Path, parallel: int = 1) -> dict[str, int]:
     """Run each (name, run.py arguments) into ``out_dir/name``; returns {name: exit code}.
 
-    A run whose directory already has a config is resumed (``--resume``), and a finished one costs only the
-    check, so an interrupted benchmark restarts where it stopped. Each run's output goes to ``out_dir/name.log``.
+    A run whose directory already has a config is resumed (:func:`run_argv`), so an interrupted benchmark
+    restarts where it stopped. Each run's output goes to ``out_dir/name.log``.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -22,9 +31,7 @@ def launch(runs: list[tuple[str, list[str]]], out_dir: str | Path, parallel: int
     while pending or running:
         while pending and len(running) < parallel:
             name, args = pending.pop(0)
-            cmd = [sys.executable, str(RUN_PY), *args, "--out-dir", str(out_dir), "--name", name, "--no-progress"]
-            if (out_dir / name / "config.json").exists():
-                cmd.append("--resume")
+            cmd = [sys.executable, str(RUN_PY), *run_argv(name, args, out_dir)]
             log = open(out_dir / f"{name}.log", "a")
             print(f"[{time.strftime('%H:%M:%S')}] start {name}", flush=True)
             running.append((name, subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)))

@@ -6,7 +6,8 @@
     python experiments/run.py --preset quick            # the README's CPU demo
     python experiments/run.py --name my-run --resume    # continue an interrupted run
 
-All options: ``python experiments/run.py --help``. The work is done by ``bayes_dc.pipeline.run``.
+All options: ``python experiments/run.py --help`` (generated from ``bayes_dc/config.py`` by
+``bayes_dc.cli``). The work is done by ``bayes_dc.pipeline.run``.
 """
 import json
 import sys
@@ -14,12 +15,17 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bayes_dc.cli import config_from_args  # noqa: E402
-from bayes_dc.pipeline import run  # noqa: E402
+from bayes_dc.cli import CLIError, config_from_args  # noqa: E402
 
 
 def main(argv=None) -> int:
-    cfg = config_from_args(argv)
+    try:
+        cfg = config_from_args(argv)
+    except CLIError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    from bayes_dc.pipeline import run  # after parsing: --help and bad options need no torch
+
     try:
         final = run(cfg)
     except (ValueError, FileNotFoundError, RuntimeError) as err:

@@ -18,9 +18,11 @@ GRID is a preset name (``experiments/configs/sweeps/NAME.yaml``) or a YAML file:
     runs:                       # optional explicit runs (each merged over base), added to the grid's
       - {prior: kmeans, k: 100}
 
-Combinations that make no sense are collapsed, so no run is made twice: k-means runs drop every DP-only
-option (truncation, alpha, warm_start, ...) and get ``targets: hard`` and ``head: reset``; DP runs drop
-``k``; ``prior_decay`` only counts with ``warm_start: prior`` and ``sharpen`` only with soft targets.
+Combinations that make no sense are collapsed, so no run is made twice: every option that cannot change a
+run is dropped, as its field's metadata in ``bayes_dc/config.py`` says (``bayes_dc.config.unused_options``):
+k-means runs drop every DP option (truncation, alpha, warm_start, ...) and get ``targets: hard`` and
+``head: reset``; DP runs drop ``k``; ``prior_decay`` only counts with ``warm_start: prior``, ``sharpen`` only
+with soft / multilabel targets, ``relabel_every`` only with ``relabel: fixed``, and so on.
 Each run is named from the options that vary across the sweep (``dp_T100_a1_warm-init_s0``) and lives in
 ``OUT_DIR/NAME/`` (default ``runs/sweeps/GRID``). Finished runs are skipped without starting anything,
 interrupted ones resumed (``--resume``). With ``--jobs 1`` runs go one after another in this process;
@@ -50,22 +52,20 @@ from typing import Any, Callable
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+sys.path[:0] = [str(ROOT), str(ROOT / "experiments")]
 
-from bayes_dc.config import Config  # noqa: E402
+from benchlib import launch, run_argv  # noqa: E402
+from bayes_dc.cli import to_args  # noqa: E402
+from bayes_dc.config import OPTIONS, Config, unused_options  # noqa: E402
 from bayes_dc.report import fmt, markdown_table, mean_spread, summarize_run  # noqa: E402
 
 PRESET_DIR = ROOT / "experiments" / "configs" / "sweeps"
 TOP_KEYS = ("description", "base", "grid", "runs")
 
-# Every config field is a run.py option; the sweep owns where runs go and whether they resume.
+# Every config field (bayes_dc.config.OPTIONS) is a run.py option; the sweep owns where runs go and whether
+# they resume.
 _DEFAULTS = Config()
-OPTIONS: dict[str, str] = {f.name: s.name for s in dataclasses.fields(Config)
-                           for f in dataclasses.fields(getattr(_DEFAULTS, s.name))}
 SWEEP_OWNED = {"name", "out_dir", "resume"}
-KMEANS_ONLY = {"k", "kmeans_niter"}
-DP_ONLY = {"truncation", "inference", "covariance", "alpha", "alpha_prior", "beta0", "a0", "b0", "topk",
-           "max_iter", "tol", "min_size", "warm_start", "prior_decay", "svi_steps", "svi_batch", "svi_lr"}
 # Forced for k-means (pipeline.validate refuses anything else) and left out of k-means run names.
 KMEANS_FORCED = {"targets": "hard", "head": "reset"}
 
@@ -93,7 +93,7 @@ class Run:
 
     @property
     def args(self) -> list[str]:
-        return to_args(self.options)
+        return to_args(self.options)  # bools as --x / --no-x, pairs as two values, null as None
 
 
 # ---- reading and expanding a grid ------------------------------------------------------------------------
@@ -170,16 +170,9 @@ def collapse(options: dict) -> dict:
     """Drop options that cannot matter for this run (see module docstring); returns a new dict."""
     out = dict(options)
     if out.get("prior", _DEFAULTS.cluster.prior) == "kmeans":
-        for key in DP_ONLY | {"sharpen"}:
-            out.pop(key, None)
         out.update(KMEANS_FORCED)
-    else:
-        for key in KMEANS_ONLY:
-            out.pop(key, None)
-        if out.get("warm_start", _DEFAULTS.cluster.warm_start) != "prior":
-            out.pop("prior_decay", None)
-    if out.get("targets", _DEFAULTS.targets.targets) == "hard":
-        out.pop("sharpen", None)
+    for key in unused_options(out):
+        del out[key]
     return out
 
 
@@ -243,43 +236,14 @@ def plan(grid: str | Path | dict) -> list[Run]:
     return runs
 
 
-def to_args(options: dict) -> list[str]:
-    """Collapsed options -> run.py arguments (bools as --x / --no-x, pairs as two values)."""
-    args: list[str] = []
-    for key, value in options.items():
-        flag = "--" + key.replace("_", "-")
-        if isinstance(value, bool):
-            args.append(flag if value else "--no-" + key.replace("_", "-"))
-        elif value is None:
-            section = OPTIONS[key]
-            if getattr(getattr(_DEFAULTS, section), key) is not None:
-                raise SweepError(f"option {key!r}: null only works where the default is null")
-        elif isinstance(value, (list, tuple)):
-            args += [flag, *(str(v) for v in value)]
-        else:
-            args += [flag, str(value)]
-    return args
-
-
-def _argv(run: Run, out_dir: Path) -> list[str]:
-    argv = [*run.args, "--out-dir", str(out_dir), "--name", run.name, "--no-progress"]
-    if (out_dir / run.name / "config.json").exists():
-        argv.append("--resume")
-    return argv
-
-
 def check_runs(runs: list[Run], out_dir: Path) -> None:
     """Parse and validate every run's config before anything starts (bad values fail here, by run name)."""
     from bayes_dc.cli import config_from_args
     from bayes_dc.pipeline import validate
 
     for run in runs:
-        try:
-            cfg = config_from_args(_argv(run, out_dir))
-        except SystemExit:  # argparse already printed which option and why
-            raise SweepError(f"run {run.name}: run.py rejected its options {run.args}") from None
-        try:
-            validate(cfg)
+        try:  # CLIError (a value the option does not take) and validate's errors are both ValueErrors
+            validate(config_from_args(run_argv(run.name, run.args, out_dir)))
         except ValueError as err:
             raise SweepError(f"run {run.name}: {err}") from None
 
@@ -293,9 +257,7 @@ def run_inprocess(name: str, args: list[str], out_dir: Path) -> int:
     from bayes_dc.cli import config_from_args
     from bayes_dc.pipeline import run
 
-    argv = [*args, "--out-dir", str(out_dir), "--name", name, "--no-progress"]
-    if (out_dir / name / "config.json").exists():
-        argv.append("--resume")
+    argv = run_argv(name, args, out_dir)
     try:
         run(config_from_args(argv))
         return 0
@@ -313,9 +275,6 @@ def is_finished(run_dir: Path) -> bool:
 
 def _launch_parallel(todo: list[Run], out_dir: Path, jobs: int, bar) -> dict[str, int]:
     """benchlib.launch in a thread; the bar advances as runs write their final record."""
-    sys.path.insert(0, str(ROOT / "experiments"))
-    from benchlib import launch
-
     codes: dict[str, int] = {}
     thread = threading.Thread(target=lambda: codes.update(launch([(r.name, r.args) for r in todo], out_dir, jobs)),
                               daemon=True)

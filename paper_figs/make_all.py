@@ -28,12 +28,11 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bayes_dc.report import read_records  # noqa: E402
+from bayes_dc.clustering.base import active_threshold  # noqa: E402  (the K_active cut; base imports no backend)
+from bayes_dc.jsonl import read_jsonl  # noqa: E402
+from bayes_dc.report import NOT_COMPARED, read_records  # noqa: E402
 import style as S  # noqa: E402
 
-# Config fields that do not change what a run measures (where it ran / how it was shown) or that make seeds.
-IGNORED = {("run", k) for k in ("name", "out_dir", "resume", "progress", "figures", "threads", "device", "seed",
-                                "knn_every", "snapshot_every")} | {("features", "extract_batch")}
 # Fields that define the "setting" (runs of different settings are never put on one axis).
 SETTING = [("data", "dataset"), ("data", "subset"), ("train", "epochs"), ("model", "arch"), ("model", "width")]
 # Fields shown in legend labels when they differ between the plotted groups, in this order.
@@ -115,17 +114,14 @@ def find_runs(runs_dir: Path) -> list[Run]:
         records = read_records(d)
         if not any("round" in r for r in records):
             continue
-        lineage_path = d / "lineage.jsonl"
-        lineage = ([json.loads(x) for x in lineage_path.read_text().splitlines() if x.strip()]
-                   if lineage_path.exists() else [])
-        runs.append(Run(d, json.loads((d / "config.json").read_text()), records, lineage))
+        runs.append(Run(d, json.loads((d / "config.json").read_text()), records, read_jsonl(d / "lineage.jsonl")))
     return runs
 
 
 def _key(config: dict, fields=None) -> str:
     if fields is not None:
         return json.dumps([config.get(s, {}).get(k) for s, k in fields])
-    flat = {f"{s}.{k}": v for s, sec in config.items() for k, v in sec.items() if (s, k) not in IGNORED}
+    flat = {f"{s}.{k}": v for s, sec in config.items() for k, v in sec.items() if k not in NOT_COMPARED}
     return json.dumps(flat, sort_keys=True, default=str)
 
 
@@ -237,40 +233,70 @@ def fig_active_clusters(groups, out, name):
     ts = sorted({g.get("cluster", "truncation") for g in fam})
     alphas = sorted({g.get("cluster", "alpha") for g in fam})
     with S.style():
-        fig, axes = S.figure(1, 2, size=(8.0, 3.4))
+        # One setting: a single panel with the final number written out (a lone bar says nothing more).
+        fig, axes = S.figure(1, 2, size=(8.0, 3.4)) if len(fam) > 1 else S.figure(size=(5.2, 3.4))
         ax = axes[0, 0]
         for g in fam:
             t, a = g.get("cluster", "truncation"), g.get("cluster", "alpha")
-            kw = {"color": S.COLORS[ts.index(t) % 8], "marker": S.MARKERS[ts.index(t) % 8],
-                  "linestyle": S.LINESTYLES[alphas.index(a) % 4]}
             c = g.curve("k_active")
             if c is not None:
-                ax.plot(c[0], c[1], label=f"T={t}, α={a:g}", **kw)
+                ax.plot(c[0], c[1], label=f"T={t}, α={a:g}", **_t_alpha_style(ts.index(t), alphas.index(a)))
         for t in ts:
             ax.axhline(t, color="0.6", linewidth=0.8, linestyle=(0, (1, 3)))
             ax.annotate(f"T={t}", (ax.get_xlim()[0], t), textcoords="offset points", xytext=(2, 2), fontsize=7,
                         color="0.4")
-        ax.set(ylabel="active clusters K_active\n(components with weight ≥ 0.5 %)",
+        ax.set(ylabel="active clusters K_active\n(components with weight ≥ min(0.5 %, 1/2T))",
                title="Active clusters per round")
         if max(ts) / max(1, min(g.final("k_active") or 1 for g in fam)) > 30:
             ax.set_yscale("log")
         _epoch_axis(ax, fam)
-        _legend(ax, title="marker: T, line: α", fontsize=7, ncol=1 + (len(fam) > 4))
-        ax = axes[0, 1]
-        width = 0.8 / max(1, len(alphas))
-        for j, a in enumerate(alphas):
-            vals = [next((g.final("k_active") for g in fam if g.get("cluster", "truncation") == t
-                          and g.get("cluster", "alpha") == a), np.nan) for t in ts]
-            xs = np.arange(len(ts)) + (j - (len(alphas) - 1) / 2) * width
-            bars = ax.bar(xs, vals, width, color=S.BAR_GREYS[j % 6], edgecolor="k", hatch=S.HATCHES[j % 6],
-                          label=f"α={a:g}")
-            ax.bar_label(bars, fmt="%.0f", fontsize=7, padding=1)
-        ax.set_xticks(range(len(ts)), [f"T={t}" for t in ts])
-        ax.set(xlabel="truncation T (upper bound on clusters)", ylabel="K_active after the last round",
-               title="Final active clusters")
-        _legend(ax)
+        if len(fam) == 1:
+            g = fam[0]
+            seeds = f" (mean of {len(g.runs)} seeds)" if len(g.runs) > 1 else ""
+            ax.text(0.98, 0.5, f"after the last round:\nK_active = {g.final('k_active'):.3g} of T = {ts[0]}{seeds}",
+                    transform=ax.transAxes, ha="right", va="center", fontsize=9,
+                    bbox={"boxstyle": "round", "facecolor": "white", "edgecolor": "0.6"})
+            ax.set_title(f"Active clusters per round (T={ts[0]}, α={alphas[0]:g})")
+        else:
+            _legend(ax, title="marker: T, line: α", fontsize=7, ncol=1 + (len(fam) > 4))
+            _final_k_panel(axes[0, 1], fam, ts, alphas)
         fig.suptitle(f"Clusters inferred by the DP-GMM ({name})")
         return S.save(fig, out, "fig1_active_clusters")
+
+
+def _t_alpha_style(t_index: int, alpha_index: int) -> dict:
+    """Marker and colour carry T, the line style carries alpha (the same in both panels of fig 1)."""
+    return {"color": S.COLORS[t_index % 8], "marker": S.MARKERS[t_index % 8],
+            "linestyle": S.LINESTYLES[alpha_index % 4]}
+
+
+def _final_k_panel(ax, fam, ts, alphas):
+    """K_active after the last round against T (one line per alpha; against alpha when only one T ran), each
+    point labelled with its value. The x positions are the settings in order, and the series are spread
+    a little sideways, so that equal values of different series stay visible."""
+    def final(t, a):
+        return next((g.final("k_active") for g in fam if g.get("cluster", "truncation") == t
+                     and g.get("cluster", "alpha") == a), None)
+
+    by_t = len(ts) > 1
+    xs, lines = (ts, alphas) if by_t else (alphas, ts)
+    for j, line in enumerate(lines):
+        shift = 0.06 * (j - (len(lines) - 1) / 2)
+        pts = [(i + shift, final(x, line) if by_t else final(line, x)) for i, x in enumerate(xs)]
+        pts = [(i, k) for i, k in pts if k is not None]
+        ax.plot(*zip(*pts), label=f"α={line:g}" if by_t else f"T={line}", **S.series(j))
+        for i, k in pts:
+            left = shift < 0  # labels on the side the series is shifted to, away from the others
+            ax.annotate(f"{k:.3g}", (i, k), textcoords="offset points", xytext=(-5 if left else 5, 3), fontsize=7,
+                        ha="right" if left else "left")
+    if by_t:
+        ax.plot(range(len(ts)), ts, color="0.6", linewidth=0.8, linestyle=(0, (1, 3)), label="K = T (upper bound)")
+    ax.set_xticks(range(len(xs)), [f"T={t}" for t in ts] if by_t else [f"α={a:g}" for a in alphas])
+    ax.set_xlim(-0.5, len(xs) - 0.5)
+    ax.set(xlabel="truncation T (upper bound on clusters)" if by_t else "concentration α",
+           ylabel="K_active after the last round", title="Final active clusters")
+    ax.set_ylim(bottom=0)
+    _legend(ax)
 
 
 def fig_nmi(groups, out, name):
@@ -375,9 +401,10 @@ def fig_weights(groups, out, name):
             w = np.maximum(_final_weights(g.runs[0]), floor)
             ax.plot(np.arange(1, len(w) + 1), w, label=label + (" (seed 0)" if len(g.runs) > 1 else ""),
                     markevery=max(1, len(w) // 12), drawstyle="steps-mid", **g.kw)
-        ax.axhline(0.005, color="0.5", linewidth=0.8, linestyle=(0, (4, 2)))
-        ax.annotate("active cut 0.5 %", (1, 0.005), textcoords="offset points", xytext=(2, -10), fontsize=7,
-                    color="0.35")
+        for cut in sorted({active_threshold(len(_final_weights(g.runs[0]))) for g in sel}):
+            ax.axhline(cut, color="0.5", linewidth=0.8, linestyle=(0, (4, 2)))
+            ax.annotate(f"active cut {100 * cut:.2g} %", (1, cut), textcoords="offset points", xytext=(2, -10),
+                        fontsize=7, color="0.35")
         ax.set(xscale="log" if max(len(_final_weights(g.runs[0])) for g in sel) > 50 else "linear", yscale="log",
                xlabel="component rank (largest first)", ylabel="mixture weight (fraction of points)",
                title=f"Final weight spectra ({name})")
@@ -452,7 +479,7 @@ def fig_lineage(groups, out, name):
                 ax.set_xticks(x)
         axes[0, -1].legend(loc="center left", bbox_to_anchor=(1.01, 0.5))
         fig.suptitle(f"Component lineage between consecutive rounds ({name}): active components of round t-1 "
-                     "kept / split / merged, of round t born / died (active = weight ≥ 0.5 %)", fontsize=9)
+                     "kept / split / merged, of round t born / died (active = weight ≥ min(0.5 %, 1/2T))", fontsize=9)
         return S.save(fig, out, "fig7_lineage")
 
 

@@ -97,17 +97,11 @@ def test_cluster_metrics_keys_and_default_weights():
     assert out["k_active"] == 2 and out["acc"] == pytest.approx(4 / 6)
 
 
-def test_nmi_between_rounds():
-    assert metrics.nmi_between_rounds(None, PRED6) is None
-    assert metrics.nmi_between_rounds(TRUE6, PRED6) == pytest.approx(metrics.nmi(TRUE6, PRED6))
-
-
 # ----------------------------------------------------------------------------- input validation
 
 
 def test_length_mismatch_and_empty_errors():
-    for fn in (metrics.nmi, metrics.ari, metrics.acc, metrics.purity, metrics.cluster_metrics,
-               metrics.nmi_between_rounds):
+    for fn in (metrics.nmi, metrics.ari, metrics.acc, metrics.purity, metrics.cluster_metrics):
         with pytest.raises(ValueError, match=r"has 3 entries .* has 2"):
             fn([0, 1, 1], [0, 1])
         with pytest.raises(ValueError, match="empty"):

@@ -55,3 +55,15 @@ def test_notebook_runs_in_smoke_mode(path, tiny_sweep, monkeypatch):
     assert any("image/png" in o.get("data", {}) for o in outputs), "no figure shown"
     text = "".join(o.get("text", "") for o in outputs if o.output_type == "stream")
     assert "none -- run the sweep" not in text
+
+
+def test_family_is_the_largest_ablation_of_the_varied_options(tiny_sweep):
+    """The notebooks' run selection (bayes_dc.report): runs equal in everything but the varied options and
+    the bookkeeping ones (name, seed, ...), the largest such set."""
+    from bayes_dc.report import curve, family, load_runs
+
+    runs = load_runs(tiny_sweep)
+    assert {r["name"] for r in family(runs, ["warm_start"])} == {"dp_T20_warm-init", "dp_T20_warm-none"}
+    assert [r["name"] for r in family(runs, ["truncation"])] == ["dp_T10_warm-init", "dp_T20_warm-init"]
+    run = next(r for r in runs if r["name"] == "dp_T20_warm-init_r2")  # relabels every 2 of 2 epochs + final
+    assert curve(run, "k_active")[0] == (0, 2)

@@ -12,8 +12,9 @@ sys.path.insert(0, str(ROOT / "paper_figs"))
 
 FIGURES = ["fig1_active_clusters", "fig2_nmi_kmeans_vs_dp", "fig3_stability", "fig4_warm_start_elbo",
            "fig5_weight_spectra", "fig6_cluster_time_share", "fig7_lineage", "fig8_images_dp", "fig8_images_kmeans"]
-TRAINING = ("bayes_dc.pipeline", "bayes_dc.train", "bayes_dc.models", "bayes_dc.clustering", "bayes_dc.features",
-            "bayes_dc.targets")
+# clustering.base (the seam's ClusterResult and the K_active cut) is allowed; the backends are not.
+TRAINING = ("bayes_dc.pipeline", "bayes_dc.train", "bayes_dc.models", "bayes_dc.clustering.kmeans",
+            "bayes_dc.clustering.dpgmm", "bayes_dc.clustering.pyro_model", "bayes_dc.features", "bayes_dc.targets")
 
 CHECK = """
 import json, runpy, sys
@@ -57,6 +58,24 @@ def test_missing_runs_skip_figures_with_a_note(tiny_sweep, tmp_path, capsys, mon
     names = {p.stem for p in written}
     assert {"fig3_stability", "fig5_weight_spectra", "fig7_lineage"} <= names
     assert "fig1_active_clusters" not in names
+
+
+def test_fig1_with_one_dp_setting_is_one_panel_with_the_number(tiny_sweep, tmp_path, monkeypatch):
+    """One (T, alpha) setting: no lone bar; the final K_active is written on the single per-round panel."""
+    import make_all
+    from matplotlib.image import imread
+
+    monkeypatch.setattr(make_all, "FIGURES", make_all.FIGURES[:1])
+    one = tmp_path / "one"
+    shutil.copytree(tiny_sweep / "dp_T20_warm-init", one / "dp_T20_warm-init")
+    texts = []
+    real_text = make_all.S.plt.Axes.text
+    monkeypatch.setattr(make_all.S.plt.Axes, "text", lambda ax, *a, **k: texts.append(a[2]) or real_text(ax, *a, **k))
+    [png, _] = make_all.make_all(one, tmp_path / "f1", verbose=False)
+    k_final = json.loads((one / "dp_T20_warm-init" / "metrics.jsonl").read_text().splitlines()[-1])["k_active"]
+    assert any(f"K_active = {k_final} of T = 20" in t for t in texts), texts
+    [several, _] = make_all.make_all(tiny_sweep, tmp_path / "f2", verbose=False)
+    assert imread(png).shape[1] < 0.8 * imread(several).shape[1]  # one panel instead of two
 
 
 def test_several_settings_are_never_mixed(tiny_sweep, tmp_path):

@@ -1,13 +1,17 @@
-"""End-to-end behaviour of the round loop: determinism, resume, run-directory safety, CLI."""
+"""End-to-end behaviour of the round loop: determinism, resume, run-directory safety (CLI: test_cli.py)."""
 import json
 
 import numpy as np
 import pytest
 import torch
+from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 
 from bayes_dc import pipeline
-from bayes_dc.cli import config_from_args
+from bayes_dc.clustering import make_backend
+from bayes_dc.config import ClusterConfig
+from bayes_dc.data import load_dataset
 from bayes_dc.config import Config, merge
+from bayes_dc.jsonl import read_jsonl
 from bayes_dc.runlog import RunDirError
 
 TIMING = ("seconds", "share")
@@ -20,7 +24,7 @@ def comparable(records):
 
 
 def read(run_dir):
-    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return read_jsonl(run_dir / "metrics.jsonl")
 
 
 def test_run_writes_run_directory(tiny_config):
@@ -36,17 +40,34 @@ def test_run_writes_run_directory(tiny_config):
     assert [r["epoch"] for r in records] == [0, 1, 2, 3]
     assert records[-1]["phase"] == "final" and records[-1] == final
     assert "nmi_prev" not in records[0] and all("nmi_prev" in r for r in records[1:])
-    assert all(0.0 <= r["nmi"] <= 1.0 for r in records)
     assert [r for r in records if "knn" in r][0]["epoch"] == 0
-    snaps = sorted((d / "clusters").glob("round_*.npz"))
+    snaps = [np.load(p) for p in sorted((d / "clusters").glob("round_*.npz"))]
     assert len(snaps) == 4
-    snap = np.load(snaps[0])
-    assert snap["labels"].shape == (300,) and np.allclose(snap["resp_values"].astype(np.float32).sum(1), 1)
+    assert snaps[0]["labels"].shape == (300,) and np.allclose(snaps[0]["resp_values"].astype(np.float32).sum(1), 1)
     assert (d / "figures" / "rounds.png").stat().st_size > 0 and (d / "figures" / "rounds.pdf").exists()
-    lineage = [json.loads(line) for line in (d / "lineage.jsonl").read_text().splitlines()]
+
+    # Each record's scores are those of its own round's snapshot, recomputed here with scikit-learn.
+    classes = load_dataset("synthetic", "train", subset=300, seed=cfg.run.seed).labels
+    for rec, snap in zip(records, snaps):
+        assert rec["nmi"] == pytest.approx(normalized_mutual_info_score(classes, snap["labels"]), abs=1e-12)
+        assert rec["ari"] == pytest.approx(adjusted_rand_score(classes, snap["labels"]), abs=1e-12)
+    for rec, prev, snap in zip(records[1:], snaps, snaps[1:]):
+        assert rec["nmi_prev"] == pytest.approx(normalized_mutual_info_score(prev["labels"], snap["labels"]))
+
+    # Lineage of round t compares the snapshots of rounds t-1 and t. With k-means (hard labels) the overlap is
+    # the contingency table of the two rounds' labels, so "kept" is every pair of active clusters that holds
+    # the majority of both (lineage.py's rule), and the active counts are those of the two rounds' weights.
+    lineage = read_jsonl(d / "lineage.jsonl")
     assert [e["round"] for e in lineage] == [1, 2, 3]
-    for event, rec in zip(lineage, records[1:]):  # every active component of the previous round is accounted for
-        assert event["n_active_new"] == rec["k_active"]
+    k = cfg.cluster.k
+    for event, prev, new in zip(lineage, snaps, snaps[1:]):
+        table = np.zeros((k, k))
+        np.add.at(table, (prev["labels"], new["labels"]), 1)
+        active_prev, active_new = prev["weights"] >= 0.005, new["weights"] >= 0.005  # T = 10: the 0.5 % cut
+        majority = (table >= 0.5 * table.sum(1, keepdims=True)) & (table >= 0.5 * table.sum(0, keepdims=True))
+        kept = np.argwhere(majority & active_prev[:, None] & active_new[None, :])
+        assert event["kept"] == kept.tolist() and event["n_kept"] == len(kept) > 0
+        assert (event["n_active_prev"], event["n_active_new"]) == (active_prev.sum(), active_new.sum())
 
 
 def test_same_seed_same_metrics(tiny_config, tmp_path):
@@ -120,18 +141,6 @@ def test_bad_config_fails_clearly_and_writes_nothing(tiny_config, overrides, mes
     assert not (Path(tiny_config.run.out_dir) / "tiny").exists()
 
 
-def test_cli_precedence_and_round_trip(tmp_path):
-    cfg = config_from_args(["--preset", "quick", "--k", "7", "--no-whiten", "--alpha-prior", "1", "2"])
-    assert cfg.cluster.k == 7 and cfg.features.whiten is False and cfg.cluster.alpha_prior == (1.0, 2.0)
-    path = tmp_path / "c.json"
-    cfg.to_json(path)
-    assert Config.from_json(path) == cfg
-    with pytest.raises(ValueError, match="valid fields"):
-        Config.from_dict({"cluster": {"kk": 3}})
-    with pytest.raises(ValueError, match="unknown --preset"):
-        config_from_args(["--preset", "nope"])
-
-
 def test_derived_seeds_differ_by_purpose_and_step():
     s = {pipeline.derive_seed(0, p, i) for p in ("cluster", "epoch") for i in range(50)}
     assert len(s) == 100
@@ -191,22 +200,72 @@ def test_cluster_grid_rows_follow_cluster_sizes():
     assert grid[0, 2:6, 2:6].float().mean() == 200  # first row = cluster 1
 
 
-def test_dp_run_keeps_head_rows_of_kept_components(tiny_config, tmp_path, monkeypatch):
-    """With --head keep, a component's head row survives relabelling under its new id (the permutation)."""
-    seen = []
-    real = pipeline.permute_head
+def test_kept_head_predicts_the_next_rounds_ids():
+    """--head keep: a head trained on round r's labels, its rows moved as the DP-GMM renumbers its components
+    in a warm-started round r+1, predicts round r+1's ids for the same points."""
+    rng = np.random.default_rng(3)
+    centres = np.zeros((3, 6))
+    centres[0, 0], centres[1, 0], centres[2, 1] = -6, 6, 10
+    x0 = np.vstack([c + rng.normal(size=(n, 6)) for c, n in zip(centres, [500, 490, 480])]).astype(np.float32)
+    # Round r+1: the 30 points of the middle-sized cluster nearest to the smallest one move over, so the sizes
+    # (which order the DP's ids) rotate: the ids change by a 3-cycle, which is its own inverse in no way.
+    x1 = x0.copy()
+    second = np.arange(500, 990)
+    x1[second[np.argsort(-x0[second, 1])[:30]]] += centres[2] - centres[1]
+    backend = make_backend(ClusterConfig(prior="dp", truncation=10, warm_start="init"), "cpu")
+    r0 = backend.fit(torch.from_numpy(x0), seed=0)
+    r1 = backend.fit(torch.from_numpy(x1), seed=1, warm_state=r0.state)
+    assert np.bincount(r0.labels).tolist() == [500, 490, 480] and np.bincount(r1.labels).tolist() == [510, 500, 460]
+    assert r1.permutation[:3].tolist() == [1, 2, 0]
 
-    def spy(head, permutation, generator):
-        new = real(head, permutation, generator)
-        seen.append((head.weight.detach().clone(), new.weight.detach().clone(), permutation.copy()))
-        return new
+    from sklearn.linear_model import LogisticRegression
+    fit = LogisticRegression(max_iter=2000).fit(x0, r0.labels)
+    head = torch.nn.Linear(6, 10)
+    with torch.no_grad():  # rows of unused components never win the argmax
+        head.weight.zero_()
+        head.bias.fill_(-1e4)
+        head.weight[fit.classes_] = torch.tensor(fit.coef_, dtype=torch.float32)
+        head.bias[fit.classes_] = torch.tensor(fit.intercept_, dtype=torch.float32)
 
-    monkeypatch.setattr(pipeline, "permute_head", spy)
+    def predict(h, x):
+        return h(torch.from_numpy(x)).argmax(1).numpy()
+
+    assert (predict(head, x0) == r0.labels).mean() > 0.98
+    kept = pipeline.permute_head(head, r1.permutation, torch.Generator().manual_seed(0))
+    assert (predict(kept, x1) == r1.labels).mean() > 0.97
+    assert (predict(head, x1) == r1.labels).mean() < 0.05  # without the permutation it predicts old ids
+
+
+def test_dp_run_with_head_keep_trains_the_permuted_head(tiny_config, tmp_path, monkeypatch):
+    made, trained = [], []
+    real_permute, real_train = pipeline.permute_head, pipeline.train_epoch
+
+    def permute_spy(*args):
+        made.append(real_permute(*args))
+        return made[-1]
+
+    def train_spy(ctx, *args, **kwargs):
+        trained.append(ctx.model.head)
+        return real_train(ctx, *args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "permute_head", permute_spy)
+    monkeypatch.setattr(pipeline, "train_epoch", train_spy)
     pipeline.run(merge(merge(tiny_config, DP_TINY), {"train": {"epochs": 3}}))
-    assert len(seen) == 3  # one per relabel
-    for old_w, new_w, perm in seen[1:]:
-        kept = np.flatnonzero(perm >= 0)
-        assert kept.size > 0
-        assert torch.equal(new_w[perm[kept]], old_w[kept])
+    assert len(made) == len(trained) == 3 and all(t is m for t, m in zip(trained, made))  # one per relabel
     records = read(tmp_path / "runs" / "tiny")
-    assert all(r["k_active"] >= 1 and np.isclose(sum(r["weights"]), 1, atol=0.01) for r in records)
+    assert all(np.isclose(sum(r["weights"]), 1, atol=0.01) for r in records)
+
+
+def test_warm_start_prior_differs_from_init_from_the_second_round(tiny_config, tmp_path):
+    """--warm-start prior adds the previous posterior to the prior: the same run with init differs from round 1
+    on (round 0 is cold for both; round 1 is the final clustering after one epoch)."""
+    base = merge(merge(tiny_config, DP_TINY), {"targets": {"targets": "hard", "head": "reset"},
+                                                "train": {"epochs": 1}, "run": {"knn_every": 0}})
+    rounds = {}
+    for warm in ("init", "prior"):
+        pipeline.run(merge(base, {"cluster": {"warm_start": warm}, "run": {"name": warm}}))
+        rounds[warm] = [r for r in read(tmp_path / "runs" / warm) if "round" in r]
+    assert [r["backend_info"]["warm_start"] for r in rounds["prior"]] == ["none", "prior"]
+    init, prior = rounds["init"], rounds["prior"]
+    assert init[0]["objective"] == prior[0]["objective"] and init[0]["weights"] == prior[0]["weights"]
+    assert init[1]["objective"] != prior[1]["objective"] and init[1]["weights"] != prior[1]["weights"]

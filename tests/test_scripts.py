@@ -4,7 +4,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+from sklearn.metrics import normalized_mutual_info_score
+
+from bayes_dc.data import load_dataset
 
 ROOT = Path(__file__).resolve().parent.parent
 FMNIST = Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz")
@@ -21,15 +25,13 @@ def test_run_py_dp_tiny_writes_run_dir(tmp_path):
                      "--threads", "1", "--out-dir", tmp_path, "--name", "smoke", "--no-progress")
     assert out.returncode == 0, out.stderr
     final = json.loads(out.stdout.strip().splitlines()[-1])
-    assert 0 <= final["nmi"] <= 1 and final["k_active"] >= 1
     d = tmp_path / "smoke"
+    # The printed numbers are those of the final snapshot, recomputed here (T = 30: the 0.5 % active cut).
+    with np.load(sorted((d / "clusters").glob("round_*.npz"))[-1]) as snap:
+        classes = load_dataset("synthetic", "train", subset=300, seed=0).labels
+        assert final["nmi"] == pytest.approx(normalized_mutual_info_score(classes, snap["labels"]), abs=1e-12)
+        assert final["k_active"] == int((snap["weights"] >= 0.005).sum())
     assert (d / "lineage.jsonl").exists() and (d / "figures" / "rounds.png").exists()
-
-
-def test_run_py_bad_option_is_a_clear_error(tmp_path):
-    out = run_script("experiments/run.py", "--dataset", "synthetic", "--prior", "kmeans", "--head", "keep",
-                     "--out-dir", tmp_path)
-    assert out.returncode == 2 and "k-means clusters" in out.stderr and not any(tmp_path.iterdir())
 
 
 def test_bench_cluster_tiny_prints_table(tmp_path):

@@ -16,6 +16,7 @@ sys.path.insert(0, str(ROOT / "experiments"))
 
 import sweep  # noqa: E402
 
+DP_FIELDS = {name for name, (_, f) in sweep.OPTIONS.items() if f.metadata.get("backend") == "dp"}
 METRIC_KEYS = ("nmi", "acc", "ari", "k_active", "knn", "nmi_prev", "epoch_s", "cluster_share")
 
 
@@ -61,7 +62,7 @@ def test_kmeans_ignores_dp_options_and_nothing_runs_twice():
     assert len(km) == 2                     # k in {10, 30}; warm/targets/alpha/decay collapsed, explicit dupe dropped
     assert len(dp) == 2 * 2 * (1 + 1 + 2)   # alpha x targets x (none, init, prior x 2 decays); k dropped
     for r in km:
-        assert not set(r.options) & sweep.DP_ONLY and "sharpen" not in r.options
+        assert not set(r.options) & DP_FIELDS and "sharpen" not in r.options
         assert r.options["targets"] == "hard" and r.options["head"] == "reset"
     for r in dp:
         assert "k" not in r.options
@@ -72,6 +73,19 @@ def test_kmeans_ignores_dp_options_and_nothing_runs_twice():
     assert len(set(keys)) == len(keys) and len(set(names)) == len(names)
     assert "kmeans_k10" in names and "dp_T20_a5_warm-prior_rho0.5_soft_tau0.5" in names
     assert [r.name for r in sweep.plan(spec)] == names  # deterministic
+
+
+def test_collapsing_follows_field_metadata_so_no_option_is_forgotten():
+    """prior_strength (once missing from a hand list) and the relabel rule's options collapse by metadata."""
+    spec = {"base": {"dataset": "synthetic"},
+            "grid": {"prior": ["kmeans", "dp"], "prior_strength": [1, 4], "relabel": ["fixed", "adaptive"],
+                     "relabel_every": [1, 3], "relabel_max_gap": [2, 5]}}
+    runs = sweep.plan(spec)
+    km = [r.options for r in runs if r.options["prior"] == "kmeans"]
+    assert len(km) == 2 + 2 and not any("prior_strength" in o for o in km)  # fixed x 2 E + adaptive x 2 gaps
+    assert len(runs) == 3 * len(km)                                           # + DP x 2 strengths
+    for o in (r.options for r in runs):
+        assert ("relabel_every" in o) == (o["relabel"] == "fixed") != ("relabel_max_gap" in o)
 
 
 def _fake_finished_run(out_dir: Path, name: str) -> None:

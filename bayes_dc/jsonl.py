@@ -1,0 +1,25 @@
+"""JSON-lines files (one JSON object per line: ``metrics.jsonl``, ``lineage.jsonl``): the one reader and writer.
+
+Files only, no training code, so run directories copied elsewhere can be read with nothing else installed.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+
+def read_jsonl(path: str | Path) -> list[dict]:
+    """Every record of ``path`` in order (blank lines skipped); ``[]`` when the file does not exist."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def append_jsonl(path: str | Path, record: dict) -> None:
+    """Append one record as a line and fsync, so a crash loses at most the line being written."""
+    with open(path, "a") as f:
+        f.write(json.dumps(record) + "\n")
+        f.flush()
+        os.fsync(f.fileno())

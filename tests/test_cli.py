@@ -1,0 +1,218 @@
+"""The generated command line (bayes_dc.cli): precedence, None-able options, choices, round trip, help text,
+and the config metadata it and the sweeps rely on."""
+import dataclasses
+import json
+import re
+import subprocess
+import sys
+import typing
+from pathlib import Path
+
+import pytest
+
+from bayes_dc import config as C
+from bayes_dc.cli import CLIError, config_from_args, list_presets, one_line, to_args
+from bayes_dc.config import OPTIONS, Config
+
+ROOT = Path(__file__).resolve().parent.parent
+HINTS = {name: typing.get_type_hints(type(getattr(Config(), section)))[name] for name, (section, _) in OPTIONS.items()}
+
+
+def choices(tp) -> tuple | None:
+    """The values of a Literal (or Literal | None) type, else None."""
+    if typing.get_origin(tp) is typing.Literal:
+        return typing.get_args(tp)
+    inner = [choices(a) for a in typing.get_args(tp)]
+    return next((c for c in inner if c), None)
+
+
+def optional(tp) -> bool:
+    return type(None) in typing.get_args(tp)
+
+
+def other_value(tp, default):
+    """A valid value of type ``tp`` that differs from ``default`` (to show a field really travels)."""
+    if choices(tp):
+        return next(c for c in choices(tp) if c != default)
+    base = [a for a in typing.get_args(tp) if a is not type(None)][0] if optional(tp) else tp
+    if base is bool:
+        return not default
+    if base is int:
+        return 7 if default is None else default + 3
+    if base is float:
+        return 0.375 if default is None else default * 2 + 0.125
+    if base is str:
+        return "other-value"
+    if typing.get_origin(base) is tuple:
+        return (2.5, 0.75)
+    raise AssertionError(f"no test value for type {tp}")
+
+
+def values_of(cfg: Config) -> dict:
+    return {name: getattr(getattr(cfg, section), name) for name, (section, _) in OPTIONS.items()}
+
+
+def test_every_field_round_trips_through_the_command_line():
+    defaults = C.option_defaults()
+    changed = {name: other_value(HINTS[name], defaults[name]) for name in OPTIONS}
+    parsed = values_of(config_from_args(to_args(changed)))
+    assert parsed == changed  # every field reached its section with its type (tuples stay tuples)
+    assert all(parsed[n] != defaults[n] for n in OPTIONS)
+
+
+def test_precedence_defaults_preset_config_file_command_line(tmp_path):
+    preset = json.loads((ROOT / "experiments" / "configs" / "quick.json").read_text())
+    assert preset["train"]["epochs"] != 3 and preset["data"]["subset"] != Config().data.subset
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps({"train": {"epochs": 3}, "cluster": {"k": 7}}))
+    cfg = config_from_args(["--preset", "quick", "--config", str(path), "--k", "9"])
+    assert cfg.data.subset == preset["data"]["subset"]      # preset over defaults
+    assert cfg.train.epochs == 3                              # config file over preset
+    assert cfg.cluster.k == 9                                 # command line over config file
+    assert cfg.train.lr == Config().train.lr                  # set by nobody: the default
+    # A run's config.json is a valid --config and reproduces the run's config exactly.
+    saved = tmp_path / "saved.json"
+    cfg.to_json(saved)
+    assert config_from_args(["--config", str(saved)]) == cfg
+
+
+@pytest.mark.parametrize("name", [n for n in OPTIONS if optional(HINTS[n])])
+def test_none_able_option_can_be_set_back_to_none(tmp_path, name):
+    section = OPTIONS[name][0]
+    value = other_value(HINTS[name], None)
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps({section: {name: value}}))
+    assert getattr(getattr(config_from_args(["--config", str(path)]), section), name) == value
+    flag = "--" + name.replace("_", "-")
+    assert getattr(getattr(config_from_args(["--config", str(path), flag, "None"]), section), name) is None
+
+
+@pytest.mark.parametrize("name", [n for n in OPTIONS if choices(HINTS[n])])
+def test_enumerated_option_rejects_other_values_listing_the_choices(name):
+    flag = "--" + name.replace("_", "-")
+    with pytest.raises(CLIError) as err:
+        config_from_args([flag, "not-a-choice"])
+    message = str(err.value)
+    assert "\n" not in message and flag in message and "not-a-choice" in message
+    assert all(c in message for c in choices(HINTS[name]))
+
+
+def test_unknown_preset_is_one_line_listing_presets():
+    with pytest.raises(CLIError) as err:
+        config_from_args(["--preset", "nope"])
+    assert "\n" not in str(err.value) and "'nope'" in str(err.value)
+    assert all(p in str(err.value) for p in list_presets())
+    with pytest.raises(CLIError, match="--preset: expected one argument"):
+        config_from_args(["--k", "3", "--preset"])
+
+
+@pytest.mark.parametrize("contents, named", [("{not json", "not valid JSON"),
+                                              ('{"cluster": {"kk": 3}}', "valid fields")])
+def test_bad_config_file_is_a_clear_error(tmp_path, contents, named):
+    path = tmp_path / "bad.json"
+    path.write_text(contents)
+    with pytest.raises(CLIError, match=f"--config {re.escape(str(path))}: .*{named}"):
+        config_from_args(["--config", str(path)])
+    with pytest.raises(CLIError, match="no such file"):
+        config_from_args(["--config", str(tmp_path / "missing.json")])
+
+
+@pytest.mark.parametrize("argv, named", [
+    (["--preset", "nope"], "choose one of"),
+    (["--prior", "gmm"], "--prior"),
+    (["--truncaton", "20"], "--truncation"),          # a typo gets a suggestion
+    (["--subset", "many"], "--subset"),
+    (["--alpha-prior", "1"], "--alpha-prior"),
+    (["--dataset", "synthetic", "--prior", "kmeans", "--head", "keep"], "--head keep"),  # pipeline.validate
+])
+def test_run_py_bad_options_fail_in_one_line_with_exit_2_and_write_nothing(tmp_path, argv, named):
+    out = subprocess.run([sys.executable, "experiments/run.py", *argv, "--out-dir", str(tmp_path / "runs")],
+                         cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2, out.stderr
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and named in lines[0], out.stderr
+    assert "Traceback" not in out.stderr and not (tmp_path / "runs").exists()
+
+
+def help_entries(text: str) -> dict[str, str]:
+    """--help output -> {flag: its help text}, reading tyro's boxes (one column: not a terminal)."""
+    entries, current = {}, None
+    for line in re.sub(r"[\u2500-\u257f]", " ", text).splitlines():
+        match = re.match(r"^\s{1,4}(--[\w-]+)", line)
+        if match:
+            current = match.group(1)
+            entries[current] = line[match.end():]
+        elif current and line.startswith(" " * 10) and line.strip():
+            entries[current] += " " + line.strip()
+        else:
+            current = None
+    return entries
+
+
+def test_help_describes_every_option_and_lists_choices(capsys):
+    with pytest.raises(SystemExit) as stop:
+        config_from_args(["--help"])
+    assert stop.value.code == 0
+    entries = help_entries(capsys.readouterr().out)
+    for name in OPTIONS:
+        flag = "--" + name.replace("_", "-")
+        assert flag in entries, f"{flag} missing from --help"
+        described = re.sub(r"\(default:[^)]*\)|\{[^}]*\}|\b[A-Z]{3,}\b", " ", entries[flag])
+        assert len(re.findall(r"[a-z]{3,}", described)) >= 2, f"{flag} has no description: {entries[flag]!r}"
+        if choices(HINTS[name]):
+            assert "{" + ",".join(choices(HINTS[name])) + "}" in entries[flag], f"{flag} does not list choices"
+    assert "{" + ",".join(["None", *list_presets()]) + "}" in entries["--preset"]
+
+
+def test_one_line_keeps_the_message_only():
+    panel = ("╭─ Invalid choice ──╮\n│ invalid choice 'x' for argument '--head'. │\n│ ─────── │\n"
+             "│ Argument helptext: │\n│   --head {reset,keep} │\n│ For full helptext, run run.py --help │\n╰────╯\n")
+    assert one_line(panel) == "invalid choice 'x' for argument '--head'."
+
+
+# ---- the Literal types repeat registry names: they must agree, or a new dataset / backend would be missed ----
+def test_literal_choices_agree_with_the_registries():
+    from bayes_dc.clustering import BACKENDS, dpgmm
+    from bayes_dc.data import DATASETS, SPLITS
+    from bayes_dc.models import ARCHS
+    from bayes_dc.reduce import REDUCERS
+    from bayes_dc.targets import TARGET_KINDS
+
+    assert set(typing.get_args(C.Dataset)) == set(DATASETS)
+    assert set(typing.get_args(C.Split)) == {s for splits in SPLITS.values() for s in splits} | {"none"}
+    assert set(typing.get_args(C.Arch)) == set(ARCHS)
+    assert set(typing.get_args(C.Backend)) == set(BACKENDS)
+    assert set(typing.get_args(C.TargetKind)) == set(TARGET_KINDS)
+    assert set(typing.get_args(C.Inference)) == set(dpgmm.INFERENCES)
+    assert set(typing.get_args(C.Covariance)) == set(dpgmm.COVARIANCES)
+    assert set(typing.get_args(C.WarmStart)) == set(dpgmm.WARM_STARTS)
+    assert set(typing.get_args(C.Reduce)) == set(REDUCERS)
+
+
+def test_field_metadata_names_real_backends_options_and_values():
+    from bayes_dc.clustering import BACKENDS
+
+    for name, (_, f) in OPTIONS.items():
+        assert set(f.metadata) <= {"backend", "only_if"}, (name, dict(f.metadata))
+        assert f.metadata.get("backend", "dp") in BACKENDS, name
+        for other, allowed in f.metadata.get("only_if", {}).items():
+            assert other in OPTIONS and other != name, (name, other)
+            valid = choices(HINTS[other]) or ((True, False) if HINTS[other] is bool else None)
+            assert valid is not None and set(allowed) <= set(valid), (name, other, allowed)
+
+
+def test_unused_options_follow_backend_and_conditions():
+    assert C.unused_options({"prior": "kmeans", "k": 5, "alpha": 2.0, "warm_start": "prior", "prior_decay": 1.0}) \
+        == {"alpha", "warm_start", "prior_decay"}
+    assert C.unused_options({"prior": "dp", "k": 5, "warm_start": "init", "prior_decay": 1.0}) == {"k", "prior_decay"}
+    assert C.unused_options({"warm_start": "prior", "prior_decay": 1.0, "targets": "hard", "sharpen": 0.5}) \
+        == {"sharpen"}
+    assert C.unused_options({"relabel": "adaptive", "relabel_every": 3, "relabel_max_gap": 2}) == {"relabel_every"}
+    assert C.unused_options({"inference": "svi", "svi_steps": 10}) == set()
+    # A condition on an option that is itself unused fails too: k-means reads neither inference nor svi_steps.
+    assert C.unused_options({"prior": "kmeans", "inference": "svi", "svi_steps": 10}) == {"inference", "svi_steps"}
+
+
+def test_flat_option_names_are_unique_across_sections():
+    names = [f.name for s in dataclasses.fields(Config) for f in dataclasses.fields(s.default_factory)]
+    assert len(names) == len(set(names)) == len(OPTIONS)
