@@ -15,6 +15,7 @@ if TYPE_CHECKING:  # type names only: this module must stay importable without t
     from .config import Config
     from .data import ImageDataset
     from .models import DeepClusterNet
+    from .reduce import Reducer
     from .runlog import RunDir
     from .tblog import TensorBoardLogger
 
@@ -35,6 +36,7 @@ class RunContext:
         trunk_opt: the trunk's optimiser (kept for the whole run).
         head_opt: the current head's optimiser (replaced with the head).
         backend: the clustering backend (``--prior``).
+        reducer: features -> clustering space (``--reduce``).
         rundir: the run directory (metrics, snapshots, checkpoints).
         tb: TensorBoard logger when ``--tensorboard``, else None.
     """
@@ -51,5 +53,6 @@ class RunContext:
     trunk_opt: torch.optim.Optimizer
     head_opt: torch.optim.Optimizer
     backend: ClusterBackend
+    reducer: Reducer
     rundir: RunDir
     tb: TensorBoardLogger | None = None

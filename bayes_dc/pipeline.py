@@ -2,7 +2,8 @@
 
 Each epoch e (0-based) of a run:
 1. if e is a relabel epoch (see :func:`relabel_due`): extract trunk features of all training images,
-   whiten (PCA + L2, refit), cluster with the backend (warm state in / out), evaluate the clustering,
+   reduce them to the clustering space (``--reduce``: PCA whitening + L2, or UMAP; refit, warm state in / out),
+   cluster with the backend (warm state in / out), evaluate the clustering,
    build targets and set up the head (``reset``: fresh head; ``keep``: rows follow the permutation);
 2. optionally evaluate kNN accuracy on the eval split;
 3. train one epoch on the fixed targets with cluster-balanced sampling;
@@ -33,7 +34,7 @@ from .data import load_dataset
 from .features import extract_features
 from .lineage import round_lineage
 from .models import ARCHS, build_model, new_head
-from .preprocess import Whitener
+from .reduce import Reduction, make_reducer
 from .runlog import RunDir
 from .targets import TARGET_KINDS, Targets, build_targets, sample_epoch
 from .train import train_epoch
@@ -161,6 +162,7 @@ def setup(cfg: Config) -> RunContext:
         faiss.omp_set_num_threads(cfg.run.threads)
     train_set, eval_set = _load_data(cfg)
     backend = make_backend(cfg.cluster, device)
+    reducer = make_reducer(cfg)
     if cfg.cluster.prior == "kmeans" and cfg.cluster.k > len(train_set):
         raise ValueError(f"--k {cfg.cluster.k} exceeds the number of training images ({len(train_set)})")
     rundir = RunDir.open(cfg, device)  # first write happens only after every check above passed
@@ -176,7 +178,7 @@ def setup(cfg: Config) -> RunContext:
                       images=train_set.images.to(device),
                       eval_images=eval_set.images.to(device) if eval_set is not None else None,
                       mean=mean, std=std, model=model, trunk_opt=trunk_opt,
-                      head_opt=_head_optimizer(cfg, model.head), backend=backend, rundir=rundir)
+                      head_opt=_head_optimizer(cfg, model.head), backend=backend, reducer=reducer, rundir=rundir)
 
 
 def _load_data(cfg: Config):
@@ -200,7 +202,7 @@ def _load_data(cfg: Config):
 
 def _initial_state() -> dict:
     """The round loop's state: what a checkpoint stores besides model and optimisers."""
-    return {"epoch": 0, "round": 0, "targets": None, "warm_state": None, "prev_labels": None,
+    return {"epoch": 0, "round": 0, "targets": None, "warm_state": None, "reduce_state": None, "prev_labels": None,
             "last_relabel": None, "agreement": None}
 
 
@@ -274,7 +276,7 @@ def _relabel(ctx: RunContext, state: dict, epoch: int) -> tuple[torch.Tensor, di
     Returns (trunk features (N, F) of the training images, the record fields of the round).
     """
     cfg = ctx.cfg
-    train_feats, result, info = _cluster_round(ctx, state)
+    train_feats, result, reduction, info = _cluster_round(ctx, state)
     _snapshot_and_lineage(ctx.rundir, state["round"], epoch, result)
     if ctx.tb is not None:
         ctx.tb.log_clusters(epoch, ctx.train_set.images, result.labels, result.weights)
@@ -287,24 +289,32 @@ def _relabel(ctx: RunContext, state: dict, epoch: int) -> tuple[torch.Tensor, di
         head = new_head(ctx.model.feature_dim, _head_outputs(cfg), gen).to(ctx.device)
     install_head(ctx, head)
     state["warm_state"], state["prev_labels"] = result.state, result.labels
+    state["reduce_state"] = reduction.state
     state["round"] += 1
     state["last_relabel"] = epoch
     return train_feats, info
 
 
-def _cluster_round(ctx: RunContext, state: dict) -> tuple[torch.Tensor, ClusterResult, dict]:
-    """Features -> whitening -> clustering -> metrics. Returns (trunk features, result, record fields)."""
+def _cluster_round(ctx: RunContext, state: dict) -> tuple[torch.Tensor, ClusterResult, Reduction, dict]:
+    """Features -> reducer (PCA whitening or UMAP) -> clustering -> metrics.
+
+    Returns (trunk features, clustering result, reduction (with the reducer's warm state for the next round),
+    record fields). ``cluster_seconds`` covers the reducer and the backend; ``reduce_seconds`` and
+    ``fit_seconds`` split it.
+    """
     cfg = ctx.cfg
     t0 = time.perf_counter()
     feats = extract_features(ctx.model.trunk, ctx.images, ctx.mean, ctx.std, batch_size=cfg.features.extract_batch,
                              device=ctx.device, progress=cfg.run.progress, desc="extract")
     t1 = time.perf_counter()
-    f = cfg.features
-    x = Whitener(dim=cfg.pca_dim, whiten=f.whiten, l2=f.l2).fit_transform(feats)
+    reduction = ctx.reducer.reduce(feats, seed=derive_seed(cfg.run.seed, "reduce", state["round"]),
+                                   warm_state=state.get("reduce_state"))
+    x = reduction.points
     result = ctx.backend.fit(x, seed=derive_seed(cfg.run.seed, "cluster", state["round"]),
                              warm_state=state["warm_state"])
     t2 = time.perf_counter()
     info = {"round": state["round"], "extract_seconds": t1 - t0, "cluster_seconds": t2 - t1,
+            "reduce_seconds": reduction.seconds, "reduce_info": reduction.info,
             "fit_seconds": result.seconds, "objective": result.objective, "n_iter": result.n_iter,
             "history": result.history, "k_active": result.k_active, "k_used": result.k_used,
             "k_eff": result.k_eff, "weights": np.sort(result.weights)[::-1][: max(result.k_used, 1)],
@@ -315,7 +325,7 @@ def _cluster_round(ctx: RunContext, state: dict) -> tuple[torch.Tensor, ClusterR
         info.update({k: scores[k] for k in ("nmi", "ari", "acc", "purity")})
     if state["prev_labels"] is not None:
         info["nmi_prev"] = metrics.nmi(state["prev_labels"], result.labels)
-    return feats, result, info
+    return feats, result, reduction, info
 
 
 def _snapshot_and_lineage(rundir: RunDir, round_idx: int, epoch: int, result: ClusterResult) -> None:
@@ -346,7 +356,7 @@ def _final_record(ctx: RunContext, state: dict) -> dict:
     if done:
         return done[-1]
     epochs = ctx.cfg.train.epochs
-    feats, result, info = _cluster_round(ctx, dict(state))
+    feats, result, _, info = _cluster_round(ctx, dict(state))
     record = {"epoch": epochs, "phase": "final", **info}
     if ctx.eval_set is not None:
         record["knn"] = _knn(ctx, feats)

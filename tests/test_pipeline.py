@@ -86,7 +86,11 @@ DP_TINY = {"cluster": {"prior": "dp", "truncation": 20, "warm_start": "prior", "
            "targets": {"targets": "soft", "head": "keep"}}
 
 
-@pytest.mark.parametrize("overrides", [{}, DP_TINY], ids=["kmeans", "dp-soft-keep-warm"])
+DP_UMAP = {"cluster": {"prior": "dp", "truncation": 20, "max_iter": 30},
+           "features": {"reduce": "umap", "reduce_dim": 3, "pca_dim": 8, "umap_neighbors": 10}}
+
+
+@pytest.mark.parametrize("overrides", [{}, DP_TINY, DP_UMAP], ids=["kmeans", "dp-soft-keep-warm", "dp-umap-warm"])
 def test_resume_after_interruption_matches_uninterrupted_run(tiny_config, tmp_path, monkeypatch, overrides):
     cfg = merge(merge(tiny_config, {"train": {"epochs": 4, "relabel_every": 2}}), overrides)
     pipeline.run(merge(cfg, {"run": {"name": "full"}}))
