@@ -31,6 +31,11 @@ JITTER_STRENGTH, JITTER_PROB, GRAYSCALE_PROB = 0.4, 0.8, 0.2
 LOG_RATIO = (math.log(3 / 4), math.log(4 / 3))
 
 
+def standardize(images01: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """(B, C, H, W) float in [0, 1] -> standardised per channel with ``mean`` / ``std`` (C,) (the trunk's input)."""
+    return (images01 - mean.view(1, -1, 1, 1).to(images01.device)) / std.view(1, -1, 1, 1).to(images01.device)
+
+
 def _uniform(n: int, low: float, high: float, generator: torch.Generator) -> torch.Tensor:
     return low + (high - low) * torch.rand(n, generator=generator, dtype=torch.float64)
 
@@ -142,4 +147,5 @@ class Augmenter:
         return x
 
 
-__all__ = ["AUGMENTATIONS", "Augmenter", "color_distortion", "crop_flip", "resized_crop", "resized_crop_boxes"]
+__all__ = ["AUGMENTATIONS", "Augmenter", "color_distortion", "crop_flip", "resized_crop", "resized_crop_boxes",
+           "standardize"]

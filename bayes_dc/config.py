@@ -43,7 +43,9 @@ WarmStart = Literal["none", "init", "prior"]
 TargetKind = Literal["hard", "soft", "multilabel"]
 HeadPolicy = Literal["reset", "keep"]
 RelabelRule = Literal["fixed", "adaptive"]
-Reduce = Literal["pca", "umap"]
+Reduce = Literal["pca", "umap", "none"]
+ClusterOn = Literal["trunk", "projection"]
+Augment = Literal["none", "crop-flip", "resized-crop"]
 
 DP = {"backend": "dp"}
 KMEANS = {"backend": "kmeans"}
@@ -54,6 +56,9 @@ DP_PRIOR = {**DP, "only_if": {"warm_start": ["prior"]}}
 SOFT = {"only_if": {"targets": ["soft", "multilabel"]}}
 PCA_ONLY = {"only_if": {"reduce": ["pca"]}}
 UMAP_ONLY = {"only_if": {"reduce": ["umap"]}}
+PROJECTION = {"only_if": {"cluster_on": ["projection"]}}
+CROP_FLIP = {"only_if": {"augment": ["crop-flip"]}}
+RESIZED_CROP = {"only_if": {"augment": ["resized-crop"]}}
 
 
 @dataclass
@@ -76,17 +81,21 @@ class ModelConfig:
     arch: Arch = "vgg-small"  # trunk architecture (bayes_dc.models.ARCHS)
     sobel: bool = False  # feed fixed Sobel edge filters instead of the pixels (DeepCluster on ImageNet)
     width: int | None = None  # vgg-small channel width; None: WIDTH_DEFAULTS (16 for digits/synthetic, else 64)
+    projection_dim: int = field(default=32, metadata=PROJECTION)  # output dimension of the projection head
+    projection_hidden: int = field(default=512, metadata=PROJECTION)  # hidden width of the projection head's MLP
+    projection_l2: bool = field(default=True, metadata=PROJECTION)  # L2-normalise the projection (points on a sphere)
 
 
 @dataclass
 class FeatureConfig:
     """From trunk features to the space that is clustered (refitted every round)."""
 
+    cluster_on: ClusterOn = "trunk"  # what is clustered: trunk features, or a projection head trained with the head on top
     pca_dim: int | None = None  # PCA dimension before clustering (capped by F and N-1); None: PCA_DEFAULTS[--prior], 50 before UMAP
     whiten: bool = field(default=True, metadata=PCA_ONLY)  # whiten the PCA components (unit variance each)
     l2: bool = field(default=True, metadata=PCA_ONLY)  # L2-normalise each point after PCA
     extract_batch: int = 1024  # images per forward pass when extracting features (memory only)
-    reduce: Reduce = "pca"  # clustering space: pca (whitened PCA + L2, DeepCluster) or umap (PCA, then UMAP to --reduce-dim)
+    reduce: Reduce = "pca"  # clustering space: pca (whitened PCA + L2, DeepCluster), umap (PCA, then UMAP to --reduce-dim) or none
     reduce_dim: int = field(default=10, metadata=UMAP_ONLY)  # UMAP output dimension
     umap_neighbors: int = field(default=20, metadata=UMAP_ONLY)  # UMAP n_neighbors: the size of a local neighbourhood
     umap_min_dist: float = field(default=0.0, metadata=UMAP_ONLY)  # UMAP min_dist; 0 packs clusters tightly (clustering)
@@ -151,8 +160,10 @@ class TrainConfig:
     momentum: float = 0.9  # momentum of the SGD updates
     weight_decay: float = 1e-5  # SGD weight decay (L2)
     head_lr: float | None = None  # learning rate of the classifier head; None: --lr
-    augment: bool = True  # random crop (after zero padding) and horizontal flip of training images
-    crop_padding: int = field(default=4, metadata={"only_if": {"augment": [True]}})  # zero padding (pixels)
+    augment: Augment = "crop-flip"  # none, crop-flip (DeepCluster: pad, random crop, flip) or resized-crop (SwAV-style)
+    crop_padding: int = field(default=4, metadata=CROP_FLIP)  # zero padding (pixels) before the random crop
+    crop_scale: tuple[float, float] = field(default=(0.3, 1.0), metadata=RESIZED_CROP)  # area share range of the crops
+    two_views: bool = False  # swapped prediction: each of two views learns the DP responsibilities of the other view
     epoch_samples: int | None = None  # images the balanced sampler draws per epoch; None: N, as DeepCluster
 
 

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 import torch
 
 if TYPE_CHECKING:  # type names only: this module must stay importable without the stages it describes
+    from .augment import Augmenter
     from .clustering.base import ClusterBackend
     from .config import Config
     from .data import ImageDataset
@@ -37,6 +38,7 @@ class RunContext:
         head_opt: the current head's optimiser (replaced with the head).
         backend: the clustering backend (``--prior``).
         reducer: features -> clustering space (``--reduce``).
+        augmenter: training-image augmentation (``--augment``).
         rundir: the run directory (metrics, snapshots, checkpoints).
         tb: TensorBoard logger when ``--tensorboard``, else None.
     """
@@ -54,5 +56,6 @@ class RunContext:
     head_opt: torch.optim.Optimizer
     backend: ClusterBackend
     reducer: Reducer
+    augmenter: Augmenter
     rundir: RunDir
     tb: TensorBoardLogger | None = None

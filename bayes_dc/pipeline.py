@@ -27,6 +27,7 @@ import torch
 from tqdm.auto import tqdm
 
 from . import metrics
+from .augment import Augmenter
 from .clustering import BACKENDS, ClusterResult, make_backend
 from .config import Config, HeadPolicy, RelabelRule
 from .context import RunContext
@@ -168,17 +169,22 @@ def setup(cfg: Config) -> RunContext:
     rundir = RunDir.open(cfg, device)  # first write happens only after every check above passed
 
     torch.manual_seed(derive_seed(cfg.run.seed, "init"))
-    model = build_model(cfg.model.arch, train_set.num_channels, sobel=cfg.model.sobel, width=cfg.width,
-                        num_outputs=_head_outputs(cfg)).to(device)
+    m = cfg.model
+    model = build_model(m.arch, train_set.num_channels, sobel=m.sobel, width=cfg.width, num_outputs=_head_outputs(cfg),
+                        projection_dim=m.projection_dim if cfg.features.cluster_on == "projection" else 0,
+                        projection_hidden=m.projection_hidden, projection_l2=m.projection_l2).to(device)
     mean, std = train_set.mean_std()
     tr = cfg.train
-    trunk_opt = torch.optim.SGD(model.trunk.parameters(), lr=tr.lr, momentum=tr.momentum,
+    # the projection head belongs to the representation (kept across rounds), so it trains with the trunk
+    trunk_params = list(model.trunk.parameters()) + (list(model.projection.parameters()) if model.projection else [])
+    trunk_opt = torch.optim.SGD(trunk_params, lr=tr.lr, momentum=tr.momentum,
                                 weight_decay=tr.weight_decay)
     return RunContext(cfg=cfg, device=device, train_set=train_set, eval_set=eval_set,
                       images=train_set.images.to(device),
                       eval_images=eval_set.images.to(device) if eval_set is not None else None,
                       mean=mean, std=std, model=model, trunk_opt=trunk_opt,
-                      head_opt=_head_optimizer(cfg, model.head), backend=backend, reducer=reducer, rundir=rundir)
+                      head_opt=_head_optimizer(cfg, model.head), backend=backend, reducer=reducer,
+                      augmenter=Augmenter(tr.augment, padding=tr.crop_padding, scale=tr.crop_scale), rundir=rundir)
 
 
 def _load_data(cfg: Config):
@@ -286,7 +292,7 @@ def _relabel(ctx: RunContext, state: dict, epoch: int) -> tuple[torch.Tensor, di
     if cfg.targets.head == "keep" and result.permutation is not None:
         head = permute_head(ctx.model.head, result.permutation, gen)
     else:
-        head = new_head(ctx.model.feature_dim, _head_outputs(cfg), gen).to(ctx.device)
+        head = new_head(ctx.model.embed_dim, _head_outputs(cfg), gen).to(ctx.device)
     install_head(ctx, head)
     state["warm_state"], state["prev_labels"] = result.state, result.labels
     state["reduce_state"] = reduction.state
@@ -307,7 +313,7 @@ def _cluster_round(ctx: RunContext, state: dict) -> tuple[torch.Tensor, ClusterR
     feats = extract_features(ctx.model.trunk, ctx.images, ctx.mean, ctx.std, batch_size=cfg.features.extract_batch,
                              device=ctx.device, progress=cfg.run.progress, desc="extract")
     t1 = time.perf_counter()
-    reduction = ctx.reducer.reduce(feats, seed=derive_seed(cfg.run.seed, "reduce", state["round"]),
+    reduction = ctx.reducer.reduce(_clustered_features(ctx, feats), seed=derive_seed(cfg.run.seed, "reduce", state["round"]),
                                    warm_state=state.get("reduce_state"))
     x = reduction.points
     result = ctx.backend.fit(x, seed=derive_seed(cfg.run.seed, "cluster", state["round"]),
@@ -326,6 +332,20 @@ def _cluster_round(ctx: RunContext, state: dict) -> tuple[torch.Tensor, ClusterR
     if state["prev_labels"] is not None:
         info["nmi_prev"] = metrics.nmi(state["prev_labels"], result.labels)
     return feats, result, reduction, info
+
+
+@torch.no_grad()
+def _clustered_features(ctx: RunContext, feats: torch.Tensor) -> torch.Tensor:
+    """What ``--cluster-on`` clusters: the trunk features (N, F) themselves, or their projection (N, P) (eval mode,
+    in chunks)."""
+    projection = ctx.model.projection
+    if ctx.cfg.features.cluster_on == "trunk" or projection is None:
+        return feats
+    was_training = projection.training
+    projection.eval()
+    out = torch.cat([projection(chunk) for chunk in feats.split(ctx.cfg.features.extract_batch)])
+    projection.train(was_training)
+    return out
 
 
 def _snapshot_and_lineage(rundir: RunDir, round_idx: int, epoch: int, result: ClusterResult) -> None:

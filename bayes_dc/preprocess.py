@@ -156,7 +156,7 @@ class Whitener:
 
     # --------------------------------------------------------------------- transforming
 
-    def _projection(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    def folded_projection(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         """float32 (mean (F,), projection (F, dim_)) on ``device``, whitening folded into the projection."""
         projection = self.components_
         if self.whiten:
@@ -174,7 +174,7 @@ class Whitener:
             raise ValueError(f"Whitener.transform: X has {X.shape[1]} features but the whitener was fitted on "
                              f"{self.n_features_in_}")
         _check_finite_chunked(X, "Whitener.transform")
-        mean, projection = self._projection(X.device)
+        mean, projection = self.folded_projection(X.device)
         out = torch.empty(X.shape[0], self.dim_, dtype=torch.float32, device=X.device)
         step = _chunk_rows(X.shape[1])
         for start in range(0, X.shape[0], step):

@@ -2,6 +2,8 @@
 
 Registry ``REDUCERS`` (``--reduce``):
 
+- ``none``: the features as they are (e.g. a low-dimensional projection head's output, ``--cluster-on
+  projection``).
 - ``pca``: DeepCluster's PCA whitening + L2 (:class:`bayes_dc.preprocess.Whitener`), refitted every round.
   The k-means baseline's space (256 dimensions, as DeepCluster).
 - ``umap``: PCA to ``pca_dim`` (~50, not whitened), then UMAP (McInnes et al. 2018, umap-learn) to
@@ -65,9 +67,30 @@ class Reducer(ABC):
     def reduce(self, features: torch.Tensor, *, seed: int, warm_state: dict | None = None) -> Reduction:
         """Map ``features`` (N, F) float32 to (N, d) float32; see :class:`Reduction`."""
 
+    def transform(self, features: torch.Tensor, state: dict | None) -> torch.Tensor:
+        """Map new features (B, F) into the space of the round whose :class:`Reduction` had ``state`` (for
+        targets computed on the fly, ``--two-views``)."""
+        raise ValueError(f"--reduce {self.name} cannot map new points into a fitted space; use --reduce pca or none")
+
+
+class IdentityReducer(Reducer):
+    """The features themselves (``--reduce none``)."""
+
+    name = "none"
+
+    def reduce(self, features: torch.Tensor, *, seed: int, warm_state: dict | None = None) -> Reduction:
+        return Reduction(features.float(), None, 0.0, {"reduce_dim": int(features.shape[1])})
+
+    def transform(self, features: torch.Tensor, state: dict | None) -> torch.Tensor:
+        return features.float()
+
 
 class PCAReducer(Reducer):
-    """PCA (whitening) + L2 of :class:`~bayes_dc.preprocess.Whitener`; no warm state."""
+    """PCA (whitening) + L2 of :class:`~bayes_dc.preprocess.Whitener`, refitted each round.
+
+    State: the fitted projection ``{"mean": (F,), "projection": (F, d)}`` (float32, whitening folded in), so new
+    points can be mapped into the round's space; nothing is carried over to the next fit.
+    """
 
     name = "pca"
 
@@ -77,7 +100,13 @@ class PCAReducer(Reducer):
     def reduce(self, features: torch.Tensor, *, seed: int, warm_state: dict | None = None) -> Reduction:
         start = time.perf_counter()
         points = self.whitener.fit_transform(features)
-        return Reduction(points, None, time.perf_counter() - start, {"reduce_dim": int(points.shape[1])})
+        mean, projection = self.whitener.folded_projection(features.device)
+        state = {"mean": mean.cpu(), "projection": projection.cpu()}
+        return Reduction(points, state, time.perf_counter() - start, {"reduce_dim": int(points.shape[1])})
+
+    def transform(self, features: torch.Tensor, state: dict | None) -> torch.Tensor:
+        points = (features.float() - state["mean"].to(features.device)) @ state["projection"].to(features.device)
+        return torch.nn.functional.normalize(points, dim=1, eps=1e-12) if self.whitener.l2 else points
 
 
 class UMAPReducer(Reducer):
@@ -162,6 +191,7 @@ def neighbor_overlap(before: np.ndarray, after: np.ndarray) -> float:
 
 
 REDUCERS: dict[str, Callable[[Any], Reducer]] = {
+    "none": lambda cfg: IdentityReducer(),
     "pca": lambda cfg: PCAReducer(dim=cfg.pca_dim, whiten=cfg.features.whiten, l2=cfg.features.l2),
     "umap": lambda cfg: UMAPReducer(dim=cfg.features.reduce_dim, pca_dim=cfg.pca_dim,
                                     n_neighbors=cfg.features.umap_neighbors, min_dist=cfg.features.umap_min_dist),
@@ -177,5 +207,5 @@ def make_reducer(cfg: Any) -> Reducer:
     return REDUCERS[name](cfg)
 
 
-__all__ = ["REDUCERS", "PCAReducer", "Reducer", "Reduction", "UMAPReducer", "make_reducer", "nearest_neighbors",
+__all__ = ["REDUCERS", "IdentityReducer", "PCAReducer", "Reducer", "Reduction", "UMAPReducer", "make_reducer", "nearest_neighbors",
            "neighbor_overlap"]

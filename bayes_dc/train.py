@@ -4,33 +4,11 @@ from __future__ import annotations
 import time
 
 import torch
-from torch import nn
 from tqdm.auto import tqdm
 
+from .augment import standardize
 from .context import RunContext
-from .features import normalize
 from .targets import ClusterLoss, Targets
-
-
-def random_crop_flip(images: torch.Tensor, padding: int, generator: torch.Generator) -> torch.Tensor:
-    """Per-image random crop (after zero padding by ``padding``) and horizontal flip, on tensors.
-
-    (B, C, H, W) any dtype -> same shape, on the input's device. The random offsets are drawn on the CPU
-    from ``generator`` so that CPU and GPU runs see the same augmentation for the same seed.
-    """
-    b, c, h, w = images.shape
-    device = images.device
-    if padding > 0:
-        padded = nn.functional.pad(images, (padding,) * 4)
-        dy = torch.randint(0, 2 * padding + 1, (b,), generator=generator).to(device)
-        dx = torch.randint(0, 2 * padding + 1, (b,), generator=generator).to(device)
-        rows = (dy[:, None] + torch.arange(h, device=device))[:, None, :, None]  # (B, 1, H, 1)
-        cols = (dx[:, None] + torch.arange(w, device=device))[:, None, None, :]  # (B, 1, 1, W)
-        batch_idx = torch.arange(b, device=device)[:, None, None, None]
-        chan_idx = torch.arange(c, device=device)[None, :, None, None]
-        images = padded[batch_idx, chan_idx, rows, cols]
-    flip = (torch.rand(b, generator=generator) < 0.5).to(device)[:, None, None, None]
-    return torch.where(flip, images.flip(-1), images)
 
 
 def train_epoch(ctx: RunContext, targets: Targets, indices: torch.Tensor, *, generator: torch.Generator,
@@ -44,7 +22,7 @@ def train_epoch(ctx: RunContext, targets: Targets, indices: torch.Tensor, *, gen
     Args:
         targets: the current round's targets (``Targets.batch`` gives the loss's target for a batch).
         indices: (S,) int64 point ids, already drawn by the cluster-balanced sampler.
-        generator: CPU generator of the augmentation (crop offsets, flips).
+        generator: CPU generator of the augmentation (``ctx.augmenter``: crop offsets, flips, ...).
     Returns:
         {"loss": mean loss, "agreement": share of samples whose head argmax equals the target argmax,
          "seconds": wall time, "steps": number of optimiser steps}.
@@ -63,9 +41,7 @@ def train_epoch(ctx: RunContext, targets: Targets, indices: torch.Tensor, *, gen
         if idx.shape[0] < 2:  # batch norm cannot train on a single sample
             continue
         batch = images[idx.to(images.device)].to(device, non_blocking=True)
-        if tr.augment:
-            batch = random_crop_flip(batch, tr.crop_padding, generator)
-        logits = model(normalize(batch, ctx.mean, ctx.std))
+        logits = model(standardize(ctx.augmenter(batch, generator), ctx.mean, ctx.std))
         loss = loss_fn(logits, targets.batch(idx, device), used)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"training loss became {loss.item()} at step {steps}; lower --lr")

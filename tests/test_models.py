@@ -1,9 +1,8 @@
-"""Trunks, heads and tensor augmentation."""
+"""Trunks, projection and classifier heads."""
 import pytest
 import torch
 
 from bayes_dc.models import ARCHS, Sobel, build_model
-from bayes_dc.train import random_crop_flip
 
 
 @pytest.mark.parametrize("arch, size", [("vgg-small", 28), ("vgg-small", 32), ("alexnet-bn", 64), ("vgg16-bn", 64)])
@@ -23,19 +22,6 @@ def test_sobel_sees_edges_not_brightness():
     gx = sobel(step)[0, 0, 4]
     assert gx.abs().max() > 0.5 and gx[1].abs() < 1e-6
     assert build_model("vgg-small", 3, sobel=True, width=4).trunk.conv[0].in_channels == 2
-
-
-def test_crop_flip_keeps_pixels_and_is_seeded():
-    x = torch.arange(2 * 1 * 6 * 6, dtype=torch.float32).view(2, 1, 6, 6)
-    g = torch.Generator().manual_seed(0)
-    out = random_crop_flip(x, padding=0, generator=g)
-    for i in range(2):  # no padding: each output is the image or its mirror
-        assert torch.equal(out[i], x[i]) or torch.equal(out[i], x[i].flip(-1))
-    a = random_crop_flip(x, 2, torch.Generator().manual_seed(1))
-    b = random_crop_flip(x, 2, torch.Generator().manual_seed(1))
-    assert torch.equal(a, b) and a.shape == x.shape
-    # A padded crop is a shifted window: every non-zero value comes from the source image.
-    assert set(a[a != 0].tolist()) <= set(x.flatten().tolist())
 
 
 def test_unknown_arch_lists_choices():

@@ -90,7 +90,13 @@ DP_UMAP = {"cluster": {"prior": "dp", "truncation": 20, "max_iter": 30},
            "features": {"reduce": "umap", "reduce_dim": 3, "pca_dim": 8, "umap_neighbors": 10}}
 
 
-@pytest.mark.parametrize("overrides", [{}, DP_TINY, DP_UMAP], ids=["kmeans", "dp-soft-keep-warm", "dp-umap-warm"])
+DP_PROJECTION = {"cluster": {"prior": "dp", "truncation": 20, "max_iter": 30},
+                 "features": {"cluster_on": "projection", "reduce": "none"},
+                 "model": {"projection_dim": 6, "projection_hidden": 16}, "train": {"augment": "resized-crop"}}
+
+
+@pytest.mark.parametrize("overrides", [{}, DP_TINY, DP_UMAP, DP_PROJECTION],
+                         ids=["kmeans", "dp-soft-keep-warm", "dp-umap-warm", "dp-projection-resized-crop"])
 def test_resume_after_interruption_matches_uninterrupted_run(tiny_config, tmp_path, monkeypatch, overrides):
     cfg = merge(merge(tiny_config, {"train": {"epochs": 4, "relabel_every": 2}}), overrides)
     pipeline.run(merge(cfg, {"run": {"name": "full"}}))
@@ -273,3 +279,15 @@ def test_warm_start_prior_differs_from_init_from_the_second_round(tiny_config, t
     init, prior = rounds["init"], rounds["prior"]
     assert init[0]["objective"] == prior[0]["objective"] and init[0]["weights"] == prior[0]["weights"]
     assert init[1]["objective"] != prior[1]["objective"] and init[1]["weights"] != prior[1]["weights"]
+
+
+def test_projection_space_is_what_gets_clustered_and_trains_with_the_trunk(tiny_config, tmp_path):
+    cfg = merge(tiny_config, DP_PROJECTION)
+    ctx = pipeline.setup(cfg)
+    initial = {k: v.clone() for k, v in ctx.model.projection.state_dict().items()}
+    pipeline.run(merge(cfg, {"run": {"name": "proj"}}))
+    rounds = [r for r in read(tmp_path / "runs" / "proj") if "round" in r]
+    assert rounds and all(r["feature_dim"] == 6 for r in rounds)            # the DP saw the 6-d projection
+    trained = torch.load(tmp_path / "runs" / "proj" / "last.pt", weights_only=False)["model"]
+    assert not torch.equal(trained["projection.mlp.0.weight"], initial["mlp.0.weight"])   # optimised with the trunk
+    assert trained["head.weight"].shape == (20, 6)                          # the head sits on the projection

@@ -8,7 +8,7 @@ from sklearn.neighbors import NearestNeighbors
 
 from bayes_dc.config import Config, merge
 from bayes_dc.preprocess import Whitener
-from bayes_dc.reduce import (UMAP_WARM_EPOCHS, PCAReducer, UMAPReducer, make_reducer, nearest_neighbors,
+from bayes_dc.reduce import (UMAP_WARM_EPOCHS, IdentityReducer, PCAReducer, UMAPReducer, make_reducer, nearest_neighbors,
                              neighbor_overlap)
 
 
@@ -21,11 +21,19 @@ def blobs(n=600, f=40, k=4, seed=0):
     return torch.tensor(x @ rng.normal(size=(f, f)) / np.sqrt(f), dtype=torch.float32), labels
 
 
-def test_pca_reducer_is_the_whitener():
+def test_pca_reducer_is_the_whitener_and_maps_new_points_the_same_way():
     x, _ = blobs()
-    out = PCAReducer(dim=8).reduce(x, seed=0)
-    assert torch.equal(out.points, Whitener(dim=8).fit_transform(x))
-    assert out.state is None and out.info["reduce_dim"] == 8
+    reducer = PCAReducer(dim=8)
+    out = reducer.reduce(x, seed=0)
+    assert torch.equal(out.points, Whitener(dim=8).fit_transform(x)) and out.info["reduce_dim"] == 8
+    assert torch.allclose(reducer.transform(x[:50], out.state), out.points[:50], atol=1e-5)
+
+
+def test_identity_reducer_and_umap_cannot_map_new_points():
+    x, _ = blobs(n=50)
+    assert torch.equal(IdentityReducer().reduce(x, seed=0).points, x)
+    with pytest.raises(ValueError, match="cannot map new points"):
+        UMAPReducer().transform(x, None)
 
 
 def test_nearest_neighbors_match_scikit_learn():
