@@ -177,6 +177,16 @@ def image_is_grey(path: Path) -> bool:
         return img.mode in _GREY_MODES
 
 
+def rgb_to_grey(rgb: torch.Tensor) -> torch.Tensor:
+    """``(3, H, W)`` uint8 -> ``(1, H, W)``: ITU-R 601-2 luma in PIL's integer arithmetic (``convert("L")``).
+
+    Done here rather than by the decoder, whose grey conversions differ from PIL's by a level here and
+    there; this way both decoders give the same grey pixels.
+    """
+    r, g, b = rgb.to(torch.int32)
+    return ((r * 19595 + g * 38470 + b * 7471 + 0x8000) >> 16).to(torch.uint8).unsqueeze(0)
+
+
 def _decode_torchvision(path: Path, channels: int) -> torch.Tensor | None:
     """torchvision's decoder, or None when it is missing, cannot read this file, or gives 16-bit values."""
     if path.suffix.lower() not in _TORCHVISION_SUFFIXES:
@@ -186,18 +196,22 @@ def _decode_torchvision(path: Path, channels: int) -> torch.Tensor | None:
     except ImportError:
         return None
     try:
-        image = decode_image(str(path), mode=ImageReadMode.GRAY if channels == 1 else ImageReadMode.RGB)
+        # RGB even for a grey result: grey sources come back replicated (R = G = B), which rgb_to_grey maps
+        # back exactly, and colour sources get PIL's conversion.
+        image = decode_image(str(path), mode=ImageReadMode.RGB)
     except Exception:   # unsupported variant or a damaged file: PIL decides (and names the error)
         return None
-    return image if image.dtype == torch.uint8 and image.ndim == 3 else None
+    if image.dtype != torch.uint8 or image.ndim != 3:
+        return None
+    return rgb_to_grey(image) if channels == 1 else image
 
 
 def _decode_pil(path: Path, channels: int) -> torch.Tensor:
     from PIL import Image
 
     with Image.open(path) as img:
-        # First frame of GIFs; drops alpha; grey is replicated to RGB.
-        array = np.asarray(img.convert("L" if channels == 1 else "RGB"), dtype=np.uint8)
+        # First frame of GIFs; drops alpha; grey is replicated to RGB. np.array copies: a writable array.
+        array = np.array(img.convert("L" if channels == 1 else "RGB"), dtype=np.uint8)
     array = array[:, :, None] if array.ndim == 2 else array
     return torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1)))
 
@@ -218,20 +232,21 @@ def read_image(path: Path, size: int, channels: int) -> torch.Tensor:
     return centre_crop_resize(decode_image_file(path, channels), size)
 
 
-def unreadable_error(failures: list[str], total: int, directory: Path, note: str = "") -> UnreadableImagesError:
-    """The error for files that failed to decode; ``failures`` are ``"path (Error: message)"`` strings."""
-    shown = "\n".join(f"  {f}" for f in failures[:20])
+def unreadable_error(failures: list[tuple[str, str]], total: int, directory: Path,
+                     note: str = "") -> UnreadableImagesError:
+    """The error for files that failed to decode; ``failures`` are (path, "Error: message") pairs."""
+    shown = "\n".join(f"  {path} ({why})" for path, why in failures[:20])
     more = f"\n  ... and {len(failures) - 20} more" if len(failures) > 20 else ""
     return UnreadableImagesError(
         f"imagefolder: {len(failures)} of {total} image files under {directory} could not be read:\n"
         f"{shown}{more}\nRemove (or repair) these files and load again; they are not skipped silently "
         f"because that would change N and the labels without notice.{note}",
-        [f.rsplit(" (", 1)[0] for f in failures],
+        [path for path, _ in failures],
     )
 
 
-def _failure(path: Path, exc: Exception) -> str:
-    return f"{path} ({type(exc).__name__}: {exc})"
+def _failure(path: Path, exc: Exception) -> tuple[str, str]:
+    return str(path), f"{type(exc).__name__}: {exc}"
 
 
 def folder_channels(listing: FolderListing, positions: np.ndarray) -> int:
@@ -259,8 +274,8 @@ def folder_channels(listing: FolderListing, positions: np.ndarray) -> int:
 class DecodedBatches(torch.utils.data.Dataset):
     """A map-style dataset whose item b is a whole batch: images ``order[b * B:(b + 1) * B]`` decoded.
 
-    Item b is ``((n, C, S, S) uint8, failures)``, ``failures`` a list of ``"path (Error: message)"`` for
-    files that could not be decoded (their slots are zero). With ``seeds``, batch b is augmented
+    Item b is ``((n, C, S, S) uint8, failures)``, ``failures`` a list of (path, "Error: message") for files
+    that could not be decoded (their slots are zero). With ``seeds``, batch b is augmented
     (random-resized crop + flip) with a generator seeded by ``seeds[b]``, so the result does not depend on
     which worker decodes it; without, every image gets the evaluation transform (centred square, resized).
     """
@@ -275,7 +290,7 @@ class DecodedBatches(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return -(-len(self.order) // self.batch_size)
 
-    def __getitem__(self, b: int) -> tuple[torch.Tensor, list[str]]:
+    def __getitem__(self, b: int) -> tuple[torch.Tensor, list[tuple[str, str]]]:
         ids = self.order[b * self.batch_size:(b + 1) * self.batch_size]
         out = torch.zeros((len(ids), self.channels, self.image_size, self.image_size), dtype=torch.uint8)
         gen = None if self.seeds is None else torch.Generator().manual_seed(self.seeds[b])
@@ -295,7 +310,7 @@ class DecodedBatches(torch.utils.data.Dataset):
 
 
 def iterate_decoded(batches: DecodedBatches, num_workers: int = 0, pin_memory: bool = False,
-                    progress: str | None = None) -> Iterator[tuple[torch.Tensor, list[str]]]:
+                    progress: str | None = None) -> Iterator[tuple[torch.Tensor, list[tuple[str, str]]]]:
     """Yield ``batches[0], batches[1], ...`` in order, decoded by ``num_workers`` DataLoader workers."""
     if not isinstance(num_workers, (int, np.integer)) or num_workers < 0:
         raise ValueError(f"num_workers must be an int >= 0 (0 decodes in this process), got {num_workers!r}")
@@ -318,7 +333,7 @@ def read_images(listing: FolderListing, image_size: int, channels: int, num_work
     """
     n = len(listing)
     images = torch.empty((n, channels, image_size, image_size), dtype=torch.uint8)
-    failures: list[str] = []
+    failures: list[tuple[str, str]] = []
     decoded = DecodedBatches(listing, np.arange(n), _DECODE_BATCH, image_size, channels)
     for b, (batch, bad) in enumerate(iterate_decoded(decoded, num_workers, progress=f"loading {listing.directory}")):
         images[b * _DECODE_BATCH:b * _DECODE_BATCH + len(batch)] = batch

@@ -150,8 +150,7 @@ class StreamingImageFolder:
     def find_unreadable(self, batch_size: int = _CHUNK) -> list[str]:
         """Decode every file once and return the paths that fail (the batch iterators stop at the first)."""
         decoded = DecodedBatches(self.listing, np.arange(len(self)), batch_size, self._size, self._channels)
-        failures = [f for _, bad in iterate_decoded(decoded, self.num_workers, progress="checking") for f in bad]
-        return [f.rsplit(" (", 1)[0] for f in failures]
+        return [path for _, bad in iterate_decoded(decoded, self.num_workers, progress="checking") for path, _ in bad]
 
     def _batches(self, order: np.ndarray, batch_size: int, seeds: list[int] | None) -> Iterator[torch.Tensor]:
         decoded = DecodedBatches(self.listing, order, batch_size, self._size, self._channels, seeds,
