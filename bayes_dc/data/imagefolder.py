@@ -15,6 +15,7 @@ Every image, in memory or streamed, goes through the same two steps, so the two 
 from __future__ import annotations
 
 import os
+import signal
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -309,6 +310,16 @@ class DecodedBatches(torch.utils.data.Dataset):
         return out, failures
 
 
+def _ignore_sigint(worker_id: int) -> None:
+    """DataLoader worker start: leave Ctrl-C to the main process.
+
+    A terminal's Ctrl-C signals the whole process group; a worker that died of it would fail the epoch
+    that ``runlog.graceful_interrupt`` is letting finish. The main process stops its workers itself.
+    """
+    del worker_id
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def iterate_decoded(batches: DecodedBatches, num_workers: int = 0, pin_memory: bool = False,
                     progress: str | None = None) -> Iterator[tuple[torch.Tensor, list[tuple[str, str]]]]:
     """Yield ``batches[0], batches[1], ...`` in order, decoded by ``num_workers`` DataLoader workers."""
@@ -316,6 +327,7 @@ def iterate_decoded(batches: DecodedBatches, num_workers: int = 0, pin_memory: b
         raise ValueError(f"num_workers must be an int >= 0 (0 decodes in this process), got {num_workers!r}")
     loader = torch.utils.data.DataLoader(
         batches, batch_size=None, shuffle=False, num_workers=int(num_workers), pin_memory=pin_memory,
+        worker_init_fn=_ignore_sigint,
         # An explicit generator: otherwise creating the iterator draws a worker base seed from the global
         # torch RNG and would shift every later torch.manual_seed-based draw (dropout) of the caller.
         generator=torch.Generator())
