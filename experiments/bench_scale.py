@@ -50,7 +50,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--workers", type=int, nargs="+", default=[0, 2], help="DataLoader worker counts")
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--threads", type=int, default=1, help="torch threads in each measuring process")
-    p.add_argument("--no-extract", action="store_true", help="skip the memmap feature extraction")
+    p.add_argument("--tables", nargs="+", choices=["data", "extract"], default=["data", "extract"],
+                   help="which part (a) measurements to make")
+    p.add_argument("--malloc-mmap-threshold", type=int, default=None,
+                   help="set glibc's MALLOC_MMAP_THRESHOLD_ (bytes) in the measuring processes: a fixed threshold "
+                        "stops glibc from serving ever larger freed blocks from its heaps, whose fragmentation "
+                        "otherwise makes RssAnon wander by a few hundred MiB over a long pass")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--markdown", type=Path, default=None, help="also write the tables to this file")
     p.add_argument("--job", default=None, help=argparse.SUPPRESS)   # internal: one measurement, in a child process
@@ -227,8 +232,12 @@ def job_extract(spec: dict) -> dict:
 JOBS = {"data": job_data, "extract": job_extract}
 
 
-def run_job(spec: dict) -> dict:
-    out = subprocess.run([sys.executable, __file__, "--job", json.dumps(spec)], capture_output=True, text=True)
+def run_job(spec: dict, malloc_mmap_threshold: int | None = None) -> dict:
+    env = dict(os.environ)
+    if malloc_mmap_threshold is not None:
+        env["MALLOC_MMAP_THRESHOLD_"] = str(malloc_mmap_threshold)
+    out = subprocess.run([sys.executable, __file__, "--job", json.dumps(spec)], capture_output=True, text=True,
+                         env=env)
     if out.returncode != 0:
         raise RuntimeError(f"job {spec} failed:\n{out.stderr[-3000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -241,39 +250,52 @@ def run_job(spec: dict) -> dict:
 
 def part_a(args) -> str:
     size = args.image_size or args.image_px
-    n_max = max(args.sizes)
-    gen_seconds = generate(args.cache, n_max, args.image_px, args.seed)
+    gen_seconds = generate(args.cache, max(args.sizes), args.image_px, args.seed)
     stamp = json.loads((args.cache / "generated.json").read_text())
     lines = [f"Generated {stamp['n']:,} JPEGs of {stamp['px']} px in {stamp['seconds']:.0f} s"
              + (" (this run)" if gen_seconds else " (an earlier run; reused)") + f"; batches of {args.batch_size}, "
-             f"output {size} px, {args.threads} torch thread(s) per process, {os.cpu_count()} CPU cores.", ""]
-    lines += ["| N | workers | open + mean/std s | eval img/s | train img/s (RRC + flip) | peak RSS MiB | "
-              "peak RssAnon MiB | worker peak RSS MiB | uint8 in memory MiB |",
-              "|---|---|---|---|---|---|---|---|---|"]
+             f"output {size} px, {args.threads} torch thread(s) per process, {os.cpu_count()} CPU cores"
+             + (f", MALLOC_MMAP_THRESHOLD_={args.malloc_mmap_threshold}" if args.malloc_mmap_threshold else "")
+             + ".", ""]
     common = {"size": size, "batch_size": args.batch_size, "threads": args.threads, "seed": args.seed}
+    if "data" in args.tables:
+        lines += data_table(args, common)
+    if "extract" in args.tables:
+        lines += extract_table(args, common)
+    return "\n".join(lines) + "\n"
+
+
+def data_table(args, common: dict) -> list[str]:
+    lines = ["| N | workers | open + mean/std s | eval img/s | train img/s (RRC + flip) | peak RSS MiB | "
+             "peak RssAnon MiB | worker peak RSS MiB | uint8 in memory MiB |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for n in args.sizes:
         root = view(args.cache, n)
         for workers in args.workers:
-            r = run_job({"job": "data", "root": str(root), "n": n, "workers": workers, **common})
+            r = run_job({"job": "data", "root": str(root), "n": n, "workers": workers, **common},
+                        args.malloc_mmap_threshold)
             worker = "-" if r["worker_rss_mib"] is None else f"{r['worker_rss_mib']:.0f}"
             lines.append(f"| {n:,} | {workers} | {r['open_s']:.1f} | {r['eval_per_s']:.0f} | {r['train_per_s']:.0f} | "
                          f"{r['rss_mib']:.0f} | {r['anon_mib']:.0f} | {worker} | {r['in_memory_mib']:.0f} |")
             print(lines[-1], flush=True)
-    if not args.no_extract:
-        workers = max(args.workers)
-        lines += ["", f"Features: vgg-small width 4 (512-d), float32 memmap, {workers} workers; then "
-                  "Whitener(dim=64).fit + transform on torch.from_numpy(memmap). Peaks sampled every 20 ms per phase.",
-                  "", "| N | features on disk MiB | extract s | img/s | extract: peak RSS MiB | extract: peak RssAnon "
-                  "MiB | whiten s | whiten: peak RssAnon MiB | whiten: RssFile growth MiB | whitened output MiB |",
-                  "|---|---|---|---|---|---|---|---|---|---|"]
-        for n in args.sizes:
-            r = run_job({"job": "extract", "root": str(view(args.cache, n)), "n": n, "workers": workers,
-                         "features": str(args.cache / f"features_{n}.npy"), **common})
-            lines.append(f"| {n:,} | {r['features_mib']:.0f} | {r['extract_s']:.1f} | {r['extract_per_s']:.0f} | "
-                         f"{r['extract_rss_mib']:.0f} | {r['extract_anon_mib']:.0f} | {r['whiten_s']:.1f} | "
-                         f"{r['whiten_anon_mib']:.0f} | {r['whiten_file_mib']:.0f} | {r['output_mib']:.0f} |")
-            print(lines[-1], flush=True)
-    return "\n".join(lines) + "\n"
+    return lines
+
+
+def extract_table(args, common: dict) -> list[str]:
+    workers = max(args.workers)
+    lines = ["", f"Features: vgg-small width 4 (512-d), float32 memmap, {workers} workers; then "
+             "Whitener(dim=64).fit + transform on torch.from_numpy(memmap). Peaks sampled every 20 ms per phase.", "",
+             "| N | features on disk MiB | extract s | img/s | extract: peak RSS MiB | extract: peak RssAnon MiB | "
+             "whiten s | whiten: peak RssAnon MiB | whiten: RssFile growth MiB | whitened output MiB |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for n in args.sizes:
+        r = run_job({"job": "extract", "root": str(view(args.cache, n)), "n": n, "workers": workers,
+                     "features": str(args.cache / f"features_{n}.npy"), **common}, args.malloc_mmap_threshold)
+        lines.append(f"| {n:,} | {r['features_mib']:.0f} | {r['extract_s']:.1f} | {r['extract_per_s']:.0f} | "
+                     f"{r['extract_rss_mib']:.0f} | {r['extract_anon_mib']:.0f} | {r['whiten_s']:.1f} | "
+                     f"{r['whiten_anon_mib']:.0f} | {r['whiten_file_mib']:.0f} | {r['output_mib']:.0f} |")
+        print(lines[-1], flush=True)
+    return lines
 
 
 def part_b(args) -> str:
