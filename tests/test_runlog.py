@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import signal
 import time
@@ -19,6 +20,7 @@ from bayes_dc.runlog import (CheckpointError, CheckpointWarning, RunDir, atomic_
 from bayes_dc.targets import Targets
 
 
+@functools.lru_cache(maxsize=None)   # built once per epoch value; tests only read it
 def pipeline_checkpoint(epoch: int) -> dict:
     """What pipeline.run checkpoints: model and optimiser state dicts, the loop state, the config."""
     torch.manual_seed(epoch)

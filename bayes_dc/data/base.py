@@ -178,9 +178,8 @@ class ImageDataset:
 
     def eval_batches(self, batch_size: int) -> Iterator[torch.Tensor]:
         """All images in order, ``(B, C, S, S)`` uint8 views of ``images`` (on its device)."""
-        check_batch_size(batch_size)
-        for start in range(0, len(self), batch_size):
-            yield self.images[start:start + batch_size]
+        check_batch_size(batch_size)   # here, not inside a generator: a bad value fails at the call
+        return (self.images[start:start + batch_size] for start in range(0, len(self), batch_size))
 
     def train_batches(self, indices: torch.Tensor | np.ndarray, batch_size: int, generator: torch.Generator,
                       augment: bool = False, *, crop_scale: tuple[float, float] = DEFAULT_CROP_SCALE,
