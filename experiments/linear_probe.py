@@ -26,7 +26,7 @@ from bayes_dc.data import load_dataset  # noqa: E402
 from bayes_dc.features import extract_features  # noqa: E402
 from bayes_dc.models import build_model  # noqa: E402
 from bayes_dc.pipeline import derive_seed, resolve_device  # noqa: E402
-from bayes_dc.runlog import atomic_write_text  # noqa: E402
+from bayes_dc.runlog import CheckpointError, atomic_write_text, load_checkpoint  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -35,9 +35,16 @@ def main(argv=None) -> int:
     p.add_argument("--init", action="store_true", help="probe the random-init trunk instead of the trained one")
     p.add_argument("--C", type=float, default=1.0, help="inverse L2 regularisation of the logistic regression")
     p.add_argument("--device", default="auto")
+    p.add_argument("--allow-unverified", action="store_true",
+                   help="accept a last.pt without a checksum manifest (runs saved before manifests existed)")
     args = p.parse_args(argv)
     ckpt_path = args.run_dir / "last.pt"
-    if not ckpt_path.exists():
+    try:  # verified (sha256 manifest) and weights_only=True: a shared run directory cannot run code here
+        ckpt = load_checkpoint(ckpt_path, allow_unverified=args.allow_unverified)
+    except CheckpointError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    if ckpt is None:
         print(f"error: {ckpt_path} not found; pass a run directory that has finished at least one epoch",
               file=sys.stderr)
         return 2
@@ -53,7 +60,6 @@ def main(argv=None) -> int:
                         image_size=d.image_size, download=d.download)
     torch.manual_seed(derive_seed(cfg.run.seed, "init"))  # the run's own initialisation
     model = build_model(cfg.model.arch, train.num_channels, sobel=cfg.model.sobel, width=cfg.width)
-    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
     if not args.init:
         model.trunk.load_state_dict({k[len("trunk."):]: v for k, v in ckpt["model"].items() if k.startswith("trunk.")})
     model.to(device)
