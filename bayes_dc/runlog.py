@@ -39,13 +39,9 @@ from typing import IO, Any, Callable, Iterator
 import numpy as np
 import torch
 
-from .config import Config, diff
+from .config import RESUMABLE_CHANGES, Config, diff
 from .jsonl import append_jsonl, read_jsonl
 from .targets import Targets
-
-# Fields that may differ when resuming: growing the schedule or changing cosmetics does not change the past.
-RESUMABLE_CHANGES = {"train.epochs", "run.resume", "run.progress", "run.figures", "run.threads", "run.knn_every",
-                     "run.tensorboard", "run.device", "run.out_dir"}
 
 
 class RunDirError(RuntimeError):
@@ -472,13 +468,20 @@ class RunDir:
 
     @classmethod
     def open(cls, cfg: Config, device: torch.device) -> "RunDir":
-        """Create ``out_dir/name`` for a new run, or validate it for ``cfg.run.resume``.
+        """Create ``out_dir/name`` for a new run, or validate it for ``cfg.run.resume``: :meth:`prepare`, then
+        :meth:`start`."""
+        run = cls.prepare(cfg)
+        run.start(cfg, device)
+        return run
 
-        Refuses (RunDirError, nothing written) to overwrite an existing run without ``--resume``, and to
-        resume with a config that differs from the saved one in anything but RESUMABLE_CHANGES.
+    @classmethod
+    def prepare(cls, cfg: Config) -> "RunDir":
+        """The run directory of ``cfg``, checked and not yet written to.
+
+        Refuses (RunDirError) to overwrite an existing run without ``--resume``, and to resume with a config that
+        differs from the saved one in anything but RESUMABLE_CHANGES.
         """
         path = Path(cfg.run.out_dir) / (cfg.run.name or cfg.default_name())
-        run = cls(path)
         saved = path / "config.json"
         if cfg.run.resume:
             if not saved.exists():
@@ -491,10 +494,14 @@ class RunDir:
         elif path.exists() and any(path.iterdir()):
             raise RunDirError(f"run directory {path} already exists; pass --resume to continue it, or choose "
                               "another --name (or delete the directory)")
-        path.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(saved, json.dumps(cfg.to_dict(), indent=2, sort_keys=True) + "\n")
-        atomic_write_text(path / "environment.json", json.dumps(environment(device), indent=2) + "\n")
-        return run
+        return cls(path)
+
+    def start(self, cfg: Config, device: torch.device, **environment_extra: Any) -> None:
+        """The run's first writes: the directory, config.json and environment.json (plus ``environment_extra``)."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(self.path / "config.json", json.dumps(cfg.to_dict(), indent=2, sort_keys=True) + "\n")
+        env = {**environment(device), **environment_extra}
+        atomic_write_text(self.path / "environment.json", json.dumps(env, indent=2) + "\n")
 
     # ---- metrics -------------------------------------------------------------------------------
     @property
@@ -537,6 +544,27 @@ class RunDir:
             f, labels=labels.astype(np.int32), resp_values=resp_values.astype(np.float16),
             resp_index=resp_index.astype(np.int32), weights=weights.astype(np.float32)))
         return path
+
+
+class ReadOnlyRunDir(RunDir):
+    """The run directory as the other ranks of a multi-process run see it: they read it (checkpoints, metrics)
+    and leave every write to rank 0. :meth:`log` still returns the record as it would be written."""
+
+    def start(self, cfg: Config, device: torch.device, **environment_extra: Any) -> None:
+        pass
+
+    def log(self, record: dict, path: Path | None = None) -> dict:
+        return _jsonable(record)
+
+    def truncate_metrics(self, before_epoch: int) -> None:
+        pass
+
+    def save_checkpoint(self, state: dict) -> None:
+        pass
+
+    def save_snapshot(self, round_idx: int, labels: np.ndarray, resp_values: np.ndarray, resp_index: np.ndarray,
+                      weights: np.ndarray) -> Path:
+        return self.snapshot_path(round_idx)
 
 
 def _jsonable(value: Any) -> Any:

@@ -298,6 +298,51 @@ def test_memmap_extraction_refuses_wrong_counts_and_dtypes(tmp_path):
     assert not any(tmp_path.iterdir())   # an incomplete feature file is deleted, never left to be used
 
 
+# ---- the pipeline on a streamed folder ------------------------------------------------------------------
+
+
+@pytest.fixture
+def split_folder(tmp_path) -> Path:
+    """train/ (3 classes x 24) and test/ (3 x 6) lossless 16 px colour PNGs: a tiny ImageNet layout."""
+    rng = np.random.default_rng(2)
+    for split, count in (("train", 24), ("test", 6)):
+        for c, name in enumerate(["ant", "bee", "cat"]):
+            for i in range(count):
+                image = smooth_image(rng, SIZE, SIZE)
+                image[..., c] = np.clip(image[..., c].astype(int) + 60, 0, 255)   # a class colour cast
+                save(tmp_path / "split" / split / name / f"{i}.png", image)
+    return tmp_path / "split"
+
+
+def test_a_streamed_run_equals_the_in_memory_run(split_folder, tmp_path):
+    """--streaming always (batches from DataLoader workers, features through a memmap on disk, TensorBoard grids read
+    through the dataset) trains and clusters exactly as --streaming never on the same folder."""
+    pytest.importorskip("tensorboard")
+    from bayes_dc import pipeline
+    from bayes_dc.config import Config, merge
+    from bayes_dc.jsonl import read_jsonl
+
+    base = merge(Config(), {
+        "data": {"dataset": "imagefolder", "data_root": str(split_folder), "image_size": SIZE},
+        "model": {"width": 4}, "features": {"pca_dim": 8, "extract_batch": 32},
+        "cluster": {"prior": "kmeans", "k": 6}, "train": {"epochs": 2, "batch_size": 16},
+        "run": {"out_dir": str(tmp_path / "runs"), "progress": False, "figures": False, "knn_every": 1}})
+    pipeline.run(merge(base, {"data": {"streaming": "never"}, "run": {"name": "memory"}}))
+    pipeline.run(merge(base, {"data": {"streaming": "always", "num_workers": 2},
+                              "run": {"name": "streamed", "tensorboard": True}}))
+
+    def comparable(name):
+        return [{k: v for k, v in r.items() if "seconds" not in k and "share" not in k and k != "backend_info"}
+                for r in read_jsonl(tmp_path / "runs" / name / "metrics.jsonl")]
+
+    assert comparable("streamed") == comparable("memory")
+    assert len(comparable("memory")) == 3 and all("knn" in r for r in comparable("memory"))
+    a, b = (torch.load(tmp_path / "runs" / n / "last.pt", weights_only=False)["model"] for n in ("memory", "streamed"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not list((tmp_path / "runs" / "streamed" / "scratch").iterdir())   # features were on disk, then removed
+    assert list((tmp_path / "runs" / "streamed" / "tensorboard").iterdir())
+
+
 # ---- the benchmark script ------------------------------------------------------------------------------
 
 
