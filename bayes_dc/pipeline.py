@@ -322,13 +322,15 @@ def _restore(ctx: RunContext) -> dict:
     return ckpt["state"]
 
 
-def _save_checkpoint(ctx: RunContext, state: dict) -> None:
-    """Checkpoint the model, optimisers and loop state; refuses (RunDiverged) a model with NaN/inf weights, so the
-    checkpoint on disk stays the last good one."""
-    bad = [name for name, value in ctx.model.state_dict().items()
+def _check_finite_weights(model: torch.nn.Module) -> None:
+    """FloatingPointError when a weight or buffer is NaN/inf (a loss can stay finite for a step after that)."""
+    bad = [name for name, value in model.state_dict().items()
            if value.is_floating_point() and not torch.isfinite(value).all()]
     if bad:
-        raise RunDiverged(f"the model has NaN/inf weights after training ({', '.join(bad[:3])}, ...)")
+        raise FloatingPointError(f"the model has NaN/inf weights after training ({', '.join(bad[:3])})")
+
+
+def _save_checkpoint(ctx: RunContext, state: dict) -> None:
     ctx.rundir.save_checkpoint({"model": ctx.model.state_dict(), "trunk_opt": ctx.trunk_opt.state_dict(),
                                 "head_opt": ctx.head_opt.state_dict(), "state": state, "config": ctx.cfg.to_dict()})
 
@@ -365,10 +367,9 @@ def _run(ctx: RunContext) -> dict:
             try:
                 record = _epoch(ctx, state, epoch)
             except FloatingPointError as err:
-                kept = f"epoch {epoch - 1}'s checkpoint" if epoch else "no checkpoint"
-                raise RunDiverged(f"epoch {epoch} diverged: {err}. {kept} is kept in {ctx.rundir.path}: lower --lr "
-                                  f"and start a new run (or --resume with a lower --lr is refused: it is a different "
-                                  f"run)") from None
+                kept = f"the checkpoint of epoch {epoch - 1} is kept" if epoch else "no checkpoint was written"
+                raise RunDiverged(f"epoch {epoch} diverged: {err}; {kept} in {ctx.rundir.path}. Start a new run "
+                                  f"with a lower --lr") from None
             progress.update(record)
             if ctx.dist.any(stop.requested):
                 progress.close()
@@ -404,6 +405,7 @@ def _epoch(ctx: RunContext, state: dict, epoch: int) -> dict:
     torch.manual_seed(derive_seed(cfg.run.seed, "torch", epoch))  # dropout
     indices = sample_epoch(targets, tr.epoch_samples or len(targets), gen)
     stats = train_epoch(ctx, targets, indices, generator=gen, desc=f"epoch {epoch}")
+    _check_finite_weights(ctx.model)   # before anything of this epoch is logged or checkpointed
     state["agreement"] = stats["agreement"]
     record.update(loss=stats["loss"], agreement=stats["agreement"], train_seconds=stats["seconds"],
                   epoch_seconds=time.perf_counter() - t_epoch)
