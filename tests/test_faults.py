@@ -38,8 +38,7 @@ def same_weights(a: Path, b: Path) -> bool:
 @pytest.fixture
 def six_epochs(tiny_config):
     """tiny_config over 6 epochs (long enough to be stopped in the middle) on one thread, in this process and in
-    run.py alike (the same thread count gives the same float sums; two OpenMP pools spinning on a shared 2-core
-    machine make a run.py process several times slower). The test process gets its thread counts back."""
+    run.py alike (the same thread count gives the same float sums). The test process gets its thread counts back."""
     import faiss
 
     threads, faiss_threads = torch.get_num_threads(), faiss.omp_get_max_threads()
