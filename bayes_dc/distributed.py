@@ -11,8 +11,9 @@ exactly what they did before any of this existed. Under torchrun (:func:`init_fr
   :meth:`Distributed.all_reduce`, so every rank holds the same projection and the same posterior;
 * trains on its share of every global batch (:meth:`Distributed.share_batches`): every rank draws the same
   global index list with the same generator and takes rows ``rank * B/W .. (rank + 1) * B/W`` of each batch of
-  B, so W processes see the batches one process sees; DDP averages the gradients and :class:`SyncBatchNorm`
-  normalises with the statistics of the whole global batch, so a W-process run follows the 1-process run up to
+  B, so W processes see the batches one process sees; DDP averages the gradients and synchronised batch norm
+  (``torch.nn.SyncBatchNorm``, :class:`CPUSyncBatchNorm` on the CPU) normalises with the statistics of the whole
+  global batch, so a W-process run follows the 1-process run up to
   the order of float sums;
 * leaves the run directory, logs and checkpoints to rank 0 (``RunDir.open(write=False)`` elsewhere).
 
@@ -236,16 +237,21 @@ class _AllReduceSum(torch.autograd.Function):
         return grad
 
 
-class SyncBatchNorm(nn.SyncBatchNorm):
-    """``torch.nn.SyncBatchNorm`` that also runs on the CPU (gloo), where torch's refuses to.
+class CPUSyncBatchNorm(nn.modules.batchnorm._BatchNorm):
+    """Batch norm over the whole global batch for processes on the CPU (gloo), where ``torch.nn.SyncBatchNorm``
+    refuses to run (and DDP refuses to wrap it).
 
-    On a GPU, and whenever no synchronisation is needed (eval mode, one process), torch's own code runs. On the
-    CPU in training it computes the same thing from all-reduced sums: mean and biased variance of the global
-    batch (two passes) normalise, the unbiased variance enters the running estimate.
+    In training with several processes: mean and biased variance of the global batch (two passes, from all-reduced
+    sums whose gradients are all-reduced back) normalise, the unbiased variance enters the running estimate, as in
+    torch's SyncBatchNorm. Otherwise (eval mode, one process) plain batch norm.
     """
 
+    def _check_input_dim(self, input: torch.Tensor) -> None:
+        if input.dim() < 2:
+            raise ValueError(f"expected at least 2-D input (N, C, ...), got {input.dim()}-D")
+
     def forward(self, input: torch.Tensor) -> torch.Tensor:
-        if input.device.type != "cpu" or not (self.training and dist.is_initialized() and dist.get_world_size() > 1):
+        if not (self.training and dist.is_initialized() and dist.get_world_size() > 1):
             return super().forward(input)
         self._check_input_dim(input)
         dims = [0] + list(range(2, input.dim()))
@@ -268,17 +274,19 @@ class SyncBatchNorm(nn.SyncBatchNorm):
         return out
 
 
-def convert_sync_batchnorm(module: nn.Module) -> nn.Module:
-    """Every BatchNorm*d of ``module`` as a :class:`SyncBatchNorm` (weights and running statistics kept)."""
-    module = nn.SyncBatchNorm.convert_sync_batchnorm(module)
+def convert_sync_batchnorm(module: nn.Module, device: torch.device) -> nn.Module:
+    """Every BatchNorm*d of ``module`` normalising over the global batch (weights and running statistics kept):
+    ``torch.nn.SyncBatchNorm`` on a GPU, :class:`CPUSyncBatchNorm` on the CPU."""
+    if device.type != "cpu":
+        return nn.SyncBatchNorm.convert_sync_batchnorm(module)
     for sub in module.modules():
-        if type(sub) is nn.SyncBatchNorm:
-            sub.__class__ = SyncBatchNorm   # same attributes; only forward differs
+        if isinstance(sub, (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)):
+            sub.__class__ = CPUSyncBatchNorm   # same attributes and state; only the forward differs
     return module
 
 
 def wrap_ddp(model: nn.Module, device: torch.device) -> nn.Module:
-    """``model`` in DistributedDataParallel (its BatchNorms already synchronised: :func:`convert_sync_batchnorm`).
+    """``model`` in DistributedDataParallel (its batch norms already synchronised: :func:`convert_sync_batchnorm`).
 
     DDP registers the parameters it reduces when it is built, so a model whose head was replaced (every relabel)
     must be wrapped again; wrapping broadcasts rank 0's parameters and buffers, which the ranks share anyway.
@@ -287,5 +295,5 @@ def wrap_ddp(model: nn.Module, device: torch.device) -> nn.Module:
     return nn.parallel.DistributedDataParallel(model, device_ids=ids)
 
 
-__all__ = ["Distributed", "SyncBatchNorm", "check_batch_size", "convert_sync_batchnorm", "env_world",
+__all__ = ["CPUSyncBatchNorm", "Distributed", "check_batch_size", "convert_sync_batchnorm", "env_world",
            "init_from_env", "resolve_device", "shutdown", "wrap_ddp"]

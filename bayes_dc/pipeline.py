@@ -18,6 +18,7 @@ Randomness is derived from (seed, purpose, epoch) only, so a resumed run repeats
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import signal
 import time
@@ -41,7 +42,7 @@ from .distributed import Distributed, check_batch_size, convert_sync_batchnorm, 
 from .lineage import round_lineage
 from .models import ARCHS, build_model, new_head
 from .reduce import Reduction, make_reducer
-from .runlog import ReadOnlyRunDir, RunDir, graceful_interrupt
+from .runlog import ReadOnlyRunDir, RunDir, graceful_interrupt, run_path
 from .targets import TARGET_KINDS, Targets, build_targets, sample_epoch
 from .train import train_epoch
 
@@ -178,24 +179,22 @@ def setup(cfg: Config) -> RunContext:
     if cfg.run.tensorboard:
         from .tblog import TensorBoardLogger  # noqa: F401  (its ImportError names the package, before any write)
     backend = make_backend(cfg.cluster, device)
-    reducer = make_reducer(cfg)
-    rundir = RunDir.prepare(cfg)
-    start = rundir.load_checkpoint() if cfg.run.resume else None   # a damaged checkpoint stops the run here
+    if dist.active:   # each rank fits on its own rows (checked by check_distributed)
+        backend.dist = dist
+    reducer = make_reducer(cfg, allreduce=dist.all_reduce if dist.active else None, device=device)
+    rundir, start = _open_run_dir(cfg, dist)
 
     torch.manual_seed(derive_seed(cfg.run.seed, "init"))
     model = _build_model(cfg, train_set.num_channels).to(device)
     if dist.active:
-        model = convert_sync_batchnorm(model)
+        model = convert_sync_batchnorm(model, device)
     mean, std = train_set.mean_std()
     tr = cfg.train
     # the projection head belongs to the representation (kept across rounds), so it trains with the trunk
     trunk_params = list(model.trunk.parameters()) + (list(model.projection.parameters()) if model.projection else [])
     trunk_opt = torch.optim.SGD(trunk_params, lr=tr.lr, momentum=tr.momentum,
                                 weight_decay=tr.weight_decay)
-    if dist.is_main:
-        rundir.start(cfg, device, world_size=dist.world)  # first write happens only after every check above passed
-    else:
-        rundir = ReadOnlyRunDir(rundir.path)
+    rundir.start(cfg, device, world_size=dist.world)  # the first write, after every check above passed (rank 0)
     dist.barrier()
     scratch = Path(cfg.run.scratch_dir) if cfg.run.scratch_dir else rundir.path / "scratch"
     sources = {split: BatchSource(ds, device, scratch=scratch, memmap_dtype=cfg.features.memmap_dtype,
@@ -211,6 +210,29 @@ def setup(cfg: Config) -> RunContext:
     return ctx
 
 
+def _open_run_dir(cfg: Config, dist: Distributed) -> tuple[RunDir, dict | None]:
+    """The checked, still unwritten run directory and, with ``--resume``, the checkpoint to start from.
+
+    Rank 0 checks (another rank looking at the directory could see rank 0's first files and call it taken) and
+    tells the others the outcome, so every rank raises the same error or none; the others then read the
+    checkpoint through a :class:`ReadOnlyRunDir`.
+    """
+    rundir, start, error = None, None, None
+    if dist.is_main:
+        try:
+            rundir = RunDir.prepare(cfg)
+            start = rundir.load_checkpoint() if cfg.run.resume else None   # a damaged checkpoint stops the run here
+        except RuntimeError as err:   # RunDirError, CheckpointError
+            error = err
+    error = dist.broadcast_object(error)
+    if error is not None:
+        raise error
+    if not dist.is_main:
+        rundir = ReadOnlyRunDir(run_path(cfg))
+        start = rundir.load_checkpoint() if cfg.run.resume else None
+    return rundir, start
+
+
 def _build_model(cfg: Config, channels: int) -> torch.nn.Module:
     m = cfg.model
     return build_model(m.arch, channels, sobel=m.sobel, width=cfg.width, num_outputs=_head_outputs(cfg),
@@ -221,9 +243,9 @@ def _build_model(cfg: Config, channels: int) -> torch.nn.Module:
 def check_distributed(cfg: Config, world: int) -> None:
     """What a run of ``world`` processes cannot do, refused before anything is written."""
     check_batch_size(cfg.train.batch_size, world)
-    if cfg.cluster.prior == "dp" and cfg.cluster.inference == "svi":
-        raise ValueError("--inference svi (Pyro) runs in one process; under torchrun use --inference cavi, or run "
-                         "experiments/run.py without torchrun")
+    if cfg.cluster.prior == "dp":
+        raise ValueError("--prior dp runs in one process for now (its sharded engine is not merged yet); under "
+                         "torchrun use --prior kmeans, or run experiments/run.py without torchrun")
 
 
 def check_sizes(cfg: Config, train_set, eval_set, world: int = 1) -> None:
@@ -455,8 +477,8 @@ def _cluster_round(ctx: RunContext, state: dict) -> tuple[torch.Tensor, ClusterR
     t0 = time.perf_counter()
     feats = _features(ctx, ctx.train_source, progress=cfg.run.progress and ctx.dist.is_main)
     t1 = time.perf_counter()
-    reduction = ctx.reducer.reduce(_clustered_features(ctx, feats), seed=derive_seed(cfg.run.seed, "reduce", state["round"]),
-                                   warm_state=state.get("reduce_state"))
+    reduction = _reduce(ctx, _clustered_features(ctx, feats), seed=derive_seed(cfg.run.seed, "reduce", state["round"]),
+                        warm_state=state.get("reduce_state"))
     x = reduction.points
     result = ctx.backend.fit(x, seed=derive_seed(cfg.run.seed, "cluster", state["round"]),
                              warm_state=state["warm_state"])
@@ -476,6 +498,16 @@ def _cluster_round(ctx: RunContext, state: dict) -> tuple[torch.Tensor, ClusterR
     if state["prev_labels"] is not None:
         info["nmi_prev"] = metrics.nmi(state["prev_labels"], result.labels)
     return feats, result, reduction, info
+
+
+def _reduce(ctx: RunContext, space: torch.Tensor, *, seed: int, warm_state: dict | None) -> Reduction:
+    """The reducer on this process's rows; a reducer that needs every row at once (UMAP) gets them all on every
+    process (the same computation everywhere, same seed) and each keeps its own rows of the result."""
+    if not ctx.dist.active or ctx.reducer.shardable:
+        return ctx.reducer.reduce(space, seed=seed, warm_state=warm_state)
+    start, stop = ctx.dist.shard(len(ctx.train_source))
+    reduction = ctx.reducer.reduce(ctx.dist.gather_rows(space), seed=seed, warm_state=warm_state)
+    return dataclasses.replace(reduction, points=reduction.points[start:stop])
 
 
 @torch.no_grad()

@@ -452,6 +452,11 @@ def environment(device: torch.device) -> dict[str, Any]:
     return env
 
 
+def run_path(cfg: Config) -> Path:
+    """``out_dir/name`` of a run (``name`` derived from the config when not given)."""
+    return Path(cfg.run.out_dir) / (cfg.run.name or cfg.default_name())
+
+
 class RunDir:
     """A run directory. Use :meth:`open` to create one or reopen it for ``--resume``."""
 
@@ -481,7 +486,7 @@ class RunDir:
         Refuses (RunDirError) to overwrite an existing run without ``--resume``, and to resume with a config that
         differs from the saved one in anything but RESUMABLE_CHANGES.
         """
-        path = Path(cfg.run.out_dir) / (cfg.run.name or cfg.default_name())
+        path = run_path(cfg)
         saved = path / "config.json"
         if cfg.run.resume:
             if not saved.exists():

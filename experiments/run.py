@@ -28,7 +28,7 @@ from bayes_dc.cli import CLIError, config_from_args  # noqa: E402
 def main(argv=None) -> int:
     """Exit codes: 0 done; 2 bad options or a run that cannot start (nothing written); 1 the run diverged;
     130 stopped by Ctrl-C / SIGTERM (resumable with --resume)."""
-    say = _rank0_print
+    say = _say
     try:
         cfg = config_from_args(argv)
     except CLIError as err:
@@ -56,10 +56,11 @@ def main(argv=None) -> int:
     return 0
 
 
-def _rank0_print(message: str) -> None:
-    """One line on stderr; under torchrun only rank 0 says it (every rank hits the same error)."""
-    if os.environ.get("RANK", "0") == "0":
-        print(message, file=sys.stderr, flush=True)
+def _say(message: str) -> None:
+    """One line on stderr; under torchrun prefixed with the rank (an error may hit one rank only)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        message = f"[rank {os.environ.get('RANK', '?')}] {message}"
+    print(message, file=sys.stderr, flush=True)
 
 
 if __name__ == "__main__":
