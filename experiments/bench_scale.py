@@ -25,6 +25,7 @@ import argparse
 import json
 import os
 import resource
+import shutil
 import subprocess
 import sys
 import threading
@@ -34,14 +35,14 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+sys.path[:0] = [str(ROOT), str(ROOT / "experiments")]
 
 CLASSES = 10
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--part", choices=["a", "b", "c"], default="a", help="which benchmark (b and c: not written yet)")
+    p.add_argument("--part", choices=["a", "b", "c"], default="a", help="which benchmark")
     p.add_argument("--cache", type=Path, default=ROOT / "bench_out" / "scale_images",
                    help="where the generated JPEGs live (made once, reused)")
     p.add_argument("--image-px", type=int, default=64, help="side of the generated JPEGs, pixels")
@@ -56,6 +57,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="set glibc's MALLOC_MMAP_THRESHOLD_ (bytes) in the measuring processes: a fixed threshold "
                         "stops glibc from serving ever larger freed blocks from its heaps, whose fragmentation "
                         "otherwise makes RssAnon wander by a few hundred MiB over a long pass")
+    p.add_argument("--priors", nargs="+", choices=["kmeans", "dp"], default=["kmeans", "dp"],
+                   help="(c) clustering backends of the torchrun runs")
+    p.add_argument("--subset", type=int, default=10_000, help="(c) Fashion-MNIST training images")
+    p.add_argument("--epochs", type=int, default=2, help="(c) epochs per run")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--markdown", type=Path, default=None, help="also write the tables to this file")
     p.add_argument("--job", default=None, help=argparse.SUPPRESS)   # internal: one measurement, in a child process
@@ -304,8 +309,51 @@ def part_b(args) -> str:
 
 
 def part_c(args) -> str:
-    """torchrun with 1 vs 2 processes (to write)."""
-    raise NotImplementedError("--part c (torchrun 1 vs 2 processes) is not written yet")
+    """torchrun with 1 vs 2 processes on the CPU: one small real run each way, wall-clock and the results.
+
+    Every run is ``experiments/run.py`` (through :func:`benchlib.run_command`, under ``torchrun --standalone`` for
+    2 processes) on a seeded Fashion-MNIST subset; a 1-process run gets ``--threads 2`` (both cores) and each of 2
+    processes ``--threads 1``, so both use the 2 cores. Results should agree up to float summation order, which
+    training amplifies (see tests/test_distributed.py); the table shows how far they end apart.
+    """
+    from benchlib import run_command
+    from bayes_dc.cli import to_args
+    from bayes_dc.jsonl import read_jsonl
+
+    out = args.cache.parent / "scale_torchrun"
+    rows = []
+    for prior in args.priors:
+        options = {"dataset": "fashion-mnist", "subset": args.subset, "eval_subset": min(args.subset, 5000),
+                   "width": 16, "epochs": args.epochs, "batch_size": args.batch_size, "prior": prior,
+                   "knn_every": 0, "figures": False, "device": "cpu", "seed": args.seed}
+        if prior == "dp":
+            options["truncation"] = 100
+        for processes in (1, 2):
+            name = f"{prior}-p{processes}"
+            run_options = {**options, "threads": 2 // processes}
+            command = run_command(name, to_args(run_options), out, processes)
+            shutil.rmtree(out / name, ignore_errors=True)   # a fresh run each time: the timing is the point
+            t0 = time.perf_counter()
+            done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
+            wall = time.perf_counter() - t0
+            if done.returncode != 0:
+                raise RuntimeError(f"{' '.join(command)} failed:\n{done.stderr[-3000:]}")
+            records = read_jsonl(out / name / "metrics.jsonl")
+            train = [r for r in records if r["phase"] == "train"]
+            final = records[-1]
+            rows.append((prior, processes, wall, sum(r["train_seconds"] for r in train) / len(train),
+                         sum(r.get("cluster_seconds", 0.0) for r in records) / sum("round" in r for r in records),
+                         train[0]["loss"], final["nmi"], final["k_active"], final.get("knn")))
+            print(rows[-1], flush=True)
+    lines = [f"torchrun --standalone, gloo, CPU ({os.cpu_count()} cores): Fashion-MNIST subset {args.subset:,}, "
+             f"vgg-small width 16, {args.epochs} epochs, batch {args.batch_size} (global), seed {args.seed}; "
+             "1 process x 2 threads vs 2 processes x 1 thread.", "",
+             "| backend | processes | wall s (incl. start-up) | train s / epoch | clustering s / round | "
+             "loss, epoch 0 | final NMI | final K_active | final kNN |", "|---|---|---|---|---|---|---|---|---|"]
+    for prior, processes, wall, train_s, cluster_s, loss, nmi, k_active, knn in rows:
+        lines.append(f"| {prior} | {processes} | {wall:.0f} | {train_s:.1f} | {cluster_s:.1f} | {loss:.5f} | "
+                     f"{nmi:.4f} | {k_active} | {'-' if knn is None else f'{knn:.4f}'} |")
+    return "\n".join(lines) + "\n"
 
 
 PARTS = {"a": part_a, "b": part_b, "c": part_c}
