@@ -18,6 +18,7 @@ from bayes_dc import pipeline
 from bayes_dc.config import merge
 from bayes_dc.jsonl import read_jsonl
 from bayes_dc.runlog import CheckpointWarning
+from test_errors import run_py   # experiments/run.py as a module
 
 ROOT = Path(__file__).resolve().parent.parent
 RUN_PY = ROOT / "experiments" / "run.py"
@@ -109,7 +110,7 @@ def damage(path: Path) -> None:
     path.write_bytes(bytes(data))
 
 
-def test_a_damaged_last_checkpoint_is_never_used(tiny_config, tmp_path):
+def test_a_damaged_last_checkpoint_is_never_used(tiny_config, tmp_path, capsys):
     """Through the pipeline: a damaged last.pt resumes from prev.pt with a warning naming it, and the run ends as the
     undisturbed one; with prev.pt damaged too, run.py stops naming both files (exit 2) and writes nothing."""
     runs = tmp_path / "runs"
@@ -128,10 +129,8 @@ def test_a_damaged_last_checkpoint_is_never_used(tiny_config, tmp_path):
     damage(runs / "damaged" / "prev.pt")
     before = {p.name: p.read_bytes() for p in (runs / "damaged").iterdir() if p.is_file()}
     resumed.to_json(tmp_path / "resume.json")
-    out = subprocess.run([sys.executable, str(RUN_PY), "--config", str(tmp_path / "resume.json")], cwd=ROOT,
-                         capture_output=True, text=True, timeout=120)
-    assert out.returncode == 2
-    error = out.stderr.strip().splitlines()[-1]
+    assert run_py.main(["--config", str(tmp_path / "resume.json")]) == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
     assert error.startswith("error: no usable checkpoint") and "last.pt" in error and "prev.pt" in error
     assert {p.name: p.read_bytes() for p in (runs / "damaged").iterdir() if p.is_file()} == before
 
