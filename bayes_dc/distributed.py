@@ -61,27 +61,30 @@ class Distributed:
 
     # ---- collectives ---------------------------------------------------------------------------------------
     def all_reduce(self, tensor: torch.Tensor) -> torch.Tensor:
-        """Sum of ``tensor`` over the ranks, as a new tensor (the input is left alone); the input in one process."""
+        """Sum of ``tensor`` over the ranks, as a new tensor on its device (the input is left alone); the input
+        itself in one process. A CPU tensor under NCCL travels through this rank's GPU."""
         if not self.active:
             return tensor
-        out = tensor.clone()
+        out = tensor.to(self.collective_device, copy=True)
         dist.all_reduce(out)
-        return out
+        return out.to(tensor.device)
 
     def gather_rows(self, rows: torch.Tensor) -> torch.Tensor:
-        """Every rank's ``rows`` (M_r, ...) concatenated in rank order, on every rank; M_r may differ."""
+        """Every rank's ``rows`` (M_r, ...) concatenated in rank order, on every rank, on ``rows``' device; M_r may
+        differ."""
         if not self.active:
             return rows
-        sizes = torch.zeros(self.world, dtype=torch.int64, device=rows.device)
+        device = self.collective_device
+        sizes = torch.zeros(self.world, dtype=torch.int64)
         sizes[self.rank] = rows.shape[0]
         sizes = self.all_reduce(sizes).tolist()
         # all_gather needs equal shapes: pad to the largest shard, drop the padding after
         dtype = torch.uint8 if rows.dtype == torch.bool else rows.dtype   # NCCL has no bool
-        padded = torch.zeros((max(sizes), *rows.shape[1:]), dtype=dtype, device=rows.device)
-        padded[: rows.shape[0]] = rows.to(dtype)
+        padded = torch.zeros((max(sizes), *rows.shape[1:]), dtype=dtype, device=device)
+        padded[: rows.shape[0]] = rows.to(device, dtype)
         parts = [torch.empty_like(padded) for _ in range(self.world)]
         dist.all_gather(parts, padded)
-        return torch.cat([p[:n] for p, n in zip(parts, sizes)]).to(rows.dtype)
+        return torch.cat([p[:n] for p, n in zip(parts, sizes)]).to(rows.device, rows.dtype)
 
     def gather_array(self, rows: np.ndarray) -> np.ndarray:
         """:meth:`gather_rows` for a numpy array (gathered through a tensor on the collective's device)."""

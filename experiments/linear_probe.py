@@ -62,9 +62,12 @@ def main(argv=None) -> int:
     model.to(device)
     mean, std = train.mean_std()
     scratch = Path(cfg.run.scratch_dir) if cfg.run.scratch_dir else args.run_dir / "scratch"
-    feats = [F.normalize(BatchSource(ds, device, scratch=scratch, tag=f"probe-{split}").features(
-                 model.trunk, mean, std, batch_size=cfg.features.extract_batch).to(device, torch.float32), dim=1).cpu()
-             for split, ds in (("train", train), ("test", test))]
+    feats = []
+    for split, ds in (("train", train), ("test", test)):   # a streamed set's features pass through scratch files
+        source = BatchSource(ds, device, scratch=scratch, tag=f"probe-{split}")
+        raw = source.features(model.trunk, mean, std, batch_size=cfg.features.extract_batch)
+        feats.append(F.normalize(raw.to(device, torch.float32), dim=1).cpu())
+        source.remove_features()
     acc = metrics.linear_probe(feats[0], train.labels, feats[1], test.labels, C=args.C, seed=cfg.run.seed)
     result = {"linear_probe_acc": acc, "trunk": "random-init" if args.init else f"epoch {ckpt['state']['epoch']}",
               "train_images": len(train), "test_images": len(test), "C": args.C}

@@ -340,6 +340,20 @@ def test_a_streamed_run_equals_the_in_memory_run(split_folder, tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert not list((tmp_path / "runs" / "streamed" / "scratch").iterdir())   # features were on disk, then removed
 
+    # the linear probe reads a streamed run's images as that run did (streamed), and scores what the in-memory run does
+    import importlib.util
+    import json
+    script = Path(__file__).resolve().parent.parent / "experiments" / "linear_probe.py"
+    spec = importlib.util.spec_from_file_location("linear_probe", script)
+    probe = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(probe)
+    scores = {}
+    for name in ("memory", "streamed"):
+        assert probe.main([str(tmp_path / "runs" / name), "--device", "cpu"]) == 0
+        scores[name] = json.loads((tmp_path / "runs" / name / "linear_probe.json").read_text())["linear_probe_acc"]
+    assert scores["streamed"] == scores["memory"]
+    assert not list((tmp_path / "runs" / "streamed" / "scratch").iterdir())
+
 
 def test_cluster_grid_reads_a_streamed_set_through_the_dataset(split_folder):
     pytest.importorskip("torchvision")
