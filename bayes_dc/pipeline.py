@@ -384,7 +384,8 @@ def _run(ctx: RunContext) -> dict:
         ctx.tb = TensorBoardLogger(ctx.rundir.path)
     tr = cfg.train
     progress = _Progress(tr.epochs, state["epoch"], cfg.run.progress and ctx.dist.is_main, ctx.rundir.path.name)
-    with graceful_interrupt((signal.SIGINT, signal.SIGTERM)) as stop:
+    # under torchrun a terminal's Ctrl-C reaches each worker twice (directly, and forwarded by the agent)
+    with graceful_interrupt((signal.SIGINT, signal.SIGTERM), debounce=2.0 if ctx.dist.active else 0.0) as stop:
         for epoch in range(state["epoch"], tr.epochs):
             try:
                 record = _epoch(ctx, state, epoch)

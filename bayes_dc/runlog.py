@@ -379,10 +379,11 @@ class InterruptFlag:
 
     requested: bool = False
     signal_name: str | None = None
+    at: float | None = None     # time.monotonic() of the first signal
 
 
 @contextmanager
-def graceful_interrupt(signals: tuple[int, ...] = (signal.SIGINT,)) -> Iterator[InterruptFlag]:
+def graceful_interrupt(signals: tuple[int, ...] = (signal.SIGINT,), debounce: float = 0.0) -> Iterator[InterruptFlag]:
     """Turn the first SIGINT (Ctrl-C) into a flag; a second one raises KeyboardInterrupt at once.
 
     Usage (the loop checks the flag where stopping is safe, after its checkpoint)::
@@ -393,7 +394,9 @@ def graceful_interrupt(signals: tuple[int, ...] = (signal.SIGINT,)) -> Iterator[
                 if stop.requested:
                     break
 
-    Pass ``signals=(signal.SIGINT, signal.SIGTERM)`` to treat a scheduler's SIGTERM the same way. The previous
+    Pass ``signals=(signal.SIGINT, signal.SIGTERM)`` to treat a scheduler's SIGTERM the same way. A second signal
+    within ``debounce`` seconds of the first counts as the same request: torchrun forwards the Ctrl-C it receives
+    to its workers, which the terminal has already sent the same Ctrl-C. The previous
     handlers are restored on exit. Python installs signal handlers only in the main thread; elsewhere the
     flag never trips and signals keep their behaviour. DataLoader workers started through
     ``bayes_dc.data`` ignore SIGINT, so Ctrl-C in a terminal (which signals the whole process group) does
@@ -405,9 +408,12 @@ def graceful_interrupt(signals: tuple[int, ...] = (signal.SIGINT,)) -> Iterator[
         return
 
     def handler(signum: int, frame: Any) -> None:
+        now = time.monotonic()
         if flag.requested:
+            if now - flag.at < debounce:
+                return
             raise KeyboardInterrupt
-        flag.requested, flag.signal_name = True, signal.Signals(signum).name
+        flag.requested, flag.signal_name, flag.at = True, signal.Signals(signum).name, now
         print(f"\n{flag.signal_name} received: stopping after the next checkpoint; send it again to stop now",
               file=sys.stderr, flush=True)
 

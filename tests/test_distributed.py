@@ -182,3 +182,22 @@ def test_kmeans_run_on_two_processes_follows_the_one_process_run(tiny_config, tm
     for key in weights[0]:
         if weights[0][key].is_floating_point():
             torch.testing.assert_close(weights[1][key], weights[0][key], rtol=0, atol=1e-5, msg=key)
+
+
+def test_a_ctrl_c_delivered_twice_at_once_is_one_stop_request():
+    """torchrun forwards a terminal's Ctrl-C to workers that the terminal signalled already: within the debounce
+    window the second SIGINT is the same request; after it, a SIGINT stops at once."""
+    import signal
+    import time
+
+    from bayes_dc.runlog import graceful_interrupt
+
+    with graceful_interrupt(debounce=0.5) as stop:
+        os.kill(os.getpid(), signal.SIGINT)
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.05)
+        assert stop.requested and stop.signal_name == "SIGINT"
+        time.sleep(0.5)
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.5)
