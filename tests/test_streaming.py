@@ -369,7 +369,7 @@ def test_cluster_grid_reads_a_streamed_set_through_the_dataset(split_folder):
 # ---- the benchmark script ------------------------------------------------------------------------------
 
 
-def test_bench_scale_part_a_smoke(tmp_path):
+def test_bench_scale_parts_a_and_b_smoke(tmp_path):
     import importlib.util
     import subprocess
     import sys
@@ -382,7 +382,12 @@ def test_bench_scale_part_a_smoke(tmp_path):
     rows = [line for line in (tmp_path / "a.md").read_text().splitlines() if line.startswith("| 30 |")]
     assert len(rows) == 2                                  # one throughput row, one feature-extraction row
     assert len(list((tmp_path / "cache" / "n30").rglob("*.jpg"))) == 30
-    spec = importlib.util.spec_from_file_location("bench_scale", script)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
-    assert bench.main(["--part", "b"]) == 2               # parts b and c: a clear "not yet", not a crash
+    # part (b) on a few thousand points (its rows come from a child process per setting); part (c) launches
+    # run.py under torchrun as tests/test_distributed.py does
+    out = subprocess.run([sys.executable, str(script), "--part", "b", "--points", "3000", "--dp-settings", "12:diag:4",
+                          "12:spherical:3", "--dp-iters", "3", "--true-clusters", "5", "--markdown",
+                          str(tmp_path / "b.md")], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    rows = [line.split("|")[1:-1] for line in (tmp_path / "b.md").read_text().splitlines() if line.startswith("| 12 |")]
+    assert [(r[1].strip(), r[2].strip()) for r in rows] == [("diag", "4"), ("spherical", "3")]
+    assert all(1 <= int(r[5]) <= 3 for r in rows)          # iterations within --dp-iters
