@@ -366,8 +366,18 @@ def run(cfg: Config) -> dict:
     then the last one of a finite model.
     """
     ctx = setup(cfg)
+    state = None
     try:
-        return _run(ctx)
+        state = _restore(ctx)
+        # under torchrun a terminal's Ctrl-C reaches each worker twice (directly, and forwarded by the agent)
+        with graceful_interrupt((signal.SIGINT, signal.SIGTERM), debounce=2.0 if ctx.dist.active else 0.0) as stop:
+            return _run(ctx, state, stop)
+    except FloatingPointError as err:
+        epoch = state["epoch"] if state else 0   # advanced only after an epoch was checked, logged, checkpointed
+        where = f"epoch {epoch}" if epoch < cfg.train.epochs else "the final clustering"
+        kept = f"the checkpoint of epoch {epoch - 1} is kept" if epoch else "no checkpoint was written"
+        raise RunDiverged(f"{where} diverged: {err}; {kept} in {ctx.rundir.path}. Start a new run with a lower "
+                          f"--lr") from None
     finally:
         for source in (ctx.train_source, ctx.eval_source):
             if source is not None:
@@ -375,30 +385,46 @@ def run(cfg: Config) -> dict:
         shutdown()
 
 
-def _run(ctx: RunContext) -> dict:
+def _run(ctx: RunContext, state: dict, stop) -> dict:
     cfg = ctx.cfg
-    state = _restore(ctx)
     ctx.rundir.truncate_metrics(state["epoch"])
     if cfg.run.tensorboard and ctx.dist.is_main:
         from .tblog import TensorBoardLogger
         ctx.tb = TensorBoardLogger(ctx.rundir.path)
     tr = cfg.train
     progress = _Progress(tr.epochs, state["epoch"], cfg.run.progress and ctx.dist.is_main, ctx.rundir.path.name)
-    # under torchrun a terminal's Ctrl-C reaches each worker twice (directly, and forwarded by the agent)
-    with graceful_interrupt((signal.SIGINT, signal.SIGTERM), debounce=2.0 if ctx.dist.active else 0.0) as stop:
-        for epoch in range(state["epoch"], tr.epochs):
-            try:
-                record = _epoch(ctx, state, epoch)
-            except FloatingPointError as err:
-                kept = f"the checkpoint of epoch {epoch - 1} is kept" if epoch else "no checkpoint was written"
-                raise RunDiverged(f"epoch {epoch} diverged: {err}; {kept} in {ctx.rundir.path}. Start a new run "
-                                  f"with a lower --lr") from None
-            progress.update(record)
-            if ctx.dist.any(stop.requested):
-                progress.close()
-                raise RunInterrupted(f"{stop.signal_name or 'a stop'} received: stopped after epoch {epoch} with its "
-                                     f"checkpoint in {ctx.rundir.path}; continue with the same options and --resume "
-                                     f"(--name {ctx.rundir.path.name})")
+    for epoch in range(state["epoch"], tr.epochs):
+        t_epoch = time.perf_counter()
+        record = {"epoch": epoch, "phase": "train"}
+        train_feats = None
+        if relabel_due(tr, epoch, state["last_relabel"], state["agreement"]):
+            train_feats, info = _relabel(ctx, state, epoch)
+            record.update(info)
+        if ctx.eval_set is not None and cfg.run.knn_every and epoch % cfg.run.knn_every == 0:
+            record["knn"] = _knn(ctx, train_feats)
+
+        targets: Targets = state["targets"]
+        gen = torch.Generator().manual_seed(derive_seed(cfg.run.seed, "epoch", epoch))
+        torch.manual_seed(derive_seed(cfg.run.seed, "torch", epoch))  # dropout
+        indices = sample_epoch(targets, tr.epoch_samples or len(targets), gen)
+        stats = train_epoch(ctx, targets, indices, generator=gen, desc=f"epoch {epoch}")
+        _check_finite_weights(ctx.model)   # before anything of this epoch is logged or checkpointed
+        state["agreement"] = stats["agreement"]
+        record.update(loss=stats["loss"], agreement=stats["agreement"], train_seconds=stats["seconds"],
+                      epoch_seconds=time.perf_counter() - t_epoch)
+        if "cluster_seconds" in record:
+            record["cluster_share"] = record["cluster_seconds"] / record["epoch_seconds"]
+        record = ctx.rundir.log(record)
+        if ctx.tb is not None:
+            ctx.tb.log_record(record)
+        state["epoch"] = epoch + 1
+        _save_checkpoint(ctx, state)
+        progress.update(record)
+        if ctx.dist.any(stop.requested):   # every rank stops after the same epoch
+            progress.close()
+            raise RunInterrupted(f"{stop.signal_name} received: stopped after epoch {epoch} with its checkpoint in "
+                                 f"{ctx.rundir.path}; continue with the same options and --resume "
+                                 f"(--name {ctx.rundir.path.name})")
     progress.close()
 
     final = _final_record(ctx, state)
@@ -409,37 +435,6 @@ def _run(ctx: RunContext) -> dict:
         from .plots import plot_run
         plot_run(ctx.rundir.path)
     return final
-
-
-def _epoch(ctx: RunContext, state: dict, epoch: int) -> dict:
-    """One epoch: relabel if due, kNN if due, train, log, checkpoint (advances ``state``); returns the record."""
-    cfg, tr = ctx.cfg, ctx.cfg.train
-    t_epoch = time.perf_counter()
-    record = {"epoch": epoch, "phase": "train"}
-    train_feats = None
-    if relabel_due(tr, epoch, state["last_relabel"], state["agreement"]):
-        train_feats, info = _relabel(ctx, state, epoch)
-        record.update(info)
-    if ctx.eval_set is not None and cfg.run.knn_every and epoch % cfg.run.knn_every == 0:
-        record["knn"] = _knn(ctx, train_feats)
-
-    targets: Targets = state["targets"]
-    gen = torch.Generator().manual_seed(derive_seed(cfg.run.seed, "epoch", epoch))
-    torch.manual_seed(derive_seed(cfg.run.seed, "torch", epoch))  # dropout
-    indices = sample_epoch(targets, tr.epoch_samples or len(targets), gen)
-    stats = train_epoch(ctx, targets, indices, generator=gen, desc=f"epoch {epoch}")
-    _check_finite_weights(ctx.model)   # before anything of this epoch is logged or checkpointed
-    state["agreement"] = stats["agreement"]
-    record.update(loss=stats["loss"], agreement=stats["agreement"], train_seconds=stats["seconds"],
-                  epoch_seconds=time.perf_counter() - t_epoch)
-    if "cluster_seconds" in record:
-        record["cluster_share"] = record["cluster_seconds"] / record["epoch_seconds"]
-    record = ctx.rundir.log(record)
-    if ctx.tb is not None:
-        ctx.tb.log_record(record)
-    state["epoch"] = epoch + 1
-    _save_checkpoint(ctx, state)
-    return record
 
 
 def _relabel(ctx: RunContext, state: dict, epoch: int) -> tuple[torch.Tensor, dict]:
