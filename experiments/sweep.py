@@ -503,6 +503,9 @@ def main(argv: list[str] | None = None) -> int:
     except SweepError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as stop:   # a run stopped at its checkpoint (pipeline.RunInterrupted), or at once
+        print(f"interrupted: {stop or 'stopped at once'}; run the same sweep command again to resume", file=sys.stderr)
+        return 130
     return 0 if args.dry_run or all(r["finished"] for r in rows) else 1
 
 
