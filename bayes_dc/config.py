@@ -49,27 +49,29 @@ WIDTH_DEFAULTS = {"digits": 16, "synthetic": 16}
 @dataclass
 class ClusterConfig:
     prior: str = "dp"                 # backend registry key: "dp" (DP-GMM) | "kmeans" (DeepCluster baseline)
-    k: int = 100                      # k-means clusters
-    truncation: int = 300             # DP truncation T
-    kmeans_niter: int = 20
+    k: int = field(default=100, metadata={"backend": "kmeans"})  # k-means clusters
+    truncation: int = field(default=300, metadata={"backend": "dp"})  # DP truncation T (upper bound on the number of clusters)
+    kmeans_niter: int = field(default=20, metadata={"backend": "kmeans"})  # k-means iterations
     # DP-GMM
-    inference: str = "cavi"           # "cavi" (closed form) | "svi" (Pyro)
-    covariance: str = "diag"          # "diag" | "spherical"
-    alpha: float = 1.0                # DP concentration (fixed unless alpha_prior is set)
-    alpha_prior: tuple[float, float] | None = None   # Gamma(shape, rate) prior on alpha
-    beta0: float | None = None        # None: data-driven defaults (as scikit-learn)
-    a0: float | None = None
-    b0: float | None = None
-    prior_strength: float = 1.0       # scales the data-driven a0, b0 (more pseudo-counts -> fewer clusters)
-    topk: int = 8
-    max_iter: int = 100
-    tol: float = 1e-4                 # relative ELBO change for convergence
-    min_size: float = 1.0             # expected count below which a component is reset to the prior
-    warm_start: str = "init"          # "none" | "init" | "prior"
-    prior_decay: float = 0.5          # rho for warm_start="prior"
-    svi_steps: int = 2000
-    svi_batch: int = 1024
-    svi_lr: float = 0.05
+    inference: str = field(default="cavi", metadata={"backend": "dp"})  # DP inference: "cavi" (closed form) | "svi" (Pyro)
+    covariance: str = field(default="full", metadata={"backend": "dp"})  # DP component covariance: "full" | "diag" | "spherical"
+    alpha: float = field(default=1.0, metadata={"backend": "dp"})  # DP concentration (fixed unless alpha_prior is set)
+    alpha_prior: tuple[float, float] | None = field(default=None, metadata={"backend": "dp"})  # Gamma(shape, rate) prior on alpha
+    prior_scale: float = field(default=0.1, metadata={"backend": "dp"})  # E[cluster covariance] under the prior = prior_scale x data covariance
+    prior_dof: float | None = field(default=None, metadata={"backend": "dp"})  # pseudo-observations per variance (> 2); None: 3, i.e. nu0 = d + 2 (full)
+    kappa0: float | None = field(default=None, metadata={"backend": "dp"})  # prior mean precision factor (Bishop's beta0); None: 0.01
+    prior_scale_update: bool = field(default=False, metadata={"backend": "dp"})  # re-estimate prior_scale between sweeps by maximising the ELBO
+    topk: int = field(default=8, metadata={"backend": "dp"})  # responsibilities kept per point
+    max_iter: int = field(default=100, metadata={"backend": "dp"})  # CAVI iteration cap
+    tol: float = field(default=1e-4, metadata={"backend": "dp"})  # relative ELBO change for convergence
+    min_size: float = field(default=1.0, metadata={"backend": "dp"})  # expected count below which a component is reset to the prior
+    moves: str = field(default="all", metadata={"backend": "dp"})  # moves between sweeps: "all" | "none" | comma list of merge,split,birth,delete
+    move_every: int = field(default=5, metadata={"backend": "dp"})  # CAVI iterations between move rounds (plus one round before stopping)
+    warm_start: str = field(default="init", metadata={"backend": "dp"})  # DP warm start between rounds: "none" | "init" | "prior"
+    prior_decay: float = field(default=0.5, metadata={"backend": "dp"})  # rho in (0, 1] for warm_start="prior"
+    svi_steps: int = field(default=2000, metadata={"backend": "dp"})  # Pyro SVI steps (inference="svi")
+    svi_batch: int = field(default=1024, metadata={"backend": "dp"})  # Pyro SVI minibatch size
+    svi_lr: float = field(default=0.05, metadata={"backend": "dp"})  # Pyro SVI Adam learning rate
 
 
 @dataclass

@@ -1,0 +1,417 @@
+"""Merge, split, birth, delete and reorder moves for the DP-GMM, each accepted only when the full ELBO rises.
+
+Memoized VI in the sense of Hughes & Sudderth (2013), "Memoized online variational inference for Dirichlet
+process mixture models" (NIPS), and bnpy's ``MergeMove`` / ``BirthMove``: a move proposes a new q(z) (new
+top-k responsibilities for some points), its sufficient statistics are computed exactly from the cached ones
+(plus, where points move, a pass over those points only), every global factor is re-optimised (components,
+sticks in the better of the current and the size order, alpha), and the move is kept iff the exact ELBO rises.
+So the ELBO stays monotone through moves.
+
+* **merge** j <- k: statistics add; the entropy of q(z) changes by sum_n [h(r_nj + r_nk) - h(r_nj) - h(r_nk)],
+  h(r) = -r log r, which only points holding both in their top k contribute (a (T, T) table built from the top-k
+  responsibilities). Candidate pairs (all live pairs when few, else pairs that share points plus nearest means)
+  are ranked by the exact component-term change plus an estimate of the weight change; each component takes part
+  in at most one merge per round. No pass over the features.
+* **split** p -> (p, t): the points holding p are split by the principal axis of their p-weighted scatter, refined
+  by a few hard two-child iterations (each point's whole p-responsibility goes to one child, so q(z) stays a
+  top-k distribution and its entropy does not change); child t goes into an empty slot.
+* **birth**: an empty slot t is fitted to the largest group among the worst-fit points (lowest log normaliser in
+  the last E-step), then takes every point it explains better than the point's current mixture (a few rounds);
+  those points' whole responsibility moves to t.
+* **delete** j: the mass of a small component moves to the other top-k entries of its points (renormalised);
+  points that held only j go to their best other live component.
+* **sort**: sticks in order of decreasing N_k (every move round, and inside every other move's evaluation).
+
+Identity: a merge keeps the larger component's slot (the other becomes empty, its id lost); a split keeps the
+parent's slot for one child and gives the other none; births have none (``DPGMM.permutation_``).
+All sums over points go through the engine's ``_allreduce``; the birth seed points go through ``_gather_rows``.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+
+from .families import SuffStats
+from .seeding import lloyd
+from .state import Candidate
+
+ACCEPT_RELATIVE = 1e-10       # a move must raise the ELBO by more than this share of |ELBO| (rounding noise)
+ALL_PAIRS_UP_TO = 64          # score every live pair when at most this many components are live
+NEAREST_PAIRS = 4             # else: pairs sharing points plus each component's nearest means
+MERGE_PAIR_BATCH = 256        # merged posteriors scored at once (bounds the (P, d, d) temporaries)
+MERGE_SLACK = 10.0            # nats: try merges whose estimated gain is above -MERGE_SLACK
+SPLIT_TRIES, SPLIT_ITERS = 2, 4
+BIRTH_ITERS = 3
+DELETE_TRIES, DELETE_MAX_SHARE = 3, 0.05
+
+
+def entropy_terms(r: torch.Tensor) -> torch.Tensor:
+    """h(r) = -r log r elementwise (0 at r = 0), float64."""
+    r = r.double()
+    return -torch.special.xlogy(r, r)
+
+
+def pair_tables(values: torch.Tensor, index: torch.Tensor, truncation: int, chunk: int = 65536
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Over points, for every pair of components held together in a top-k row: the overlap sum_n r_nj r_nk and the
+    merge entropy change sum_n [h(r_nj + r_nk) - h(r_nj) - h(r_nk)] (<= 0). values, index (N, k) -> two (T, T)
+    float64 tables, symmetric, zero where the pair never co-occurs."""
+    k = values.shape[1]
+    first, second = torch.triu_indices(k, k, 1, device=values.device)               # (P,) column pairs
+    overlap = torch.zeros(truncation * truncation, dtype=torch.float64, device=values.device)
+    gain = torch.zeros_like(overlap)
+    for start in range(0, values.shape[0], chunk):
+        v, i = values[start:start + chunk], index[start:start + chunk]
+        va, vb = v[:, first].double(), v[:, second].double()                          # (c, P)
+        valid = (va > 0) & (vb > 0)
+        ia, ib = i[:, first], i[:, second]
+        key = (torch.minimum(ia, ib) * truncation + torch.maximum(ia, ib))[valid]
+        overlap.index_add_(0, key, (va * vb)[valid])
+        gain.index_add_(0, key, (entropy_terms(va + vb) - entropy_terms(va) - entropy_terms(vb))[valid])
+    overlap, gain = overlap.view(truncation, truncation), gain.view(truncation, truncation)
+    return overlap + overlap.T, gain + gain.T
+
+
+def merged_stats(stats: SuffStats, slots: torch.Tensor, entropy_change: float) -> SuffStats:
+    """Statistics after merging component slots[1] into slots[0] (slots (2,)): rows add, slots[1] empties."""
+    pair = stats.rows(slots)
+    merged = SuffStats(pair.counts.sum(0, keepdim=True), pair.sum_x.sum(0, keepdim=True),
+                       pair.sum_xx.sum(0, keepdim=True), 0.0)
+    both = SuffStats(torch.cat([merged.counts, merged.counts * 0]), torch.cat([merged.sum_x, merged.sum_x * 0]),
+                     torch.cat([merged.sum_xx, merged.sum_xx * 0]), stats.entropy + entropy_change)
+    return stats.put_rows(slots, both)
+
+
+def merge_rows(values: torch.Tensor, index: torch.Tensor, keep: int, drop: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Responsibilities after merging component ``drop`` into ``keep``: a row holding both sums them into keep's
+    entry (drop's entry becomes 0); a row holding only drop relabels it. Rows stay sorted descending."""
+    is_drop, is_keep = index == drop, index == keep                                   # (N, k)
+    rows = is_drop.any(1)
+    both = rows & is_keep.any(1)
+    moved = (values * is_drop).sum(1, keepdim=True)                                   # (N, 1)
+    values = torch.where(is_keep & both[:, None], values + moved, values)
+    values = torch.where(is_drop & both[:, None], torch.zeros_like(values), values)
+    index = torch.where(is_drop & ~both[:, None], torch.full_like(index, keep), index)
+    return _sorted_rows(values, index, rows)
+
+
+def drop_entries(values: torch.Tensor, index: torch.Tensor, dropped: torch.Tensor
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows (M, k) with the entries of components ``dropped`` (T,) bool set to 0 and the rest renormalised, sorted
+    descending. Rows left with no mass come back all zero (the caller reassigns them)."""
+    values = torch.where(dropped[index], torch.zeros_like(values), values)
+    total = values.sum(1, keepdim=True)
+    values = torch.where(total > 0, values / total.clamp_min(1e-30), values)
+    return _sorted_rows(values, index, torch.ones(values.shape[0], dtype=torch.bool, device=values.device))
+
+
+def _sorted_rows(values: torch.Tensor, index: torch.Tensor, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    values, index = values.clone(), index.clone()
+    sub_values, order = torch.sort(values[rows], dim=1, descending=True, stable=True)
+    values[rows], index[rows] = sub_values, torch.gather(index[rows], 1, order)
+    return values, index
+
+
+class MoveRunner:
+    """Runs the move rounds of one :class:`~.engine.DPGMM` fit on its current state (``engine._state``)."""
+
+    def __init__(self, engine: Any):
+        self.engine = engine
+        self.failed_split_counts: list[float] = []     # parents whose split was refused, by their N_k then
+
+    # -- bookkeeping ---------------------------------------------------------------------------------------
+    def _accept(self, kind: str, cand: Candidate, values=None, index=None) -> bool:
+        engine = self.engine
+        engine.moves_[kind]["tried"] += 1
+        current = engine._state.value
+        if not cand.value - current > ACCEPT_RELATIVE * max(abs(current), 1.0):
+            return False
+        engine.moves_[kind]["accepted"] += 1
+        engine.commit(cand, values, index)
+        return True
+
+    def _rows_delta(self, rows: torch.Tensor, old_values: torch.Tensor, old_index: torch.Tensor,
+                    new_values: torch.Tensor, new_index: torch.Tensor) -> SuffStats:
+        """Exact change of the statistics (and entropy) when rows ``rows`` change their responsibilities."""
+        sweeper = self.engine._sweeper
+        raw_old, h_old = sweeper.statistics(old_values, old_index, rows)
+        raw_new, h_new = sweeper.statistics(new_values, new_index, rows)
+        return self.engine._reduce_stats(raw_new - raw_old, h_new - h_old)
+
+    def run(self, round_id: int) -> bool:
+        """One round of the enabled moves; returns whether any was accepted."""
+        engine = self.engine
+        changed = False
+        if engine._prior.shared:
+            changed |= self.sort()
+        if "merge" in engine.moves:
+            changed |= self.merges()
+        if "delete" in engine.moves:
+            changed |= self.deletes()
+        if "split" in engine.moves:
+            changed |= self.splits()
+        if "birth" in engine.moves:
+            changed |= self.birth(round_id)
+        return changed
+
+    # -- sort ----------------------------------------------------------------------------------------------
+    def sort(self) -> bool:
+        state = self.engine._state
+        cand = self.engine.candidate(state.stats, torch.empty(0, dtype=torch.int64, device=state.origin.device))
+        return cand.order is not None and self._accept("sort", cand)
+
+    # -- merge ---------------------------------------------------------------------------------------------
+    def _candidate_pairs(self, live: torch.Tensor, overlap: torch.Tensor) -> torch.Tensor:
+        """Pairs (P, 2) of live components to score; first column the larger component (the survivor)."""
+        engine = self.engine
+        counts = engine._state.stats.counts
+        if live.shape[0] <= ALL_PAIRS_UP_TO:
+            a, b = torch.triu_indices(live.shape[0], live.shape[0], 1, device=live.device)
+            pairs = torch.stack([live[a], live[b]], 1)
+        else:
+            shared = torch.triu(overlap[live][:, live], 1).nonzero()                   # pairs sharing points
+            means = engine._state.q.components.m[live]
+            dist = torch.cdist(means, means)
+            dist.fill_diagonal_(math.inf)
+            near = dist.topk(min(NEAREST_PAIRS, live.shape[0] - 1), largest=False).indices   # (K, n)
+            nearest = torch.stack([torch.arange(live.shape[0], device=live.device).repeat_interleave(near.shape[1]),
+                                   near.reshape(-1)], 1)
+            both = torch.cat([shared, nearest])
+            both = torch.unique(torch.sort(both, dim=1).values, dim=0)
+            pairs = live[both]
+        larger_first = counts[pairs[:, 0]] >= counts[pairs[:, 1]]
+        return torch.where(larger_first[:, None], pairs, pairs.flip(1))
+
+    def _merge_estimates(self, pairs: torch.Tensor, entropy_gain: torch.Tensor) -> torch.Tensor:
+        """Estimated ELBO change (P,) of each merge: exact component terms and entropy, plus the weight term
+        (N_j + N_k) log(N_j + N_k) - N_j log N_j - N_k log N_k that the sticks roughly gain."""
+        engine = self.engine
+        state, family, prior = engine._state, engine.family, engine._prior.components
+        out = []
+        for start in range(0, pairs.shape[0], MERGE_PAIR_BATCH):
+            j, k = pairs[start:start + MERGE_PAIR_BATCH].unbind(1)
+            merged = state.stats.rows(j) + state.stats.rows(k)
+            rows_prior = prior.rows(j)
+            q = family.posterior(merged, rows_prior)
+            terms = family.component_terms(merged, q, rows_prior)
+            n_j, n_k = state.stats.counts[j], state.stats.counts[k]
+            weights = (torch.special.xlogy(n_j + n_k, n_j + n_k) - torch.special.xlogy(n_j, n_j)
+                       - torch.special.xlogy(n_k, n_k))
+            out.append(terms - state.terms[j] - state.terms[k] + entropy_gain[j, k] + weights)
+        return torch.cat(out)
+
+    def merges(self) -> bool:
+        engine = self.engine
+        state = engine._state
+        live = engine.live_components()
+        if live.shape[0] < 2:
+            return False
+        tables = pair_tables(state.values, state.index, engine.truncation)
+        overlap, entropy_gain = engine._allreduce(torch.stack(tables)).unbind(0)
+        pairs = self._candidate_pairs(live, overlap)
+        estimates = self._merge_estimates(pairs, entropy_gain)
+        order = torch.argsort(estimates, descending=True)
+        pairs, estimates = pairs[order], estimates[order]
+        touched = torch.zeros(engine.truncation, dtype=torch.bool, device=live.device)
+        accepted, tries = False, 0
+        for p in range(pairs.shape[0]):
+            if estimates[p] < -MERGE_SLACK or tries >= max(8, live.shape[0]):
+                break
+            keep, drop = (int(v) for v in pairs[p])
+            if touched[keep] or touched[drop]:
+                continue
+            tries += 1
+            state = engine._state
+            slots = torch.tensor([keep, drop], device=live.device)
+            stats = merged_stats(state.stats, slots, engine._stats_scale * float(entropy_gain[keep, drop]))
+            cand = engine.candidate(stats, slots)
+            values, index = merge_rows(state.values, state.index, keep, drop)
+            if self._accept("merge", cand, values, index):
+                accepted = True
+                touched[keep] = touched[drop] = True
+                if cand.order is not None:
+                    # slots were renumbered: carry the remaining pairs and the touched marks along
+                    new_id = torch.empty_like(cand.order)
+                    new_id[cand.order] = torch.arange(engine.truncation, device=cand.order.device)
+                    pairs = new_id[pairs]
+                    touched = touched[cand.order]
+                    entropy_gain = entropy_gain[cand.order][:, cand.order]
+        return accepted
+
+    # -- delete --------------------------------------------------------------------------------------------
+    def _reassign_orphans(self, rows: torch.Tensor, values: torch.Tensor, index: torch.Tensor,
+                          excluded: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Rows (of ``rows``) left with no mass go wholly to their best live component outside ``excluded``."""
+        orphan = values.sum(1) == 0
+        if not bool(orphan.any()):
+            return values, index
+        engine = self.engine
+        live = engine.live_components()
+        live = live[~excluded[live]]
+        if live.shape[0] == 0:
+            return values, index
+        best = live[engine._sweeper.score(engine.logit_operator(live), rows[orphan]).argmax(1)]
+        values, index = values.clone(), index.clone()
+        values[orphan] = 0.0
+        values[orphan, 0] = 1.0
+        index[orphan, 0] = best
+        return values, index
+
+    def remove_entries(self, dropped: torch.Tensor, values: torch.Tensor, index: torch.Tensor, stats: SuffStats
+                       ) -> tuple[torch.Tensor, torch.Tensor, SuffStats]:
+        """Take every responsibility of the components ``dropped`` (T,) bool away from the points, renormalising
+        their rows (orphaned rows go to their best remaining live component); returns the new (values, index) and
+        statistics. Used by delete moves and by the final pruning."""
+        rows = (dropped[index] & (values > 0)).any(1).nonzero()[:, 0]
+        old_values, old_index = values[rows], index[rows]
+        new_values, new_index = drop_entries(old_values, old_index, dropped)
+        new_values, new_index = self._reassign_orphans(rows, new_values, new_index, dropped)
+        stats = stats + self._rows_delta(rows, old_values, old_index, new_values, new_index)
+        # the dropped components hold nothing now: remove the float remainder of the subtraction
+        keep = (~dropped).to(stats.counts.dtype)
+        stats = SuffStats(stats.counts * keep, stats.sum_x * keep[:, None],
+                          stats.sum_xx * keep.view(-1, *([1] * (stats.sum_xx.dim() - 1))), stats.entropy)
+        values, index = values.clone(), index.clone()
+        values[rows], index[rows] = new_values, new_index
+        return values, index, stats
+
+    def deletes(self) -> bool:
+        engine = self.engine
+        accepted = False
+        for _ in range(DELETE_TRIES):
+            state = engine._state
+            live = engine.live_components()
+            if live.shape[0] < 2:
+                break
+            counts = state.stats.counts[live]
+            small = live[torch.argsort(counts)]
+            small = small[state.stats.counts[small] < DELETE_MAX_SHARE * counts.sum()]
+            done = False
+            for j in small[:DELETE_TRIES].tolist():
+                dropped = torch.zeros(engine.truncation, dtype=torch.bool, device=live.device)
+                dropped[j] = True
+                values, index, stats = self.remove_entries(dropped, state.values, state.index, state.stats)
+                cand = engine.candidate(stats, live)     # j and every component its points moved to
+                if self._accept("delete", cand, values, index):
+                    accepted = done = True
+                    break
+            if not done:
+                break
+        return accepted
+
+    # -- split ---------------------------------------------------------------------------------------------
+    def _propose_split(self, parent: int, child: int):
+        """Points of ``parent`` split in two (hard, within the parent's responsibility): (rows, column of the
+        parent's entry, assignment (M,) 0 = stays, 1 = goes to ``child``, child statistics (2 rows)) or None."""
+        engine = self.engine
+        state, sweeper, family = engine._state, engine._sweeper, engine.family
+        hit = (state.index == parent) & (state.values > 0)
+        rows = hit.any(1).nonzero()[:, 0]
+        column = hit[rows].to(torch.int8).argmax(1)
+        weight = state.values[rows, column]                                            # (M,)
+        xc = sweeper.centred(rows)                                                     # (M, d)
+        d = xc.shape[1]
+        wx = weight[:, None] * xc
+        moments = engine._allreduce(torch.cat([weight.sum(dtype=torch.float64).reshape(1), wx.sum(0).double(),
+                                               (xc.T @ wx).double().reshape(-1)]))
+        total = float(moments[0])
+        if total <= 0:
+            return None
+        mean = moments[1:d + 1] / total
+        cov = moments[d + 1:].view(d, d) / total - mean[:, None] * mean[None, :]
+        axis = torch.linalg.eigh(cov)[1][:, -1].float()
+        assign = ((xc - mean.float()) @ axis > 0).long()
+        prior_rows = engine._prior.components.rows(torch.tensor([parent, child], device=rows.device))
+        for iteration in range(SPLIT_ITERS + 1):
+            raw, _ = sweeper.statistics(weight[:, None], assign[:, None], rows, n_components=2)
+            children = engine._reduce_stats(raw, torch.zeros((), dtype=torch.float64, device=raw.device))
+            if not bool((children.counts > 0).all()):
+                return None
+            if iteration == SPLIT_ITERS:
+                break
+            q = family.posterior(children, prior_rows)
+            op = family.logit_operator(q, torch.log(children.counts / children.counts.sum()))
+            new_assign = sweeper.score(op, rows).argmax(1)
+            if torch.equal(new_assign, assign):
+                break
+            assign = new_assign
+        return rows, column, assign, children
+
+    def splits(self) -> bool:
+        engine = self.engine
+        accepted = False
+        order = engine.live_components()
+        order = order[torch.argsort(engine._state.stats.counts[order], descending=True)]
+        parents = [int(p) for p in order if not self._split_failed(float(engine._state.stats.counts[p]))]
+        for parent in parents[:SPLIT_TRIES]:
+            state = engine._state
+            counts = state.stats.counts
+            empty = (counts == 0).nonzero()[:, 0]
+            if empty.numel() == 0:
+                break
+            child = int(empty[0])
+            proposal = self._propose_split(parent, child)
+            if proposal is None:
+                self.failed_split_counts.append(float(counts[parent]))
+                continue
+            rows, column, assign, children = proposal
+            slots = torch.tensor([parent, child], device=rows.device)
+            stats = state.stats.put_rows(slots, SuffStats(children.counts, children.sum_x, children.sum_xx,
+                                                          state.stats.entropy))
+            index = state.index.clone()
+            moved = rows[assign == 1]
+            index[moved, column[assign == 1]] = child
+            cand = engine.candidate(stats, slots)
+            if self._accept("split", cand, state.values, index):
+                accepted = True
+                break    # slot numbers may have changed; further splits wait for the next round
+            self.failed_split_counts.append(float(counts[parent]))
+        return accepted
+
+    def _split_failed(self, count: float) -> bool:
+        return any(abs(count - c) <= 0.01 * c for c in self.failed_split_counts)
+
+    # -- birth ---------------------------------------------------------------------------------------------
+    def birth(self, round_id: int) -> bool:
+        engine = self.engine
+        state, sweeper, family = engine._state, engine._sweeper, engine.family
+        empty = (state.stats.counts == 0).nonzero()[:, 0]
+        if empty.numel() == 0 or state.log_norm is None:
+            return False
+        slot = int(empty[0])
+        n_local, d = engine._x.shape
+        n_total = engine._n_total
+        wanted = min(n_total, max(20 * (d + 1), n_total // 50))
+        worst = torch.topk(-state.log_norm, min(n_local, max(1, round(wanted * n_local / n_total)))).indices
+        seeds = engine._gather_rows(sweeper.centred(worst))                                 # (B, d)
+        generator = torch.Generator().manual_seed(engine._seed * 1_000_003 + round_id)
+        groups = lloyd(seeds, min(3, seeds.shape[0]), generator)
+        group = seeds[groups == torch.bincount(groups).argmax()]
+        slot_ids = torch.tensor([slot], device=seeds.device)
+        prior_row = engine._prior.components.rows(slot_ids)
+        ones = torch.ones(group.shape[0], 1, dtype=torch.float64, device=seeds.device)
+        q = family.posterior(family.stats_from_dense(group, ones), prior_row)
+        take, count = None, float(group.shape[0])
+        for _ in range(BIRTH_ITERS):
+            log_weight = torch.tensor([math.log(max(count, 1.0) / n_total)], dtype=torch.float64, device=seeds.device)
+            score = sweeper.score(family.logit_operator(q, log_weight))[:, 0]           # (N,)
+            take = (score > state.log_norm).nonzero()[:, 0]
+            one = torch.ones(take.shape[0], 1, dtype=torch.float32, device=take.device)
+            raw, _ = sweeper.statistics(one, torch.zeros_like(one, dtype=torch.int64), take, n_components=1)
+            new = engine._reduce_stats(raw, torch.zeros((), dtype=torch.float64, device=raw.device))
+            count = float(new.counts[0])
+            if count < max(engine.min_size, 2.0):
+                return False
+            q = family.posterior(new, prior_row)
+        old_values, old_index = state.values[take], state.index[take]
+        new_values = torch.zeros_like(old_values)
+        new_values[:, 0] = 1.0
+        new_index = torch.cat([torch.full_like(old_index[:, :1], slot), old_index[:, :-1]], 1)
+        stats = state.stats + self._rows_delta(take, old_values, old_index, new_values, new_index)
+        touched = torch.unique(torch.cat([old_index[old_values > 0], slot_ids]))
+        cand = engine.candidate(stats, touched)
+        values, index = state.values.clone(), state.index.clone()
+        values[take], index[take] = new_values, new_index
+        return self._accept("birth", cand, values, index)
