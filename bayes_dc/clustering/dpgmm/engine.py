@@ -148,7 +148,7 @@ class DPGMM(VariationalMixture):
         prior_dof: pseudo-observations per variance (> 2; None: 3, i.e. nu0 = d + 2 for full).
         kappa0: prior mean precision factor (None: :data:`.prior.DEFAULT_KAPPA0`).
         prior_scale_update: re-estimate prior_scale between sweeps by maximising the ELBO (empirical Bayes).
-        topk: responsibilities kept per point (1 <= topk <= T; topk = T is exact CAVI over the live set).
+        topk: responsibilities kept per point (>= 1, at most T; topk >= T is exact CAVI over the live set).
         min_size: components whose expected count N_k ends below this are reset to the prior (see ``_finalize``).
         warm_start: "none" | "init" | "prior" (what ``fit(..., warm_state=...)`` does with a previous state).
         prior_decay: rho in (0, 1], weight of the previous posterior's pseudo-counts for warm_start="prior".
@@ -191,8 +191,8 @@ class DPGMM(VariationalMixture):
         if alpha_prior is not None and not (len(alpha_prior) == 2 and min(alpha_prior) > 0):
             raise ValueError(f"alpha_prior must be (shape, rate) with both > 0, got {alpha_prior} (--alpha-prior)")
         check_prior_options(prior_scale, prior_dof, kappa0)
-        if not 1 <= topk <= truncation:
-            raise ValueError(f"topk must be in [1, truncation={truncation}], got {topk} (--topk)")
+        if topk < 1:
+            raise ValueError(f"topk must be >= 1, got {topk} (--topk)")
         if not 0 < prior_decay <= 1:
             raise ValueError(f"prior_decay (rho) must be in (0, 1], got {prior_decay} (--prior-decay)")
         if min_size < 0:
@@ -204,7 +204,7 @@ class DPGMM(VariationalMixture):
                              "gives each its own; use --warm-start init or --no-prior-scale-update")
         self.truncation, self.covariance, self.alpha, self.alpha_prior = int(truncation), covariance, float(alpha), alpha_prior
         self.prior_scale, self.prior_dof, self.kappa0 = prior_scale, prior_dof, kappa0
-        self.prior_scale_update, self.topk = bool(prior_scale_update), int(topk)
+        self.prior_scale_update, self.topk = bool(prior_scale_update), min(int(topk), int(truncation))
         self.min_size, self.warm_start, self.prior_decay = float(min_size), warm_start, float(prior_decay)
         self.moves, self.move_every = parse_moves(moves), int(move_every)
         self.init_subsample, self.init_iter, self.chunk_size = init_subsample, int(init_iter), chunk_size
@@ -267,7 +267,7 @@ class DPGMM(VariationalMixture):
         self.move_seconds_ = 0.0
         self.elbo_trace_: list[float] = []
         self._move_round = 0
-        self._mover = MoveRunner(self)
+        self.mover = MoveRunner(self)
 
     def check_warm_state(self, warm_state: Any, n: int, d: int) -> None:
         """Raise ValueError when ``warm_state`` does not fit features of shape (n, d) or this truncation."""
@@ -480,7 +480,7 @@ class DPGMM(VariationalMixture):
             return value, False
         start = time.perf_counter()
         self._move_round += 1
-        changed = self._mover.run(self._move_round)
+        changed = self.mover.run(self._move_round)
         self.move_seconds_ += time.perf_counter() - start
         return self._state.value, changed
 
@@ -506,7 +506,7 @@ class DPGMM(VariationalMixture):
         orphans = ~(keep[index] & (values > 0)).any(1)
         keep[index[orphans, 0]] = True
         keep = self._allreduce(keep.to(torch.float64)) > 0
-        values, index, stats = self._mover.remove_entries(~keep, values, index, state.stats)
+        values, index, stats = self.mover.remove_entries(~keep, values, index, state.stats)
         stats = SuffStats(stats.counts * keep, stats.sum_x * _rows_mask(keep, stats.sum_x),
                           stats.sum_xx * _rows_mask(keep, stats.sum_xx), stats.entropy)
         order = torch.argsort(torch.where(keep, stats.counts, -1.0), descending=True, stable=True)   # new -> old
@@ -555,15 +555,35 @@ class DPGMM(VariationalMixture):
     def _warn_cluster_count(self) -> None:
         k_active = int(active_mask(self.weights_.cpu().numpy()).sum())
         if k_active <= 2:
+            scale = self._prior.scale if self._prior.shared else "per component"
             warnings.warn(ClusterCountWarning(
-                f"the DP-GMM ended with K_active={k_active}: one component is explaining most of the data, which "
-                "usually means the prior's expected cluster covariance is too wide for these features; lower "
-                f"--prior-scale (now {self._prior.scale if self._prior.shared else 'per component'}), try "
-                "--covariance full, or check the features (whitening, --pca-dim)"))
+                f"the DP-GMM ended with only K_active={k_active} component(s). If the features hold more clusters, "
+                f"the prior's expected cluster covariance is too wide for them: lower --prior-scale (now {scale}), "
+                "use --covariance full, or check the features (whitening, --pca-dim)"))
         elif k_active >= self.truncation:
             warnings.warn(ClusterCountWarning(
                 f"the DP-GMM ended with every one of its T={self.truncation} components active, so the truncation "
                 "capped K; raise --truncation, or raise --prior-scale if the clusters are finer than expected"))
+
+    # -- direct access to a state (diagnostics, tests) -------------------------------------------------------
+    def start_from(self, x: torch.Tensor, resp_values: torch.Tensor, resp_index: torch.Tensor) -> "DPGMM":
+        """Set the state to given top-k responsibilities (N, k) of x (N, d) and its M-step, without iterating, so
+        single move rounds (:meth:`move_round`) can be run and inspected. ``elbo_`` is then that state's ELBO."""
+        x = check_features(x)
+        self._seed, self.gemm_seconds_, self.elbo_comparable_, self.init_elbo_ = 0, 0.0, True, None
+        self._setup(x)
+        self._start(resp_values.to(x.device, torch.float32), resp_index.to(x.device, torch.int64))
+        return self
+
+    def move_round(self, moves: Iterable[str] | None = None) -> bool:
+        """One round of ``moves`` (default: this model's) on the current state; returns whether one was accepted."""
+        self._move_round += 1
+        return self.mover.run(self._move_round, None if moves is None else parse_moves(list(moves)))
+
+    @property
+    def elbo_(self) -> float:
+        """The ELBO of the current state."""
+        return self._state.value
 
     # -- entry for externally fitted posteriors (Pyro SVI) ---------------------------------------------------
     def fit_from_params(self, x: torch.Tensor, q: DPGMMParams, history: list[float]) -> "DPGMM":

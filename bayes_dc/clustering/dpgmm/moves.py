@@ -43,7 +43,7 @@ NEAREST_PAIRS = 4             # else: pairs sharing points plus each component's
 MERGE_PAIR_BATCH = 256        # merged posteriors scored at once (bounds the (P, d, d) temporaries)
 MERGE_SLACK = 10.0            # nats: try merges whose estimated gain is above -MERGE_SLACK
 SPLIT_TRIES, SPLIT_ITERS = 2, 4
-BIRTH_ITERS = 3
+BIRTH_ITERS, BIRTH_GROUPS, BIRTH_TRIES = 3, 4, 3
 DELETE_TRIES, DELETE_MAX_SHARE = 3, 0.05
 
 
@@ -140,19 +140,21 @@ class MoveRunner:
         raw_new, h_new = sweeper.statistics(new_values, new_index, rows)
         return self.engine._reduce_stats(raw_new - raw_old, h_new - h_old)
 
-    def run(self, round_id: int) -> bool:
-        """One round of the enabled moves; returns whether any was accepted."""
+    def run(self, round_id: int, moves: tuple[str, ...] | None = None) -> bool:
+        """One round of ``moves`` (default: the engine's), after a reorder of the sticks by size; returns whether
+        any move was accepted."""
         engine = self.engine
+        moves = engine.moves if moves is None else moves
         changed = False
         if engine._prior.shared:
             changed |= self.sort()
-        if "merge" in engine.moves:
+        if "merge" in moves:
             changed |= self.merges()
-        if "delete" in engine.moves:
+        if "delete" in moves:
             changed |= self.deletes()
-        if "split" in engine.moves:
+        if "split" in moves:
             changed |= self.splits()
-        if "birth" in engine.moves:
+        if "birth" in moves:
             changed |= self.birth(round_id)
         return changed
 
@@ -203,13 +205,13 @@ class MoveRunner:
         return torch.cat(out)
 
     def merges(self) -> bool:
+        """Score candidate pairs, then try them best first, each component in at most one accepted merge."""
         engine = self.engine
         state = engine._state
         live = engine.live_components()
         if live.shape[0] < 2:
             return False
-        tables = pair_tables(state.values, state.index, engine.truncation)
-        overlap, entropy_gain = engine._allreduce(torch.stack(tables)).unbind(0)
+        overlap, entropy_gain = self._pair_tables()
         pairs = self._candidate_pairs(live, overlap)
         estimates = self._merge_estimates(pairs, entropy_gain)
         order = torch.argsort(estimates, descending=True)
@@ -223,22 +225,38 @@ class MoveRunner:
             if touched[keep] or touched[drop]:
                 continue
             tries += 1
-            state = engine._state
-            slots = torch.tensor([keep, drop], device=live.device)
-            stats = merged_stats(state.stats, slots, engine._stats_scale * float(entropy_gain[keep, drop]))
-            cand = engine.candidate(stats, slots)
-            values, index = merge_rows(state.values, state.index, keep, drop)
-            if self._accept("merge", cand, values, index):
-                accepted = True
-                touched[keep] = touched[drop] = True
-                if cand.order is not None:
-                    # slots were renumbered: carry the remaining pairs and the touched marks along
-                    new_id = torch.empty_like(cand.order)
-                    new_id[cand.order] = torch.arange(engine.truncation, device=cand.order.device)
-                    pairs = new_id[pairs]
-                    touched = touched[cand.order]
-                    entropy_gain = entropy_gain[cand.order][:, cand.order]
+            order = self.try_merge(keep, drop, entropy_gain)
+            if order is None:
+                continue
+            accepted = True
+            touched[keep] = touched[drop] = True
+            if not isinstance(order, bool):
+                # slots were renumbered: carry the remaining pairs, the marks and the entropy table along
+                new_id = torch.empty_like(order)
+                new_id[order] = torch.arange(engine.truncation, device=order.device)
+                pairs, touched = new_id[pairs], touched[order]
+                entropy_gain = entropy_gain[order][:, order]
         return accepted
+
+    def _pair_tables(self) -> tuple[torch.Tensor, torch.Tensor]:
+        state, engine = self.engine._state, self.engine
+        return engine._allreduce(torch.stack(pair_tables(state.values, state.index, engine.truncation))).unbind(0)
+
+    def try_merge(self, keep: int, drop: int, entropy_gain: torch.Tensor | None = None):
+        """Merge component ``drop`` into ``keep`` if that raises the full ELBO. Returns None when refused, else the
+        slot order (new -> old) the accepted state applied, or True when the slots kept their numbers.
+        ``entropy_gain``: the (T, T) merge entropy table of the current responsibilities (computed if None)."""
+        engine = self.engine
+        state = engine._state
+        if entropy_gain is None:
+            entropy_gain = self._pair_tables()[1]
+        slots = torch.tensor([keep, drop], device=state.origin.device)
+        stats = merged_stats(state.stats, slots, engine._stats_scale * float(entropy_gain[keep, drop]))
+        cand = engine.candidate(stats, slots)
+        values, index = merge_rows(state.values, state.index, keep, drop)
+        if not self._accept("merge", cand, values, index):
+            return None
+        return True if cand.order is None else cand.order
 
     # -- delete --------------------------------------------------------------------------------------------
     def _reassign_orphans(self, rows: torch.Tensor, values: torch.Tensor, index: torch.Tensor,
@@ -375,42 +393,65 @@ class MoveRunner:
 
     # -- birth ---------------------------------------------------------------------------------------------
     def birth(self, round_id: int) -> bool:
+        """Seed groups from the worst-fit points (k-means on them, largest groups first); the first group whose
+        grown component raises the ELBO is kept."""
         engine = self.engine
-        state, sweeper, family = engine._state, engine._sweeper, engine.family
+        state, sweeper = engine._state, engine._sweeper
         empty = (state.stats.counts == 0).nonzero()[:, 0]
         if empty.numel() == 0 or state.log_norm is None:
             return False
-        slot = int(empty[0])
         n_local, d = engine._x.shape
         n_total = engine._n_total
-        wanted = min(n_total, max(20 * (d + 1), n_total // 50))
+        wanted = min(n_total, max(20 * (d + 1), n_total // 25))
         worst = torch.topk(-state.log_norm, min(n_local, max(1, round(wanted * n_local / n_total)))).indices
-        seeds = engine._gather_rows(sweeper.centred(worst))                                 # (B, d)
+        # each seed point with the component it belongs to now (ids are exact in float32 below 2^24)
+        seeds = engine._gather_rows(torch.cat([sweeper.centred(worst), state.index[worst, :1].float()], 1))
         generator = torch.Generator().manual_seed(engine._seed * 1_000_003 + round_id)
-        groups = lloyd(seeds, min(3, seeds.shape[0]), generator)
-        group = seeds[groups == torch.bincount(groups).argmax()]
-        slot_ids = torch.tensor([slot], device=seeds.device)
-        prior_row = engine._prior.components.rows(slot_ids)
-        ones = torch.ones(group.shape[0], 1, dtype=torch.float64, device=seeds.device)
-        q = family.posterior(family.stats_from_dense(group, ones), prior_row)
-        take, count = None, float(group.shape[0])
+        groups = lloyd(seeds[:, :d], min(BIRTH_GROUPS, seeds.shape[0]), generator)
+        sizes = torch.bincount(groups)
+        for group in torch.argsort(sizes, descending=True)[:BIRTH_TRIES].tolist():
+            if sizes[group] < 2:
+                break
+            members = seeds[groups == group]
+            owners = members[:, d].long()
+            if self._try_birth(members[:, :d].mean(0), torch.mode(owners).values, owners.unique(), int(empty[0])):
+                return True
+        return False
+
+    def _try_birth(self, centre: torch.Tensor, owner: torch.Tensor, sources: torch.Tensor, slot: int) -> bool:
+        """Grow a component in the empty ``slot`` at ``centre`` (d,) against the components ``sources`` that hold
+        the seed points now: it starts as a copy of their main ``owner`` moved to ``centre`` with half its weight,
+        then restricted hard EM over the points whose top component is a source, each point going wholly to the
+        new component when it scores higher there than under every (refitted) source, ``BIRTH_ITERS`` times;
+        then the exact ELBO decides. (A component fitted to the seed points alone would be a tight blob at the
+        edge of the badly fitted region, which the old component, still fitted to the whole region, outscores.)"""
+        engine = self.engine
+        state, sweeper, family = engine._state, engine._sweeper, engine.family
+        device = centre.device
+        slot_id = torch.tensor([slot], device=device)
+        ids = torch.cat([sources, slot_id])                                                # (S + 1,)
+        region = torch.isin(state.index[:, 0], sources).nonzero()[:, 0]                   # rows competed for
+        prior_rows = engine._prior.components.rows(ids)
+        start = state.q.components.rows(owner.reshape(1))
+        start.m = centre.double().reshape(1, -1)
+        q = state.q.components.put_rows(slot_id, start)
+        counts = state.stats.counts.clone()
+        counts[slot] = counts[owner] = 0.5 * float(counts[owner])
+        stats, take = None, None
         for _ in range(BIRTH_ITERS):
-            log_weight = torch.tensor([math.log(max(count, 1.0) / n_total)], dtype=torch.float64, device=seeds.device)
-            score = sweeper.score(family.logit_operator(q, log_weight))[:, 0]           # (N,)
-            take = (score > state.log_norm).nonzero()[:, 0]
-            one = torch.ones(take.shape[0], 1, dtype=torch.float32, device=take.device)
-            raw, _ = sweeper.statistics(one, torch.zeros_like(one, dtype=torch.int64), take, n_components=1)
-            new = engine._reduce_stats(raw, torch.zeros((), dtype=torch.float64, device=raw.device))
-            count = float(new.counts[0])
-            if count < max(engine.min_size, 2.0):
+            log_weight = torch.log(counts[ids].clamp_min(1.0) / engine._n_total)
+            scores = sweeper.score(family.logit_operator(q.rows(ids), log_weight), region)   # (R, S + 1)
+            take = region[scores[:, -1] > scores[:, :-1].max(1).values]
+            old_values, old_index = state.values[take], state.index[take]
+            new_values = torch.zeros_like(old_values)
+            new_values[:, 0] = 1.0
+            new_index = torch.cat([torch.full_like(old_index[:, :1], slot), old_index[:, :-1]], 1)
+            stats = state.stats + self._rows_delta(take, old_values, old_index, new_values, new_index)
+            counts = stats.counts
+            if float(counts[slot]) < max(engine.min_size, 2.0):
                 return False
-            q = family.posterior(new, prior_row)
-        old_values, old_index = state.values[take], state.index[take]
-        new_values = torch.zeros_like(old_values)
-        new_values[:, 0] = 1.0
-        new_index = torch.cat([torch.full_like(old_index[:, :1], slot), old_index[:, :-1]], 1)
-        stats = state.stats + self._rows_delta(take, old_values, old_index, new_values, new_index)
-        touched = torch.unique(torch.cat([old_index[old_values > 0], slot_ids]))
+            q = q.put_rows(ids, family.posterior(stats.rows(ids), prior_rows))
+        touched = torch.unique(torch.cat([old_index[old_values > 0], ids]))
         cand = engine.candidate(stats, touched)
         values, index = state.values.clone(), state.index.clone()
         values[take], index[take] = new_values, new_index
