@@ -35,6 +35,7 @@ COVARIANCES = tuple(FAMILIES)
 WARM_STARTS = ("none", "init", "prior")
 MOVES = ("merge", "split", "birth", "delete")
 STATE_VERSION = 1
+INIT_MERGE_ROUNDS = 10      # merge rounds on the hard seeding partition of a cold start (each at most halves K)
 
 
 class ConvergenceWarning(UserWarning):
@@ -428,6 +429,12 @@ class DPGMM(VariationalMixture):
         sub._seed = self._seed
         ones = torch.ones(x_sub.shape[0], 1, dtype=torch.float32, device=x.device)
         sub._start(ones, nearest[:, None])
+        # Merge the hard k-means++ partition down before the first E-step: merges need only the statistics, and
+        # T seeds are usually far more components than the subsample supports (the E-step costs O(K d^2)).
+        cheap = tuple(m for m in ("merge", "delete") if m in self.moves)
+        for _ in range(INIT_MERGE_ROUNDS if cheap else 0):
+            if not sub.move_round(cheap):
+                break
         if self.init_iter > 0:
             sub._iterate(None, self.init_iter)
         self._state = FitState(sub._state.stats, sub._state.q, sub._state.terms, sub._state.value,
@@ -558,8 +565,9 @@ class DPGMM(VariationalMixture):
             scale = self._prior.scale if self._prior.shared else "per component"
             warnings.warn(ClusterCountWarning(
                 f"the DP-GMM ended with only K_active={k_active} component(s). If the features hold more clusters, "
-                f"the prior's expected cluster covariance is too wide for them: lower --prior-scale (now {scale}), "
-                "use --covariance full, or check the features (whitening, --pca-dim)"))
+                f"the prior's expected cluster covariance is too wide for them: lower --prior-scale (now {scale})"
+                + (", use --covariance full" if self.covariance != "full" else "")
+                + ", or check the features (whitening, --pca-dim)"))
         elif k_active >= self.truncation:
             warnings.warn(ClusterCountWarning(
                 f"the DP-GMM ended with every one of its T={self.truncation} components active, so the truncation "

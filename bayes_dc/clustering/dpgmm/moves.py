@@ -42,6 +42,7 @@ ALL_PAIRS_UP_TO = 64          # score every live pair when at most this many com
 NEAREST_PAIRS = 4             # else: pairs sharing points plus each component's nearest means
 MERGE_PAIR_BATCH = 256        # merged posteriors scored at once (bounds the (P, d, d) temporaries)
 MERGE_SLACK = 10.0            # nats: try merges whose estimated gain is above -MERGE_SLACK
+RANK_COLUMNS = 3              # top-k columns whose pairs estimate the merge entropy change for ranking
 SPLIT_TRIES, SPLIT_ITERS = 2, 4
 BIRTH_ITERS, BIRTH_GROUPS, BIRTH_TRIES = 3, 4, 3
 DELETE_TRIES, DELETE_MAX_SHARE = 3, 0.05
@@ -53,12 +54,13 @@ def entropy_terms(r: torch.Tensor) -> torch.Tensor:
     return -torch.special.xlogy(r, r)
 
 
-def pair_tables(values: torch.Tensor, index: torch.Tensor, truncation: int, chunk: int = 65536
-                ) -> tuple[torch.Tensor, torch.Tensor]:
+def pair_tables(values: torch.Tensor, index: torch.Tensor, truncation: int, columns: int | None = None,
+                chunk: int = 65536) -> tuple[torch.Tensor, torch.Tensor]:
     """Over points, for every pair of components held together in a top-k row: the overlap sum_n r_nj r_nk and the
     merge entropy change sum_n [h(r_nj + r_nk) - h(r_nj) - h(r_nk)] (<= 0). values, index (N, k) -> two (T, T)
-    float64 tables, symmetric, zero where the pair never co-occurs."""
-    k = values.shape[1]
+    float64 tables, symmetric, zero where the pair never co-occurs. With ``columns`` only the first (largest)
+    ``columns`` entries of each row are paired: an estimate for ranking pairs, exact if the rest are zero."""
+    k = values.shape[1] if columns is None else min(columns, values.shape[1])
     first, second = torch.triu_indices(k, k, 1, device=values.device)               # (P,) column pairs
     overlap = torch.zeros(truncation * truncation, dtype=torch.float64, device=values.device)
     gain = torch.zeros_like(overlap)
@@ -68,10 +70,20 @@ def pair_tables(values: torch.Tensor, index: torch.Tensor, truncation: int, chun
         valid = (va > 0) & (vb > 0)
         ia, ib = i[:, first], i[:, second]
         key = (torch.minimum(ia, ib) * truncation + torch.maximum(ia, ib))[valid]
-        overlap.index_add_(0, key, (va * vb)[valid])
-        gain.index_add_(0, key, (entropy_terms(va + vb) - entropy_terms(va) - entropy_terms(vb))[valid])
+        va, vb = va[valid], vb[valid]
+        overlap.index_add_(0, key, va * vb)
+        gain.index_add_(0, key, entropy_terms(va + vb) - entropy_terms(va) - entropy_terms(vb))
     overlap, gain = overlap.view(truncation, truncation), gain.view(truncation, truncation)
     return overlap + overlap.T, gain + gain.T
+
+
+def merge_entropy_change(values: torch.Tensor, index: torch.Tensor, keep: int, drop: int) -> torch.Tensor:
+    """Exact sum_n [h(r_n,keep + r_n,drop) - h(r_n,keep) - h(r_n,drop)] over the points (0-d float64)."""
+    r_keep = (values * (index == keep)).sum(1).double()                               # (N,)
+    r_drop = (values * (index == drop)).sum(1).double()
+    both = (r_keep > 0) & (r_drop > 0)
+    a, b = r_keep[both], r_drop[both]
+    return (entropy_terms(a + b) - entropy_terms(a) - entropy_terms(b)).sum()
 
 
 def merged_stats(stats: SuffStats, slots: torch.Tensor, entropy_change: float) -> SuffStats:
@@ -225,33 +237,32 @@ class MoveRunner:
             if touched[keep] or touched[drop]:
                 continue
             tries += 1
-            order = self.try_merge(keep, drop, entropy_gain)
+            order = self.try_merge(keep, drop)
             if order is None:
                 continue
             accepted = True
             touched[keep] = touched[drop] = True
             if not isinstance(order, bool):
-                # slots were renumbered: carry the remaining pairs, the marks and the entropy table along
+                # slots were renumbered: carry the remaining pairs and the marks along
                 new_id = torch.empty_like(order)
                 new_id[order] = torch.arange(engine.truncation, device=order.device)
                 pairs, touched = new_id[pairs], touched[order]
-                entropy_gain = entropy_gain[order][:, order]
         return accepted
 
     def _pair_tables(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Estimated overlap and merge entropy tables (T, T) from the largest RANK_COLUMNS entries of each row."""
         state, engine = self.engine._state, self.engine
-        return engine._allreduce(torch.stack(pair_tables(state.values, state.index, engine.truncation))).unbind(0)
+        tables = pair_tables(state.values, state.index, engine.truncation, columns=RANK_COLUMNS)
+        return engine._allreduce(torch.stack(tables)).unbind(0)
 
-    def try_merge(self, keep: int, drop: int, entropy_gain: torch.Tensor | None = None):
+    def try_merge(self, keep: int, drop: int) -> torch.Tensor | bool | None:
         """Merge component ``drop`` into ``keep`` if that raises the full ELBO. Returns None when refused, else the
-        slot order (new -> old) the accepted state applied, or True when the slots kept their numbers.
-        ``entropy_gain``: the (T, T) merge entropy table of the current responsibilities (computed if None)."""
+        slot order (new -> old) the accepted state applied, or True when the slots kept their numbers."""
         engine = self.engine
         state = engine._state
-        if entropy_gain is None:
-            entropy_gain = self._pair_tables()[1]
+        change = engine._allreduce(merge_entropy_change(state.values, state.index, keep, drop).reshape(1))
         slots = torch.tensor([keep, drop], device=state.origin.device)
-        stats = merged_stats(state.stats, slots, engine._stats_scale * float(entropy_gain[keep, drop]))
+        stats = merged_stats(state.stats, slots, engine._stats_scale * float(change[0]))
         cand = engine.candidate(stats, slots)
         values, index = merge_rows(state.values, state.index, keep, drop)
         if not self._accept("merge", cand, values, index):
@@ -352,9 +363,10 @@ class MoveRunner:
             q = family.posterior(children, prior_rows)
             op = family.logit_operator(q, torch.log(children.counts / children.counts.sum()))
             new_assign = sweeper.score(op, rows).argmax(1)
-            if torch.equal(new_assign, assign):
-                break
+            moved = engine._allreduce((new_assign != assign).sum(dtype=torch.float64).reshape(1))
             assign = new_assign
+            if float(moved[0]) == 0:      # decided on the summed count, so every rank stops at the same iteration
+                break
         return rows, column, assign, children
 
     def splits(self) -> bool:
