@@ -35,7 +35,8 @@ COVARIANCES = tuple(FAMILIES)
 WARM_STARTS = ("none", "init", "prior")
 MOVES = ("merge", "split", "birth", "delete")
 STATE_VERSION = 1
-INIT_MERGE_ROUNDS = 10      # merge rounds on the hard seeding partition of a cold start (each at most halves K)
+INIT_MERGE_ROUNDS = 10      # merge rounds on the hard seeding partition of a cold start
+GROWING_MOVE_EVERY = 2      # iterations between move rounds while the previous round accepted a move
 
 
 class ConvergenceWarning(UserWarning):
@@ -155,7 +156,8 @@ class DPGMM(VariationalMixture):
         prior_decay: rho in (0, 1], weight of the previous posterior's pseudo-counts for warm_start="prior".
         moves: which of "merge", "split", "birth", "delete" run between sweeps (True/"all", False/"none", a
             comma-separated string or a list); each is kept only when the full ELBO rises.
-        move_every: iterations between move rounds (moves also run once more before the fit stops).
+        move_every: iterations between move rounds (2 while the last round accepted a move; moves also run when
+            the ELBO change falls below ``tol``, and the fit stops only after a round that accepts nothing).
         init_subsample: points used for the cold-start seeding phase (None: max(20 T, 5000), at most N).
         init_iter: CAVI iterations on that subsample before the full data (cold start only).
         chunk_size: maximum points per E-step chunk (None: 8192 on CPU, 65536 on CUDA; chunks also shrink so their
@@ -267,7 +269,8 @@ class DPGMM(VariationalMixture):
         self.moves_ = {name: {"tried": 0, "accepted": 0} for name in MOVES + ("sort",)}
         self.move_seconds_ = 0.0
         self.elbo_trace_: list[float] = []
-        self._move_round = 0
+        self._move_round = self._last_round_iteration = 0
+        self._last_round_changed = False
         self.mover = MoveRunner(self)
 
     def check_warm_state(self, warm_state: Any, n: int, d: int) -> None:
@@ -483,12 +486,15 @@ class DPGMM(VariationalMixture):
     def _after_iteration(self, iteration: int, value: float, converging: bool) -> tuple[float, bool]:
         if not self.moves:
             return value, False
-        if iteration % self.move_every and not converging:
+        # while moves are being accepted the partition is still changing, so the next round comes sooner
+        every = min(GROWING_MOVE_EVERY, self.move_every) if self._last_round_changed else self.move_every
+        if iteration - self._last_round_iteration < every and not converging:
             return value, False
         start = time.perf_counter()
         self._move_round += 1
         changed = self.mover.run(self._move_round)
         self.move_seconds_ += time.perf_counter() - start
+        self._last_round_iteration, self._last_round_changed = iteration, changed
         return self._state.value, changed
 
     # -- finalisation ----------------------------------------------------------------------------------------

@@ -42,10 +42,17 @@ ALL_PAIRS_UP_TO = 64          # score every live pair when at most this many com
 NEAREST_PAIRS = 4             # else: pairs sharing points plus each component's nearest means
 MERGE_PAIR_BATCH = 256        # merged posteriors scored at once (bounds the (P, d, d) temporaries)
 MERGE_SLACK = 10.0            # nats: try merges whose estimated gain is above -MERGE_SLACK
+MERGE_PASSES = 4              # merge passes per move round (each stops when it accepts nothing)
 RANK_COLUMNS = 3              # top-k columns whose pairs estimate the merge entropy change for ranking
 SPLIT_TRIES, SPLIT_ITERS = 2, 4
-BIRTH_ITERS, BIRTH_GROUPS, BIRTH_TRIES = 3, 4, 3
+SPLIT_MIN_WEIGHT = 0.05       # rows where the parent holds less stay with it (only a split's main rows compete)
+BIRTH_ITERS, BIRTH_GROUPS, BIRTH_TRIES = 3, 4, 2
 DELETE_TRIES, DELETE_MAX_SHARE = 3, 0.05
+
+
+def _near(count: float, counts: list[float]) -> bool:
+    """Whether ``count`` is within 3 % of one of ``counts`` (a component seen before at about this size)."""
+    return any(abs(count - c) <= 0.03 * c for c in counts)
 
 
 def entropy_terms(r: torch.Tensor) -> torch.Tensor:
@@ -77,23 +84,20 @@ def pair_tables(values: torch.Tensor, index: torch.Tensor, truncation: int, colu
     return overlap + overlap.T, gain + gain.T
 
 
-def merge_entropy_change(values: torch.Tensor, index: torch.Tensor, keep: int, drop: int) -> torch.Tensor:
-    """Exact sum_n [h(r_n,keep + r_n,drop) - h(r_n,keep) - h(r_n,drop)] over the points (0-d float64)."""
-    r_keep = (values * (index == keep)).sum(1).double()                               # (N,)
-    r_drop = (values * (index == drop)).sum(1).double()
-    both = (r_keep > 0) & (r_drop > 0)
-    a, b = r_keep[both], r_drop[both]
-    return (entropy_terms(a + b) - entropy_terms(a) - entropy_terms(b)).sum()
+def merged_stats(stats: SuffStats, keep: torch.Tensor, drop: torch.Tensor, entropy_change: float) -> SuffStats:
+    """Statistics after merging each component ``drop[i]`` into ``keep[i]`` ((P,) each; drops distinct and never
+    kept, a component may keep several): kept rows add their dropped ones, which empty; the entropy changes by
+    ``entropy_change``."""
+    def merged(a: torch.Tensor) -> torch.Tensor:
+        out = a.clone().index_add_(0, keep, a[drop])
+        out[drop] = 0.0
+        return out
+    return SuffStats(merged(stats.counts), merged(stats.sum_x), merged(stats.sum_xx), stats.entropy + entropy_change)
 
 
-def merged_stats(stats: SuffStats, slots: torch.Tensor, entropy_change: float) -> SuffStats:
-    """Statistics after merging component slots[1] into slots[0] (slots (2,)): rows add, slots[1] empties."""
-    pair = stats.rows(slots)
-    merged = SuffStats(pair.counts.sum(0, keepdim=True), pair.sum_x.sum(0, keepdim=True),
-                       pair.sum_xx.sum(0, keepdim=True), 0.0)
-    both = SuffStats(torch.cat([merged.counts, merged.counts * 0]), torch.cat([merged.sum_x, merged.sum_x * 0]),
-                     torch.cat([merged.sum_xx, merged.sum_xx * 0]), stats.entropy + entropy_change)
-    return stats.put_rows(slots, both)
+def responsibility_entropy(values: torch.Tensor) -> torch.Tensor:
+    """-sum r log r over the top-k responsibilities (N, k), float64 (0-d)."""
+    return entropy_terms(values).sum()
 
 
 def merge_rows(values: torch.Tensor, index: torch.Tensor, keep: int, drop: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -132,15 +136,18 @@ class MoveRunner:
     def __init__(self, engine: Any):
         self.engine = engine
         self.failed_split_counts: list[float] = []     # parents whose split was refused, by their N_k then
+        self.failed_delete_counts: list[float] = []    # components whose delete was refused, by their N_k then
+        self.birth_wait, self.birth_failures = 0, 0    # rounds to skip births after refusals (doubling)
 
     # -- bookkeeping ---------------------------------------------------------------------------------------
-    def _accept(self, kind: str, cand: Candidate, values=None, index=None) -> bool:
+    def _accept(self, kind: str, cand: Candidate, values=None, index=None, count: int = 1) -> bool:
+        """Commit ``cand`` (made by ``count`` moves of ``kind``) iff it raises the ELBO beyond rounding noise."""
         engine = self.engine
-        engine.moves_[kind]["tried"] += 1
+        engine.moves_[kind]["tried"] += count
         current = engine._state.value
         if not cand.value - current > ACCEPT_RELATIVE * max(abs(current), 1.0):
             return False
-        engine.moves_[kind]["accepted"] += 1
+        engine.moves_[kind]["accepted"] += count
         engine.commit(cand, values, index)
         return True
 
@@ -154,12 +161,12 @@ class MoveRunner:
 
     def run(self, round_id: int, moves: tuple[str, ...] | None = None) -> bool:
         """One round of ``moves`` (default: the engine's), after a reorder of the sticks by size; returns whether
-        any move was accepted."""
+        any of ``moves`` was accepted."""
         engine = self.engine
         moves = engine.moves if moves is None else moves
         changed = False
         if engine._prior.shared:
-            changed |= self.sort()
+            self.sort()          # raises the ELBO a little but leaves the partition alone: not a change
         if "merge" in moves:
             changed |= self.merges()
         if "delete" in moves:
@@ -217,9 +224,18 @@ class MoveRunner:
         return torch.cat(out)
 
     def merges(self) -> bool:
-        """Score candidate pairs, then try them best first, each component in at most one accepted merge."""
+        """Passes of :meth:`merge_pass` until one accepts nothing (at most ``MERGE_PASSES``)."""
+        accepted = False
+        for _ in range(MERGE_PASSES):
+            if not self.merge_pass():
+                break
+            accepted = True
+        return accepted
+
+    def merge_pass(self) -> bool:
+        """Score candidate pairs; first try all merges with a positive estimate as one batch (one exact check),
+        and if that is refused try the pairs one by one, best first."""
         engine = self.engine
-        state = engine._state
         live = engine.live_components()
         if live.shape[0] < 2:
             return False
@@ -228,25 +244,37 @@ class MoveRunner:
         estimates = self._merge_estimates(pairs, entropy_gain)
         order = torch.argsort(estimates, descending=True)
         pairs, estimates = pairs[order], estimates[order]
-        touched = torch.zeros(engine.truncation, dtype=torch.bool, device=live.device)
+        # every component with a positive merge estimate goes into its best partner, unless that partner is itself
+        # going somewhere (large components often absorb several small ones at once)
+        batch, target = [], {}
+        for (keep, drop), estimate in zip(pairs.tolist(), estimates.tolist()):
+            if estimate <= 0:
+                break
+            if drop not in target and keep not in target and drop not in target.values():
+                target[drop] = keep
+                batch.append((keep, drop))
+        if len(batch) > 1 and self.try_merges(torch.tensor(batch, device=live.device)) is not None:
+            return True
         accepted, tries = False, 0
         for p in range(pairs.shape[0]):
-            if estimates[p] < -MERGE_SLACK or tries >= max(8, live.shape[0]):
+            if estimates[p] < -MERGE_SLACK or tries >= 2 * live.shape[0]:
                 break
             keep, drop = (int(v) for v in pairs[p])
-            if touched[keep] or touched[drop]:
-                continue
+            counts = engine._state.stats.counts
+            if counts[keep] == 0 or counts[drop] == 0:
+                continue                                     # one of them was merged away in this pass
+            if counts[keep] < counts[drop]:
+                keep, drop = drop, keep
             tries += 1
-            order = self.try_merge(keep, drop)
+            order = self.try_merges(torch.tensor([[keep, drop]], device=live.device))
             if order is None:
                 continue
             accepted = True
-            touched[keep] = touched[drop] = True
             if not isinstance(order, bool):
-                # slots were renumbered: carry the remaining pairs and the marks along
+                # slots were renumbered: carry the remaining pairs along
                 new_id = torch.empty_like(order)
                 new_id[order] = torch.arange(engine.truncation, device=order.device)
-                pairs, touched = new_id[pairs], touched[order]
+                pairs = new_id[pairs]
         return accepted
 
     def _pair_tables(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -256,16 +284,23 @@ class MoveRunner:
         return engine._allreduce(torch.stack(tables)).unbind(0)
 
     def try_merge(self, keep: int, drop: int) -> torch.Tensor | bool | None:
-        """Merge component ``drop`` into ``keep`` if that raises the full ELBO. Returns None when refused, else the
-        slot order (new -> old) the accepted state applied, or True when the slots kept their numbers."""
+        """Merge component ``drop`` into ``keep`` if that raises the full ELBO (see :meth:`try_merges`)."""
+        return self.try_merges(torch.tensor([[keep, drop]], device=self.engine._state.origin.device))
+
+    def try_merges(self, pairs: torch.Tensor) -> torch.Tensor | bool | None:
+        """Merge each ``pairs[i, 1]`` into ``pairs[i, 0]`` ((P, 2); dropped components distinct and never kept) if
+        together that raises the full ELBO. Returns None when refused, else the slot order (new -> old) the
+        accepted state applied, or True when the slots kept their numbers."""
         engine = self.engine
         state = engine._state
-        change = engine._allreduce(merge_entropy_change(state.values, state.index, keep, drop).reshape(1))
-        slots = torch.tensor([keep, drop], device=state.origin.device)
-        stats = merged_stats(state.stats, slots, engine._stats_scale * float(change[0]))
-        cand = engine.candidate(stats, slots)
-        values, index = merge_rows(state.values, state.index, keep, drop)
-        if not self._accept("merge", cand, values, index):
+        values, index = state.values, state.index
+        for keep, drop in pairs.tolist():
+            values, index = merge_rows(values, index, keep, drop)
+        # the entropy change of the merged q(z), exact (rows holding several merged components included)
+        change = engine._allreduce((responsibility_entropy(values) - responsibility_entropy(state.values)).reshape(1))
+        stats = merged_stats(state.stats, pairs[:, 0], pairs[:, 1], engine._stats_scale * float(change[0]))
+        cand = engine.candidate(stats, pairs.reshape(-1))
+        if not self._accept("merge", cand, values, index, count=pairs.shape[0]):
             return None
         return True if cand.order is None else cand.order
 
@@ -307,6 +342,8 @@ class MoveRunner:
         return values, index, stats
 
     def deletes(self) -> bool:
+        """Try to delete the smallest live components (below DELETE_MAX_SHARE of the data, skipping ones refused at
+        about the same size before); after an accepted delete the candidates are chosen again."""
         engine = self.engine
         accepted = False
         for _ in range(DELETE_TRIES):
@@ -314,11 +351,12 @@ class MoveRunner:
             live = engine.live_components()
             if live.shape[0] < 2:
                 break
-            counts = state.stats.counts[live]
-            small = live[torch.argsort(counts)]
-            small = small[state.stats.counts[small] < DELETE_MAX_SHARE * counts.sum()]
+            counts = state.stats.counts
+            small = live[torch.argsort(counts[live])]
+            small = [int(j) for j in small if counts[j] < DELETE_MAX_SHARE * counts.sum()
+                     and not _near(float(counts[j]), self.failed_delete_counts)][:DELETE_TRIES]
             done = False
-            for j in small[:DELETE_TRIES].tolist():
+            for j in small:
                 dropped = torch.zeros(engine.truncation, dtype=torch.bool, device=live.device)
                 dropped[j] = True
                 values, index, stats = self.remove_entries(dropped, state.values, state.index, state.stats)
@@ -326,17 +364,23 @@ class MoveRunner:
                 if self._accept("delete", cand, values, index):
                     accepted = done = True
                     break
+                self.failed_delete_counts.append(float(counts[j]))
             if not done:
                 break
         return accepted
 
     # -- split ---------------------------------------------------------------------------------------------
     def _propose_split(self, parent: int, child: int):
-        """Points of ``parent`` split in two (hard, within the parent's responsibility): (rows, column of the
-        parent's entry, assignment (M,) 0 = stays, 1 = goes to ``child``, child statistics (2 rows)) or None."""
+        """Points of ``parent`` split in two (hard, within the parent's responsibility): (rows that move, the
+        column of the parent's entry in them, child statistics (2 rows)) or None.
+
+        Only rows where the parent holds at least SPLIT_MIN_WEIGHT compete (principal axis, refinement); the rest
+        stay. The moving child's statistics are summed over the rows that move, the staying child's are the
+        parent's minus those, so a proposal costs passes over the parent's main rows only.
+        """
         engine = self.engine
         state, sweeper, family = engine._state, engine._sweeper, engine.family
-        hit = (state.index == parent) & (state.values > 0)
+        hit = (state.index == parent) & (state.values >= SPLIT_MIN_WEIGHT)
         rows = hit.any(1).nonzero()[:, 0]
         column = hit[rows].to(torch.int8).argmax(1)
         weight = state.values[rows, column]                                            # (M,)
@@ -351,67 +395,88 @@ class MoveRunner:
         mean = moments[1:d + 1] / total
         cov = moments[d + 1:].view(d, d) / total - mean[:, None] * mean[None, :]
         axis = torch.linalg.eigh(cov)[1][:, -1].float()
-        assign = ((xc - mean.float()) @ axis > 0).long()
-        prior_rows = engine._prior.components.rows(torch.tensor([parent, child], device=rows.device))
+        goes = (xc - mean.float()) @ axis > 0                                           # (M,) bool
+        slots = torch.tensor([parent, child], device=rows.device)
+        prior_rows = engine._prior.components.rows(slots)
+        parent_stats = state.stats.rows(slots[:1])
         for iteration in range(SPLIT_ITERS + 1):
-            raw, _ = sweeper.statistics(weight[:, None], assign[:, None], rows, n_components=2)
-            children = engine._reduce_stats(raw, torch.zeros((), dtype=torch.float64, device=raw.device))
-            if not bool((children.counts > 0).all()):
+            raw, _ = sweeper.statistics(weight[goes, None], torch.zeros_like(weight[goes, None], dtype=torch.int64),
+                                        rows[goes], n_components=1)
+            moving = engine._reduce_stats(raw, torch.zeros((), dtype=torch.float64, device=raw.device))
+            children = SuffStats(torch.cat([parent_stats.counts - moving.counts, moving.counts]),
+                                 torch.cat([parent_stats.sum_x - moving.sum_x, moving.sum_x]),
+                                 torch.cat([parent_stats.sum_xx - moving.sum_xx, moving.sum_xx]), 0.0)
+            if not bool((children.counts > SPLIT_MIN_WEIGHT).all()):
                 return None
             if iteration == SPLIT_ITERS:
                 break
             q = family.posterior(children, prior_rows)
             op = family.logit_operator(q, torch.log(children.counts / children.counts.sum()))
-            new_assign = sweeper.score(op, rows).argmax(1)
-            moved = engine._allreduce((new_assign != assign).sum(dtype=torch.float64).reshape(1))
-            assign = new_assign
+            scores = sweeper.score(op, rows)                                            # (M, 2)
+            new_goes = scores[:, 1] > scores[:, 0]
+            moved = engine._allreduce((new_goes != goes).sum(dtype=torch.float64).reshape(1))
+            goes = new_goes
             if float(moved[0]) == 0:      # decided on the summed count, so every rank stops at the same iteration
                 break
-        return rows, column, assign, children
+        return rows[goes], column[goes], children
 
     def splits(self) -> bool:
+        """Try to split the live components, largest first (skipping ones refused at about the same size before),
+        keeping every split that raises the ELBO; a round tries at most max(SPLIT_TRIES, K / 2) parents."""
         engine = self.engine
         accepted = False
-        order = engine.live_components()
-        order = order[torch.argsort(engine._state.stats.counts[order], descending=True)]
-        parents = [int(p) for p in order if not self._split_failed(float(engine._state.stats.counts[p]))]
-        for parent in parents[:SPLIT_TRIES]:
+        skip: list[float] = []              # counts of this round's children and refused parents
+        for _ in range(max(SPLIT_TRIES, engine.live_components().shape[0] // 2)):
             state = engine._state
             counts = state.stats.counts
             empty = (counts == 0).nonzero()[:, 0]
             if empty.numel() == 0:
                 break
-            child = int(empty[0])
+            live = engine.live_components()
+            live = live[torch.argsort(counts[live], descending=True)]
+            parents = [int(p) for p in live if not _near(float(counts[p]), self.failed_split_counts + skip)]
+            if not parents:
+                break
+            parent, child = parents[0], int(empty[0])
             proposal = self._propose_split(parent, child)
             if proposal is None:
                 self.failed_split_counts.append(float(counts[parent]))
                 continue
-            rows, column, assign, children = proposal
+            rows, column, children = proposal
             slots = torch.tensor([parent, child], device=rows.device)
             stats = state.stats.put_rows(slots, SuffStats(children.counts, children.sum_x, children.sum_xx,
                                                           state.stats.entropy))
             index = state.index.clone()
-            moved = rows[assign == 1]
-            index[moved, column[assign == 1]] = child
+            index[rows, column] = child
             cand = engine.candidate(stats, slots)
             if self._accept("split", cand, state.values, index):
                 accepted = True
-                break    # slot numbers may have changed; further splits wait for the next round
-            self.failed_split_counts.append(float(counts[parent]))
+                skip += children.counts.tolist()
+            else:
+                self.failed_split_counts.append(float(counts[parent]))
         return accepted
-
-    def _split_failed(self, count: float) -> bool:
-        return any(abs(count - c) <= 0.01 * c for c in self.failed_split_counts)
 
     # -- birth ---------------------------------------------------------------------------------------------
     def birth(self, round_id: int) -> bool:
-        """Seed groups from the worst-fit points (k-means on them, largest groups first); the first group whose
-        grown component raises the ELBO is kept."""
+        """One birth into the first empty slot, unless recent rounds refused theirs (see ``birth_wait``)."""
         engine = self.engine
         state, sweeper = engine._state, engine._sweeper
         empty = (state.stats.counts == 0).nonzero()[:, 0]
         if empty.numel() == 0 or state.log_norm is None:
             return False
+        if self.birth_wait > 0:          # the worst-fit points change slowly: refused births wait 1, 2, 4 ... rounds
+            self.birth_wait -= 1
+            return False
+        born = self._birth_from_worst(round_id, int(empty[0]))
+        self.birth_failures = 0 if born else self.birth_failures + 1
+        self.birth_wait = 0 if born else 2 ** (self.birth_failures - 1)
+        return born
+
+    def _birth_from_worst(self, round_id: int, slot: int) -> bool:
+        """Seed groups from the worst-fit points (k-means on them, largest groups first); the first group whose
+        grown component raises the ELBO is kept."""
+        engine = self.engine
+        state, sweeper = engine._state, engine._sweeper
         n_local, d = engine._x.shape
         n_total = engine._n_total
         wanted = min(n_total, max(20 * (d + 1), n_total // 25))
@@ -425,24 +490,24 @@ class MoveRunner:
             if sizes[group] < 2:
                 break
             members = seeds[groups == group]
-            owners = members[:, d].long()
-            if self._try_birth(members[:, :d].mean(0), torch.mode(owners).values, owners.unique(), int(empty[0])):
+            owner = torch.mode(members[:, d].long()).values
+            if self._try_birth(members[:, :d].mean(0), owner, slot):
                 return True
         return False
 
-    def _try_birth(self, centre: torch.Tensor, owner: torch.Tensor, sources: torch.Tensor, slot: int) -> bool:
-        """Grow a component in the empty ``slot`` at ``centre`` (d,) against the components ``sources`` that hold
-        the seed points now: it starts as a copy of their main ``owner`` moved to ``centre`` with half its weight,
-        then restricted hard EM over the points whose top component is a source, each point going wholly to the
-        new component when it scores higher there than under every (refitted) source, ``BIRTH_ITERS`` times;
-        then the exact ELBO decides. (A component fitted to the seed points alone would be a tight blob at the
-        edge of the badly fitted region, which the old component, still fitted to the whole region, outscores.)"""
+    def _try_birth(self, centre: torch.Tensor, owner: torch.Tensor, slot: int) -> bool:
+        """Grow a component in the empty ``slot`` at ``centre`` (d,) out of the component ``owner`` that holds most
+        of the seed points: it starts as a copy of the owner moved to ``centre`` with half its weight, then
+        restricted hard EM over the owner's points (those whose top component it is), each going wholly to the
+        new component when it scores higher there than under the (refitted) owner, ``BIRTH_ITERS`` times; then
+        the exact ELBO decides. (A component fitted to the seed points alone would be a tight blob at the edge of
+        the badly fitted region, which the old component, still fitted to the whole region, outscores.)"""
         engine = self.engine
         state, sweeper, family = engine._state, engine._sweeper, engine.family
         device = centre.device
         slot_id = torch.tensor([slot], device=device)
-        ids = torch.cat([sources, slot_id])                                                # (S + 1,)
-        region = torch.isin(state.index[:, 0], sources).nonzero()[:, 0]                   # rows competed for
+        ids = torch.cat([owner.reshape(1), slot_id])                                       # (2,)
+        region = (state.index[:, 0] == owner).nonzero()[:, 0]                             # rows competed for
         prior_rows = engine._prior.components.rows(ids)
         start = state.q.components.rows(owner.reshape(1))
         start.m = centre.double().reshape(1, -1)
@@ -452,8 +517,8 @@ class MoveRunner:
         stats, take = None, None
         for _ in range(BIRTH_ITERS):
             log_weight = torch.log(counts[ids].clamp_min(1.0) / engine._n_total)
-            scores = sweeper.score(family.logit_operator(q.rows(ids), log_weight), region)   # (R, S + 1)
-            take = region[scores[:, -1] > scores[:, :-1].max(1).values]
+            scores = sweeper.score(family.logit_operator(q.rows(ids), log_weight), region)   # (R, 2)
+            take = region[scores[:, 1] > scores[:, 0]]
             old_values, old_index = state.values[take], state.index[take]
             new_values = torch.zeros_like(old_values)
             new_values[:, 0] = 1.0
