@@ -57,7 +57,7 @@ class ClusterConfig:
     covariance: str = field(default="full", metadata={"backend": "dp"})  # DP component covariance: "full" | "diag" | "spherical"
     alpha: float = field(default=1.0, metadata={"backend": "dp"})  # DP concentration (fixed unless alpha_prior is set)
     alpha_prior: tuple[float, float] | None = field(default=None, metadata={"backend": "dp"})  # Gamma(shape, rate) prior on alpha
-    prior_scale: float = field(default=0.1, metadata={"backend": "dp"})  # E[cluster covariance] under the prior = prior_scale x data covariance
+    prior_scale: float = field(default=0.3, metadata={"backend": "dp"})  # E[cluster covariance] under the prior = prior_scale x data covariance
     prior_dof: float | None = field(default=None, metadata={"backend": "dp"})  # pseudo-observations per variance (> 2); None: 3, i.e. nu0 = d + 2 (full)
     kappa0: float | None = field(default=None, metadata={"backend": "dp"})  # prior mean precision factor (Bishop's beta0); None: 0.01
     prior_scale_update: bool = field(default=False, metadata={"backend": "dp"})  # re-estimate prior_scale between sweeps by maximising the ELBO

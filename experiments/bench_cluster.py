@@ -64,13 +64,11 @@ def cached(path: Path, make) -> dict:
     return arrays
 
 
-def fashion_mnist_features(d: int, seed: int, device: str, data_root: str | None = None, width: int = 64,
-                           cache: Path | None = None, subset: int | None = None) -> tuple[torch.Tensor, np.ndarray]:
-    """Whitened PCA-d + L2 features of Fashion-MNIST train (N=60,000 or ``subset``) from a random-init vgg-small
-    trunk; the trunk features are cached under ``cache``."""
+def trunk_features(seed: int, device: str, data_root: str | None = None, width: int = 64, cache: Path | None = None,
+                   subset: int | None = None) -> tuple[torch.Tensor, np.ndarray]:
+    """Random-init vgg-small trunk features (N, F) of Fashion-MNIST train (N=60,000 or ``subset``) and the labels,
+    cached under ``cache``."""
     from benchlib import fmnist_trunk_features
-
-    from bayes_dc.preprocess import Whitener
 
     def make():
         feats, data = fmnist_trunk_features(subset=subset, width=width, device=device, seed=seed, data_root=data_root)
@@ -78,8 +76,16 @@ def fashion_mnist_features(d: int, seed: int, device: str, data_root: str | None
 
     name = f"fmnist_train_trunk_w{width}_s{seed}{'' if subset is None else f'_n{subset}'}.npz"
     arrays = cached(cache / name, make) if cache is not None else make()
-    feats = torch.from_numpy(arrays["features"]).to(device)
-    return Whitener(dim=d, whiten=True, l2=True).fit_transform(feats).cpu(), arrays["labels"]
+    return torch.from_numpy(arrays["features"]), arrays["labels"]
+
+
+def fashion_mnist_features(d: int, seed: int, device: str, data_root: str | None = None, width: int = 64,
+                           cache: Path | None = None, subset: int | None = None) -> tuple[torch.Tensor, np.ndarray]:
+    """Whitened PCA-d + L2 of :func:`trunk_features`."""
+    from bayes_dc.preprocess import Whitener
+
+    feats, labels = trunk_features(seed, device, data_root, width, cache, subset)
+    return Whitener(dim=d, whiten=True, l2=True).fit_transform(feats.to(device)).cpu(), labels
 
 
 def fmnist_umap(data_root: str | None = None, cache: Path | None = None) -> tuple[torch.Tensor, np.ndarray]:

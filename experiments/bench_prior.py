@@ -30,7 +30,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench_cluster import fmnist_umap  # noqa: E402
+from bench_cluster import fmnist_umap, trunk_features as cached_trunk_features  # noqa: E402
 from benchlib import fmnist_trunk_features  # noqa: E402
 
 from bayes_dc import metrics  # noqa: E402
@@ -78,15 +78,17 @@ def load_checkpoint(path: Path) -> dict:
 
 
 def trunk_features(args) -> tuple[torch.Tensor, np.ndarray, str]:
-    subset, width, note, state = args.subset, args.width, f"random-init vgg-small width {args.width}", None
-    if args.run_dir:
-        ckpt = load_checkpoint(Path(args.run_dir) / "last.pt")
-        run_cfg = Config.from_dict(ckpt["config"])
-        subset, width = run_cfg.data.subset, run_cfg.width
-        state = {k[len("trunk."):]: v for k, v in ckpt["model"].items() if k.startswith("trunk.")}
-        note = f"trunk of {args.run_dir} after {ckpt['state']['epoch']} epochs"
-    feats, data = fmnist_trunk_features(subset=subset, width=width, device=args.device, seed=args.seed,
-                                        data_root=args.data_root, trunk_state=state)
+    """Trunk features of Fashion-MNIST train: a random-init trunk (cached), or the trunk of --run-dir."""
+    if not args.run_dir:
+        feats, labels = cached_trunk_features(args.seed, args.device, args.data_root, args.width, args.cache,
+                                              args.subset)
+        return feats, labels, f"random-init vgg-small width {args.width}"
+    ckpt = load_checkpoint(Path(args.run_dir) / "last.pt")
+    run_cfg = Config.from_dict(ckpt["config"])
+    state = {k[len("trunk."):]: v for k, v in ckpt["model"].items() if k.startswith("trunk.")}
+    note = f"trunk of {args.run_dir} after {ckpt['state']['epoch']} epochs"
+    feats, data = fmnist_trunk_features(subset=run_cfg.data.subset, width=run_cfg.width, device=args.device,
+                                        seed=args.seed, data_root=args.data_root, trunk_state=state)
     return feats, np.asarray(data.labels), note
 
 
