@@ -7,7 +7,7 @@ from torch.distributions import Gamma, MultivariateNormal, Normal, Wishart
 
 from bayes_dc.clustering import stick
 from bayes_dc.clustering.dpgmm import math as nw
-from bayes_dc.clustering.dpgmm.families import Components, SuffStats, make_family
+from bayes_dc.clustering.dpgmm.families import Components, make_family
 from bayes_dc.clustering.dpgmm.prior import build_prior, updated_scale
 
 DT = torch.float64

@@ -160,20 +160,23 @@ def fit_svi(engine: "DPGMM", x: torch.Tensor, *, seed: int, steps: int, batch_si
     engine: one top-k E-step from the SVI posterior, the closed-form M-step, sort/prune (see
     ``DPGMM.fit_from_params``). The guide starts from the same k-means++ seeding as a cold CAVI fit
     (hard assignments of a subsample, one M-step). ``history`` holds -loss of every step (a noisy,
-    minibatch estimate of the full-data ELBO)."""
+    minibatch estimate of the full-data ELBO). Full covariance runs in float64, the others in float32."""
     n, d = x.shape
     if n < engine.truncation:
         raise ValueError(f"SVI seeds T={engine.truncation} components from distinct points but N={n}; "
                          f"lower --truncation to at most {n}")
     pyro.set_rng_seed(seed)
     prior, _, _ = engine.make_prior(x)
-    set_guide_params(_seeded_params(x, prior, engine, seed), torch.float32)
-    x32 = x.float()
-    prior32 = replace(prior, components=Components(*(getattr(prior.components, f).float() for f in COMPONENT_PARAMS)))
+    # float32 Wishart draws of very tight clusters (precisions ~1e6) come out not positive definite
+    dtype = torch.float64 if engine.covariance == "full" else torch.float32
+    set_guide_params(_seeded_params(x, prior, engine, seed), dtype)
+    x_svi = x.to(dtype)
+    prior_svi = replace(prior, components=Components(*(getattr(prior.components, f).to(dtype)
+                                                      for f in COMPONENT_PARAMS)))
     svi = SVI(config_enumerate(model, "parallel"), guide, pyro.optim.Adam({"lr": lr}),
               TraceEnum_ELBO(max_plate_nesting=1))
     batch = min(batch_size, n)
-    history = [-svi.step(x32, prior32, batch) for _ in range(steps)]
+    history = [-svi.step(x_svi, prior_svi, batch) for _ in range(steps)]
     return engine.fit_from_params(x, guide_params(torch.float64), history)
 
 

@@ -14,10 +14,9 @@ from __future__ import annotations
 import math
 import time
 import warnings
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any, Iterable
 
-import numpy as np
 import torch
 
 from .. import stick
@@ -29,7 +28,7 @@ from .prior import (DEFAULT_PRIOR_SCALE, DPGMMPrior, build_prior, check_prior_op
 from .seeding import kmeanspp_seeds, nearest_centre
 from .state import Candidate, FitState
 from .sweep import Sweeper
-from .variational import DPGMMParams, elbo, expected_alpha, global_terms, m_step
+from .variational import DPGMMParams, expected_alpha, global_terms, m_step
 
 COVARIANCES = tuple(FAMILIES)
 WARM_STARTS = ("none", "init", "prior")

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, replace
+from typing import Callable
 
 import numpy as np
 import scipy.sparse
@@ -158,21 +159,29 @@ class CovarianceFamily(ABC):
         return self.stats_from_raw(raw, float(-torch.special.xlogy(resp, resp).sum()))
 
     # -- posterior and bound -------------------------------------------------------------------------------
-    @abstractmethod
+    #: the family's conjugate math (``.math``): posterior(counts, sum_x, sum_xx, m0, kappa0, dof0, scale0),
+    #: expected log-likelihood(counts, sum_x, sum_xx, m, kappa, dof, scale), KL(q rows, prior rows)
+    #: (set by each family as staticmethods)
+    posterior_fn: Callable
+    loglik_fn: Callable
+    kl_fn: Callable
+
     def _posterior(self, stats: SuffStats, prior: Components) -> Components:
         """The conjugate posterior for every row."""
+        return Components(*self.posterior_fn(stats.counts, stats.sum_x, stats.sum_xx, prior.m, prior.kappa,
+                                             prior.dof, prior.scale))
 
     def posterior(self, stats: SuffStats, prior: Components) -> Components:
         """Closed-form q(mu, Sigma) per component (exactly the prior where N_k = 0)."""
         return self._posterior(stats, prior).where(stats.counts > 0, prior)
 
-    @abstractmethod
     def expected_loglik(self, stats: SuffStats, q: Components) -> torch.Tensor:
         """sum_n r_nk E_q[log N(x_n | mu_k, Sigma_k)] per component, (T,)."""
+        return self.loglik_fn(stats.counts, stats.sum_x, stats.sum_xx, q.m, q.kappa, q.dof, q.scale)
 
-    @abstractmethod
     def kl(self, q: Components, prior: Components) -> torch.Tensor:
         """KL(q(mu_k, Sigma_k) || p(mu_k, Sigma_k)) per component, (T,)."""
+        return self.kl_fn(q.m, q.kappa, q.dof, q.scale, prior.m, prior.kappa, prior.dof, prior.scale)
 
     def component_terms(self, stats: SuffStats, q: Components, prior: Components) -> torch.Tensor:
         """The component part of the ELBO, expected log-likelihood minus KL, per component (T,)."""
@@ -228,15 +237,9 @@ class CovarianceFamily(ABC):
 class _NormalGammaFamily(CovarianceFamily):
     """Shared code of diag and spherical (Normal-Gamma) components."""
 
-    def _posterior(self, stats: SuffStats, prior: Components) -> Components:
-        return Components(*nw.normal_gamma_posterior(stats.counts, stats.sum_x, stats.sum_xx, prior.m, prior.kappa,
-                                                     prior.dof, prior.scale))
-
-    def expected_loglik(self, stats: SuffStats, q: Components) -> torch.Tensor:
-        return nw.normal_gamma_expected_loglik(stats.counts, stats.sum_x, stats.sum_xx, q.m, q.kappa, q.dof, q.scale)
-
-    def kl(self, q: Components, prior: Components) -> torch.Tensor:
-        return nw.normal_gamma_kl(q.m, q.kappa, q.dof, q.scale, prior.m, prior.kappa, prior.dof, prior.scale)
+    posterior_fn = staticmethod(nw.normal_gamma_posterior)
+    loglik_fn = staticmethod(nw.normal_gamma_expected_loglik)
+    kl_fn = staticmethod(nw.normal_gamma_kl)
 
     def logits(self, op: tuple[torch.Tensor, ...], xc: torch.Tensor, design: torch.Tensor | None) -> torch.Tensor:
         return design @ op[0]                                                     # (c, D) @ (D, K)
@@ -325,6 +328,9 @@ class FullFamily(CovarianceFamily):
     name = "full"
     needs_covariance_matrix = True
     logits_need_design = False
+    posterior_fn = staticmethod(nw.normal_wishart_posterior)
+    loglik_fn = staticmethod(nw.normal_wishart_expected_loglik)
+    kl_fn = staticmethod(nw.normal_wishart_kl)
 
     @property
     def second_cols(self) -> int:
@@ -354,15 +360,6 @@ class FullFamily(CovarianceFamily):
         raw[present] = rows.double()
         return raw
 
-    def _posterior(self, stats: SuffStats, prior: Components) -> Components:
-        return Components(*nw.normal_wishart_posterior(stats.counts, stats.sum_x, stats.sum_xx, prior.m, prior.kappa,
-                                                       prior.dof, prior.scale))
-
-    def expected_loglik(self, stats: SuffStats, q: Components) -> torch.Tensor:
-        return nw.normal_wishart_expected_loglik(stats.counts, stats.sum_x, stats.sum_xx, q.m, q.kappa, q.dof, q.scale)
-
-    def kl(self, q: Components, prior: Components) -> torch.Tensor:
-        return nw.normal_wishart_kl(q.m, q.kappa, q.dof, q.scale, prior.m, prior.kappa, prior.dof, prior.scale)
 
     def logit_operator(self, q: Components, e_log_pi: torch.Tensor) -> tuple[torch.Tensor, ...]:
         # nu (x - m)^T Psi^{-1} (x - m) = ||U x - U m||^2 with U = sqrt(nu) L^{-1}: one GEMM against [U_k^T] and a
