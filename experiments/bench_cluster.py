@@ -201,7 +201,8 @@ def run(args: argparse.Namespace) -> str:
     record("faiss k-means (k=T, niter 20)", km.seconds, km.n_iter, None, km.labels, km.k_active, mem.mib,
            note=f"loss {km.objective:.4f}")
 
-    noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(args.seed + 1)) * args.warm_noise
+    # the warm start comes from a fit on slightly different features: each dimension moved by warm_noise x its std
+    noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(args.seed + 1)) * args.warm_noise * x.std(0)
     for covariance in args.covariances.split(","):
         kwargs = dict(covariance=covariance, topk=args.topk, max_iter=args.max_iter, tol=args.tol,
                       prior_scale=args.prior_scale, moves=args.moves)
@@ -224,7 +225,7 @@ def run(args: argparse.Namespace) -> str:
             warm = dp.fit(x_dev, seed=args.seed, warm_state=previous.state)
         record(f"DP-GMM CAVI warm (init), {covariance}", warm.seconds, warm.n_iter, warm.objective, warm.labels,
                warm.k_active, mem.mib, f"{warm.info['move_seconds']:.2f}",
-               f"from a fit on X + N(0, {args.warm_noise}^2)")
+               f"from a fit on X + N(0, ({args.warm_noise} std_j)^2)")
         if cuda:
             profiled = DPGMMBackend(t, device=args.device, profile_gemm=True, **kwargs).fit(x_dev, seed=args.seed)
             rows[-2]["note"] += (f"; E-step GEMMs {profiled.info['gemm_seconds']:.3f} s of {profiled.seconds:.3f} s "
@@ -293,7 +294,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--topk", type=int, default=8)
     parser.add_argument("--tol", type=float, default=1e-4)
     parser.add_argument("--max-iter", type=int, default=100)
-    parser.add_argument("--warm-noise", type=float, default=0.05)
+    parser.add_argument("--warm-noise", type=float, default=0.05,
+                        help="the warm start's previous fit sees X plus Gaussian noise of this many feature stds")
     parser.add_argument("--svi-steps", type=int, default=100)
     parser.add_argument("--svi-batch", type=int, default=1024)
     parser.add_argument("--svi-lr", type=float, default=0.05)

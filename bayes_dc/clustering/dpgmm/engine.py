@@ -352,22 +352,20 @@ class DPGMM(VariationalMixture):
             q.alpha_shape, q.alpha_rate = stick.update_alpha(g1, g2, self._prior.alpha_prior)
         return q
 
-    def commit(self, cand: Candidate, values: torch.Tensor | None = None, index: torch.Tensor | None = None,
-               origin: torch.Tensor | None = None, record: bool = True) -> None:
-        """Make ``cand`` the current state (with the responsibilities and origins it came from, before its order
-        is applied); slots left empty lose their identity."""
+    def commit(self, cand: Candidate, values: torch.Tensor | None = None, index: torch.Tensor | None = None) -> None:
+        """Make ``cand`` the current state, with the top-k responsibilities (N, k) it came from (ids before its
+        order is applied; default: unchanged); slots left empty lose their identity."""
         state = self._state
         values = state.values if values is None else values
         index = state.index if index is None else index
-        origin = state.origin if origin is None else origin
+        origin = state.origin
         if cand.order is not None:
             new_id = torch.empty_like(cand.order)
             new_id[cand.order] = torch.arange(self.truncation, device=cand.order.device)
             index, origin = new_id[index], origin[cand.order]
         origin = torch.where(cand.stats.counts > 0, origin, -1)
         self._state = FitState(cand.stats, cand.q, cand.terms, cand.value, values, index, state.log_norm, origin)
-        if record:
-            self.elbo_trace_.append(cand.value)
+        self.elbo_trace_.append(cand.value)
 
     # -- initialisation ----------------------------------------------------------------------------------------
     def _start(self, values: torch.Tensor, index: torch.Tensor, q_old: DPGMMParams | None = None) -> float:

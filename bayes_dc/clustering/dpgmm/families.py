@@ -345,21 +345,35 @@ class FullFamily(CovarianceFamily):
 
     def weighted_sums(self, values: torch.Tensor, index: torch.Tensor, xc: torch.Tensor, n_components: int,
                       design: torch.Tensor | None = None) -> torch.Tensor:
-        # Dense over the components present in the chunk: sum_n r_nk x_n x_n^T for all of them is one GEMM
-        # x^T (c, d) @ [r_k * x] (c, K d), the same size as the E-step's, instead of a (c, d^2) design matrix.
+        # sum_n r_nk x_n x_n^T without a (c, d^2) design matrix: one GEMM x^T (c, d) @ [r_k * x] (c, K d) over the
+        # K components present in the chunk (the size of the E-step's GEMM), or, when K is well above the k
+        # entries per row, one GEMM per component over only the rows that hold it (k c d^2 work instead of K c d^2)
         c, d = xc.shape
-        present = torch.unique(index[values > 0])                                      # (K,)
-        position = torch.zeros(n_components, dtype=torch.int64, device=xc.device)
-        position[present] = torch.arange(present.shape[0], device=xc.device)
-        r = torch.zeros(c, present.shape[0], dtype=xc.dtype, device=xc.device)
-        r.scatter_add_(1, position[index], values.to(xc.dtype))                        # (c, K) zeros stay zero
-        weighted = (r[:, :, None] * xc[:, None, :]).reshape(c, -1)                   # (c, K d)
-        second = (xc.T @ weighted).view(d, -1, d).transpose(0, 1)                     # (K, d, d)
-        rows = torch.cat([second.reshape(-1, d * d), r.T @ xc, r.sum(0)[:, None]], 1)   # (K, D)
+        nonzero = values > 0
+        present = torch.unique(index[nonzero])                                         # (K,)
         raw = torch.zeros(n_components, self.width, dtype=torch.float64, device=xc.device)
-        raw[present] = rows.double()
+        if present.shape[0] <= 2 * values.shape[1]:
+            position = torch.zeros(n_components, dtype=torch.int64, device=xc.device)
+            position[present] = torch.arange(present.shape[0], device=xc.device)
+            r = torch.zeros(c, present.shape[0], dtype=xc.dtype, device=xc.device)
+            r.scatter_add_(1, position[index], values.to(xc.dtype))                    # (c, K) zeros stay zero
+            weighted = (r[:, :, None] * xc[:, None, :]).reshape(c, -1)               # (c, K d)
+            second = (xc.T @ weighted).view(d, -1, d).transpose(0, 1)                 # (K, d, d)
+            rows = torch.cat([second.reshape(-1, d * d), r.T @ xc, r.sum(0)[:, None]], 1)   # (K, D)
+            raw[present] = rows.double()
+            return raw
+        point = torch.arange(c, device=xc.device)[:, None].expand_as(index)[nonzero]   # (nnz,) entries' rows
+        component, weight = index[nonzero], values[nonzero].to(xc.dtype)
+        order = torch.argsort(component, stable=True)
+        point, component, weight = point[order], component[order], weight[order]
+        bounds = torch.searchsorted(component, present, right=True).tolist()
+        start = 0
+        for k, stop in zip(present.tolist(), bounds):
+            x_k, w_k = xc[point[start:stop]], weight[start:stop, None]                 # (n_k, d), (n_k, 1)
+            weighted = w_k * x_k
+            raw[k] = torch.cat([(x_k.T @ weighted).reshape(-1), weighted.sum(0), w_k.sum(0)]).double()
+            start = stop
         return raw
-
 
     def logit_operator(self, q: Components, e_log_pi: torch.Tensor) -> tuple[torch.Tensor, ...]:
         # nu (x - m)^T Psi^{-1} (x - m) = ||U x - U m||^2 with U = sqrt(nu) L^{-1}: one GEMM against [U_k^T] and a

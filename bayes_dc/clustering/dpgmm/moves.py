@@ -7,17 +7,21 @@ top-k responsibilities for some points), its sufficient statistics are computed 
 sticks in the better of the current and the size order, alpha), and the move is kept iff the exact ELBO rises.
 So the ELBO stays monotone through moves.
 
-* **merge** j <- k: statistics add; the entropy of q(z) changes by sum_n [h(r_nj + r_nk) - h(r_nj) - h(r_nk)],
-  h(r) = -r log r, which only points holding both in their top k contribute (a (T, T) table built from the top-k
-  responsibilities). Candidate pairs (all live pairs when few, else pairs that share points plus nearest means)
-  are ranked by the exact component-term change plus an estimate of the weight change; each component takes part
-  in at most one merge per round. No pass over the features.
-* **split** p -> (p, t): the points holding p are split by the principal axis of their p-weighted scatter, refined
-  by a few hard two-child iterations (each point's whole p-responsibility goes to one child, so q(z) stays a
-  top-k distribution and its entropy does not change); child t goes into an empty slot.
-* **birth**: an empty slot t is fitted to the largest group among the worst-fit points (lowest log normaliser in
-  the last E-step), then takes every point it explains better than the point's current mixture (a few rounds);
-  those points' whole responsibility moves to t.
+* **merge** k -> j: statistics add; the entropy of q(z) changes by sum_n [h(r_nj + r_nk) - h(r_nj) - h(r_nk)],
+  h(r) = -r log r, which only points holding both in their top k contribute. Candidate pairs (all live pairs when
+  few, else pairs that share points plus nearest means) are ranked by the exact change of their component terms,
+  a (T, T) table of that entropy change from the three largest entries of each row, and the weight term
+  (N_j + N_k) log(N_j + N_k) - N_j log N_j - N_k log N_k the sticks roughly gain. All merges with a positive
+  estimate (each component into its best partner; one component may absorb several) are first tried together
+  in one exact check, then, if refused, pairs one by one. No pass over the features: the exact entropy change
+  is computed from the merged top-k responsibilities.
+* **split** p -> (p, t): the rows where p holds >= SPLIT_MIN_WEIGHT are split by the principal axis of their
+  p-weighted scatter, refined by a few hard two-child iterations (each row's whole p-responsibility goes to one
+  child, so q(z) stays a top-k distribution and its entropy does not change); child t goes into an empty slot.
+  Up to half the live components are tried per round, largest first, skipping ones refused at about that size.
+* **birth**: k-means groups of the worst-fit points (lowest log normaliser in the last E-step) seed a component
+  in an empty slot, grown out of the component that holds most of the group by restricted hard EM (points go
+  wholly to it when it explains them better); after refusals births pause for 1, 2, 4 ... rounds.
 * **delete** j: the mass of a small component moves to the other top-k entries of its points (renormalised);
   points that held only j go to their best other live component.
 * **sort**: sticks in order of decreasing N_k (every move round, and inside every other move's evaluation).
