@@ -1,15 +1,16 @@
 """Chunked streaming pass over the points: top-k E-step over the live components and M-step statistics.
 
 Memory (N points, d dims, T components, K live, k = topk): O(N k) for the responsibilities, plus per chunk of c
-points the logits temporaries (c x K for diag/spherical, c x K d for full) and the design matrix (c x D), with c
-chosen so they stay under :data:`CHUNK_BYTES`; never O(N T).
+points the logits temporaries (c x K for diag/spherical, c x K d for full, twice: logits and statistics) and, for
+diag/spherical, the design matrix (c x D), with c chosen so they stay under :data:`CHUNK_BYTES`; never O(N T).
 
 * E-step: logits for the live components only (one GEMM per chunk, see ``families``), then the k largest per
   point and a softmax over them; all other r_nk are exactly 0. Restricting q(z_n) to the top k of the live set
   keeps the ELBO a lower bound, and because the previous q(z_n) was supported inside that set the restricted
   optimum is never worse, so the ELBO still never decreases.
 * Statistics R^T A (T, D) = [sum r * second moments, sum r x, N_k] come from the sparse (c, T) responsibility
-  block (scipy on CPU, a dense per-chunk product on CUDA), accumulated in float64 over chunks.
+  block (``families``: diag/spherical multiply it with the design matrix, scipy on CPU and a dense product on
+  CUDA; full covariance uses GEMMs of the points weighted by it), accumulated in float64 over chunks.
 Points are centred on the data mean (``shift``) as they are read, so float32 products lose less to cancellation.
 """
 from __future__ import annotations
