@@ -39,7 +39,7 @@ Split = Literal["train", "test", "unlabeled", "none"]
 Arch = Literal["vgg-small", "alexnet-bn", "vgg16-bn"]
 Backend = Literal["kmeans", "dp"]
 Inference = Literal["cavi", "svi"]
-Covariance = Literal["diag", "spherical"]
+Covariance = Literal["full", "diag", "spherical"]
 WarmStart = Literal["none", "init", "prior"]
 TargetKind = Literal["hard", "soft", "multilabel"]
 HeadPolicy = Literal["reset", "keep"]
@@ -126,17 +126,19 @@ class ClusterConfig:
     truncation: int = field(default=300, metadata=DP)  # DP truncation T: the most clusters the DP-GMM can use
     kmeans_niter: int = field(default=20, metadata=KMEANS)  # k-means iterations (faiss)
     inference: Inference = field(default="cavi", metadata=DP)  # cavi (closed-form, fast) or svi (Pyro)
-    covariance: Covariance = field(default="diag", metadata=DP)  # per-dimension (diag) or one variance (spherical)
+    covariance: Covariance = field(default="full", metadata=DP)  # full (Normal-Wishart), diag (per dimension) or spherical
     alpha: float = field(default=1.0, metadata=DP)  # DP concentration (more: more clusters); start if --alpha-prior
     alpha_prior: tuple[float, float] | None = field(default=None, metadata=DP)  # Gamma(shape, rate); None: alpha fixed
-    beta0: float | None = field(default=None, metadata=DP)  # prior precision scale of the means; None: 1 (sklearn)
-    a0: float | None = field(default=None, metadata=DP)  # Gamma shape of the precisions; None: d/2 (sklearn)
-    b0: float | None = field(default=None, metadata=DP)  # Gamma rate of the precisions; None: data variance / 2
-    prior_strength: float = field(default=1.0, metadata=DP)  # scales the data-driven a0, b0 (more: fewer clusters)
+    prior_scale: float = field(default=0.3, metadata=DP)  # prior E[cluster covariance] = this x the data covariance
+    prior_dof: float | None = field(default=None, metadata=DP)  # pseudo-observations per variance (> 2); None: 3 (nu0 = d + 2)
+    kappa0: float | None = field(default=None, metadata=DP)  # prior precision factor of the means (Bishop's beta0); None: 0.01
+    prior_scale_update: bool = field(default=False, metadata=DP)  # re-estimate --prior-scale between sweeps (max ELBO)
     topk: int = field(default=8, metadata=DP)  # responsibilities kept per point (soft targets, warm starts)
     max_iter: int = field(default=100, metadata=DP)  # most coordinate-ascent iterations per round
     tol: float = field(default=1e-4, metadata=DP)  # converged when the relative ELBO change is below this
     min_size: float = field(default=1.0, metadata=DP)  # expected count below which a component is reset to the prior
+    moves: str = field(default="all", metadata=DP)  # moves between sweeps: all, none, or a comma list of merge,split,birth,delete
+    move_every: int = field(default=5, metadata=DP)  # CAVI iterations between move rounds (plus one round before stopping)
     warm_start: WarmStart = field(default="init", metadata=DP)  # none (cold), init (last responsibilities), prior
     prior_decay: float = field(default=0.5, metadata=DP_PRIOR)  # weight rho in (0, 1] of the last posterior in the prior
     svi_steps: int = field(default=2000, metadata=DP_SVI)  # Pyro SVI optimisation steps per round

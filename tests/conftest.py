@@ -16,6 +16,16 @@ torch.set_num_threads(2)
 
 
 @pytest.fixture
+def one_thread():
+    """One intra-op thread for tests of small tensors: on the shared 2-core machine a second thread mostly waits
+    for a core, which makes small operations ten times slower when the machine is busy."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
 def tiny_config(tmp_path):
     """A seconds-long end-to-end configuration on generated images."""
     from bayes_dc.config import Config, merge

@@ -59,10 +59,10 @@ def test_bench_dcdp_and_baseline_tiny(tmp_path):
 @pytest.mark.skipif(not FMNIST.exists(), reason="needs the Debian dataset-fashion-mnist package")
 def test_bench_prior_tiny_one_row_per_setting(tmp_path):
     out = run_script("experiments/bench_prior.py", "--subset", "300", "--width", "4", "--pca-dims", "8",
-                     "--whiten", "both", "--strengths", "1", "4", "--truncation", "10", "--threads", "1",
-                     "--markdown", tmp_path / "p.md")
+                     "--whiten", "both", "--scales", "0.1", "0.3", "--truncation", "10", "--threads", "1",
+                     "--cache", tmp_path, "--markdown", tmp_path / "p.md")
     assert out.returncode == 0, out.stderr
-    rows = [l for l in (tmp_path / "p.md").read_text().splitlines() if l.startswith("| 8 |")]
+    rows = [l for l in (tmp_path / "p.md").read_text().splitlines() if l.startswith("| fashion-mnist | 8 |")]
     assert len(rows) == 4
 
 

@@ -76,13 +76,13 @@ def test_kmeans_ignores_dp_options_and_nothing_runs_twice():
 
 
 def test_collapsing_follows_field_metadata_so_no_option_is_forgotten():
-    """prior_strength (once missing from a hand list) and the relabel rule's options collapse by metadata."""
+    """prior_scale (its predecessor prior_strength was once missing from a hand list) and the relabel rule's options collapse by metadata."""
     spec = {"base": {"dataset": "synthetic"},
-            "grid": {"prior": ["kmeans", "dp"], "prior_strength": [1, 4], "relabel": ["fixed", "adaptive"],
+            "grid": {"prior": ["kmeans", "dp"], "prior_scale": [0.3, 1.0], "relabel": ["fixed", "adaptive"],
                      "relabel_every": [1, 3], "relabel_max_gap": [2, 5]}}
     runs = sweep.plan(spec)
     km = [r.options for r in runs if r.options["prior"] == "kmeans"]
-    assert len(km) == 2 + 2 and not any("prior_strength" in o for o in km)  # fixed x 2 E + adaptive x 2 gaps
+    assert len(km) == 2 + 2 and not any("prior_scale" in o for o in km)  # fixed x 2 E + adaptive x 2 gaps
     assert len(runs) == 3 * len(km)                                           # + DP x 2 strengths
     for o in (r.options for r in runs):
         assert ("relabel_every" in o) == (o["relabel"] == "fixed") != ("relabel_max_gap" in o)

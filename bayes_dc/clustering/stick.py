@@ -1,4 +1,4 @@
-"""Stick-breaking and conjugate-exponential-family math for the truncated DP-GMM. Pure torch functions.
+"""Stick-breaking math for the truncated DP mixture: weights, expectations, CAVI updates, ELBO terms. Pure torch.
 
 Truncation T: there are T-1 sticks v_k ~ Beta(1, alpha), k < T-1 (0-based), and the last component takes the
 rest of the stick (v_{T-1} = 1), so the T weights sum to 1 exactly:
@@ -6,7 +6,7 @@ rest of the stick (v_{T-1} = 1), so the T weights sum to 1 exactly:
     pi_k = v_k prod_{j<k} (1 - v_j),   pi_{T-1} = prod_{j<T-1} (1 - v_j).
 
 References: Blei & Jordan (2006), "Variational inference for Dirichlet process mixtures", Bayesian Analysis
-1(1) (stick-breaking CAVI, q(v_k) = Beta(g1_k, g2_k)); Bishop (2006) §10.2 and §B (Gamma, Beta, Normal-Gamma).
+1(1) (stick-breaking CAVI, q(v_k) = Beta(g1_k, g2_k), q(alpha) = Gamma(w1, w2)).
 The Pyro DP-mixture tutorial's ``mix_weights`` is the sampling counterpart of :func:`mix_weights`.
 All functions broadcast over leading dimensions and work in the dtype they are given (use float64 for ELBOs).
 """
@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 
 import torch
+from torch.distributions import Beta, Gamma, kl_divergence
 from torch.special import digamma
 
 LOG_2PI = math.log(2.0 * math.pi)
@@ -50,39 +51,36 @@ def expected_weights(g1: torch.Tensor, g2: torch.Tensor) -> torch.Tensor:
     return mix_weights(g1 / (g1 + g2))
 
 
-def beta_kl(g1: torch.Tensor, g2: torch.Tensor, a: torch.Tensor | float, b: torch.Tensor | float) -> torch.Tensor:
-    """KL(Beta(g1, g2) || Beta(a, b)), elementwise."""
-    a = torch.as_tensor(a, dtype=g1.dtype, device=g1.device)
-    b = torch.as_tensor(b, dtype=g1.dtype, device=g1.device)
-    log_beta_q = torch.lgamma(g1) + torch.lgamma(g2) - torch.lgamma(g1 + g2)
-    log_beta_p = torch.lgamma(a) + torch.lgamma(b) - torch.lgamma(a + b)
-    total = digamma(g1 + g2)
-    return (log_beta_p - log_beta_q + (g1 - a) * (digamma(g1) - total) + (g2 - b) * (digamma(g2) - total))
+def update_sticks(counts: torch.Tensor, e_alpha: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """q(v_k) = Beta(1 + N_k, E[alpha] + sum_{j>k} N_j) for the T-1 sticks (Blei & Jordan 2006, eq. 21).
 
-
-def gamma_kl(a: torch.Tensor, b: torch.Tensor, a0: torch.Tensor | float, b0: torch.Tensor | float) -> torch.Tensor:
-    """KL(Gamma(a, rate=b) || Gamma(a0, rate=b0)), elementwise."""
-    a0 = torch.as_tensor(a0, dtype=a.dtype, device=a.device)
-    b0 = torch.as_tensor(b0, dtype=a.dtype, device=a.device)
-    return ((a - a0) * digamma(a) - torch.lgamma(a) + torch.lgamma(a0)
-            + a0 * (torch.log(b) - torch.log(b0)) + a * (b0 - b) / b)
-
-
-def normal_gamma_kl(m: torch.Tensor, beta: torch.Tensor, a: torch.Tensor, b: torch.Tensor,
-                    m0: torch.Tensor, beta0: torch.Tensor, a0: torch.Tensor, b0: torch.Tensor) -> torch.Tensor:
-    """KL(q || p) per component for Normal-Gamma q(mu, lambda) = Gamma(lambda; a, b) prod_d N(mu_d; m_d, 1/(beta lambda)).
-
-    Shapes: m, m0 (T, d); beta, beta0 (T,); a, b, a0, b0 either (T, d) (diag: one precision per dimension)
-    or (T,) (spherical: one precision shared by the d dimensions). Returns (T,).
-
-    KL = KL_Gamma + E_q(lambda)[KL(N(m, 1/(beta lambda)) || N(m0, 1/(beta0 lambda)))] summed over dimensions;
-    the Normal part is 1/2 [beta0/beta - 1 - log(beta0/beta) + beta0 E[lambda] (m - m0)^2] per dimension.
+    counts (T,) -> g1, g2 (T-1,) each.
     """
-    beta, beta0 = beta.unsqueeze(-1), torch.as_tensor(beta0, dtype=m.dtype, device=m.device)
-    beta0 = beta0.unsqueeze(-1) if beta0.dim() else beta0
-    ratio = beta0 / beta                                                      # (T, 1)
-    spherical = a.dim() == 1
-    e_lambda = (a / b).unsqueeze(-1) if spherical else a / b                  # (T, 1) or (T, d)
-    normal = 0.5 * (ratio - 1.0 - torch.log(ratio) + beta0 * e_lambda * (m - m0) ** 2)  # (T, d)
-    gamma = gamma_kl(a, b, a0, b0)                                            # (T,) or (T, d)
-    return normal.sum(-1) + (gamma if spherical else gamma.sum(-1))
+    tail = torch.flip(torch.cumsum(torch.flip(counts, [0]), 0), [0])             # (T,) sum_{j>=k}
+    return 1.0 + counts[:-1], e_alpha + tail[1:]                                  # (T-1,), (T-1,)
+
+
+def update_alpha(g1: torch.Tensor, g2: torch.Tensor, alpha_prior: tuple[float, float]
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """q(alpha) = Gamma(s1 + T - 1, s2 - sum_k E[log(1 - v_k)]) (Blei & Jordan 2006, §5); returns 0-d tensors."""
+    _, e_log_1mv = expected_log_sticks(g1, g2)
+    return (torch.tensor(alpha_prior[0] + g1.shape[0], dtype=g1.dtype, device=g1.device),
+            alpha_prior[1] - e_log_1mv.sum())
+
+
+def stick_elbo(counts: torch.Tensor, g1: torch.Tensor, g2: torch.Tensor, e_alpha: torch.Tensor,
+               e_log_alpha: torch.Tensor) -> torch.Tensor:
+    """E[log p(z | v)] + E[log p(v | alpha)] - E[log q(v)] for counts (T,) and sticks (T-1,); a 0-d tensor.
+
+    With random alpha, E[log Beta(v; 1, alpha)] = E[log alpha] + (E[alpha] - 1) E[log(1 - v)], which is the
+    fixed-alpha term at alpha = E[alpha] plus (E[log alpha] - log E[alpha]) per stick.
+    """
+    prior = Beta(torch.ones_like(g1), e_alpha.expand_as(g1))
+    sticks = -kl_divergence(Beta(g1, g2), prior).sum() + g1.shape[0] * (e_log_alpha - torch.log(e_alpha))
+    return (counts * expected_log_pi(g1, g2)).sum() + sticks
+
+
+def alpha_kl(shape: torch.Tensor, rate: torch.Tensor, alpha_prior: tuple[float, float]) -> torch.Tensor:
+    """KL(q(alpha) = Gamma(shape, rate) || Gamma(s1, s2)), a 0-d tensor."""
+    s1, s2 = (torch.as_tensor(v, dtype=shape.dtype, device=shape.device) for v in alpha_prior)
+    return kl_divergence(Gamma(shape, rate), Gamma(s1, s2))

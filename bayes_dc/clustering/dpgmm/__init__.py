@@ -1,0 +1,19 @@
+"""Variational Dirichlet-process Gaussian mixture: closed-form CAVI engine with ELBO-checked moves, and backend.
+
+Modules: ``prior`` (the prior, shared with the Pyro engine), ``math`` (conjugate Normal-Gamma / Normal-Wishart
+math), ``families`` (full / diag / spherical covariance), ``variational`` (q, M-step, ELBO), ``sweep`` (chunked
+top-k E-step and statistics), ``engine`` (the CAVI loop, :class:`DPGMM`), ``moves`` (merge / split / birth /
+delete), ``backend`` (:class:`DPGMMBackend`).
+"""
+from .backend import INFERENCES, DPGMMBackend
+from .engine import (COVARIANCES, MOVES, WARM_STARTS, ClusterCountWarning, ConvergenceWarning, DPGMM,
+                     VariationalMixture)
+from .families import Components, SuffStats, make_family
+from .prior import DEFAULT_KAPPA0, DEFAULT_PRIOR_DOF, DEFAULT_PRIOR_SCALE, DPGMMPrior, build_prior
+from .seeding import kmeanspp_seeds
+from .variational import DPGMMParams, elbo, m_step
+
+__all__ = ["COVARIANCES", "Components", "ClusterCountWarning", "ConvergenceWarning", "DEFAULT_KAPPA0",
+           "DEFAULT_PRIOR_DOF", "DEFAULT_PRIOR_SCALE", "DPGMM", "DPGMMBackend", "DPGMMParams", "DPGMMPrior",
+           "INFERENCES", "MOVES", "SuffStats", "VariationalMixture", "WARM_STARTS", "build_prior", "elbo",
+           "kmeanspp_seeds", "m_step", "make_family"]
