@@ -243,9 +243,9 @@ def _build_model(cfg: Config, channels: int) -> torch.nn.Module:
 def check_distributed(cfg: Config, world: int) -> None:
     """What a run of ``world`` processes cannot do, refused before anything is written."""
     check_batch_size(cfg.train.batch_size, world)
-    if cfg.cluster.prior == "dp":
-        raise ValueError("--prior dp runs in one process for now (its sharded engine is not merged yet); under "
-                         "torchrun use --prior kmeans, or run experiments/run.py without torchrun")
+    if cfg.cluster.prior == "dp" and cfg.cluster.inference == "svi":
+        raise ValueError("--inference svi (Pyro) runs in one process; under torchrun use --inference cavi (its "
+                         "statistics are all-reduced over the processes), or run experiments/run.py without torchrun")
 
 
 def check_sizes(cfg: Config, train_set, eval_set, world: int = 1) -> None:
