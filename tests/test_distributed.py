@@ -1,12 +1,11 @@
 """Several processes (torchrun, gloo on the CPU) against one: the same batches, gradients, clustering and metrics.
 
-The first tests need no process group (how a global batch is shared, augmentation of a share); the gradient test
-starts two processes with ``torch.multiprocessing``; the run tests launch ``torchrun --standalone --nproc-per-node 2
-experiments/run.py`` (about 15-20 s each on 2 cores).
+The first tests need no process group (how a global batch is shared, augmentation of a share); a training step
+and DP fits run in two processes started once with ``torch.multiprocessing`` (``_two_ranks.py``); the run tests
+launch ``torchrun --standalone --nproc-per-node 2 experiments/run.py`` (about 15-20 s each on 2 cores).
 """
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -14,15 +13,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
+from sklearn.metrics import adjusted_rand_score
 
 from bayes_dc import pipeline
 from bayes_dc.augment import Augmenter
 from bayes_dc.config import merge
-from bayes_dc.distributed import (CPUSyncBatchNorm, Distributed, check_batch_size, convert_sync_batchnorm,
-                                  wrap_ddp)
+from bayes_dc.distributed import Distributed, check_batch_size
 from bayes_dc.jsonl import read_jsonl
+from _two_ranks import COVARIANCES, run_two_ranks, single_dp, single_step
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -71,55 +69,53 @@ def test_augmenting_shares_equals_augmenting_the_global_batch(kind):
     assert torch.equal(torch.cat(parts), whole)
 
 
-# ---- one training step: DDP + synchronised batch norm on the CPU --------------------------------------------------
+# ---- two gloo processes against one: a training step, DP fits ------------------------------------------------
 
 
-def _model() -> torch.nn.Module:
-    torch.manual_seed(0)
-    return torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.ReLU(),
-                               torch.nn.Flatten(), torch.nn.Linear(4 * 6 * 6, 5), torch.nn.BatchNorm1d(5))
+@pytest.fixture(scope="module")
+def two_ranks(tmp_path_factory):
+    """What two spawned ranks computed (``_two_ranks``): started once for the tests below (about 10 s)."""
+    return run_two_ranks(tmp_path_factory.mktemp("two_ranks"))
 
 
-def _step(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, weight: float = 1.0) -> dict:
-    model.train()
-    loss = torch.nn.functional.cross_entropy(model(x), y) * weight
-    loss.backward()
-    inner = model.module if hasattr(model, "module") else model
-    return {**{f"grad.{k}": p.grad.clone() for k, p in inner.named_parameters()},
-            **{f"buffer.{k}": b.clone() for k, b in inner.named_buffers()}}
-
-
-def _worker(rank: int, world: int, port: int, x: torch.Tensor, y: torch.Tensor, out: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+@pytest.fixture
+def one_thread_here():
+    """The one-process references on one thread, as each rank runs (then the test process gets its threads back)."""
+    threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=world)
-    model = wrap_ddp(convert_sync_batchnorm(_model(), torch.device("cpu")), torch.device("cpu"))
-    assert sum(isinstance(m, CPUSyncBatchNorm) for m in model.modules()) == 2
-    lo, hi = Distributed(rank=rank, world=world).shard(x.shape[0])   # unequal shares: 5 and 4 rows of 9
-    result = _step(model, x[lo:hi], y[lo:hi], weight=(hi - lo) * world / x.shape[0])
-    torch.save(result, f"{out}.{rank}")
-    dist.destroy_process_group()
+    yield
+    torch.set_num_threads(threads)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def test_ddp_with_synchronised_batch_norm_gives_the_one_process_gradients(two_ranks, one_thread_here):
+    """Ranks holding 5 and 4 of 9 images, each loss weighted by its share: DDP's averaged gradients and the running
+    statistics of the synchronised batch norms (2-D and 1-D) are those of one process on all 9."""
+    expected = single_step()
+    for rank in two_ranks:
+        assert rank["converted"] == 2 and rank["step"].keys() == expected.keys()
+        for key in expected:
+            torch.testing.assert_close(rank["step"][key], expected[key], rtol=1e-5, atol=1e-6, msg=key)
 
 
-def test_ddp_with_synchronised_batch_norm_gives_the_one_process_gradients(tmp_path):
-    x, y = torch.randn(9, 3, 8, 8, generator=torch.Generator().manual_seed(1)), torch.arange(9) % 5
-    torch.set_num_threads(1)
-    try:
-        expected = _step(_model(), x, y)
-    finally:
-        torch.set_num_threads(2)
-    mp.start_processes(_worker, args=(2, _free_port(), x, y, str(tmp_path / "r")), nprocs=2, start_method="spawn")
-    for rank in range(2):
-        got = torch.load(tmp_path / f"r.{rank}", weights_only=True)
-        assert got.keys() == expected.keys()
-        for key in expected:   # gradients all-reduced by DDP, running statistics of the global batch
-            torch.testing.assert_close(got[key], expected[key], rtol=1e-5, atol=1e-6, msg=key)
+@pytest.mark.parametrize("covariance", COVARIANCES)
+def test_sharded_dp_fit_equals_the_one_process_fit(two_ranks, one_thread_here, covariance):
+    """Each rank fits its half of the points (ShardedDPGMM): a cold start (global subsample, merges, births tried)
+    and a warm start that must split a component. Both ranks hold the one-process posterior: the same moves tried
+    and accepted, the same labels and top-k ids, sufficient statistics and weights equal to float32 summation
+    order (the E-step runs in float32 over differently cut chunks; sums are float64), the ELBO to 1e-5 relative
+    (its responsibility entropy adds N float32 terms per chunk; measured 3e-6)."""
+    expected = single_dp()[covariance]
+    assert expected[1]["moves"]["split"]["accepted"] >= 1 and expected[0]["moves"]["birth"]["tried"] >= 1
+    for rank in two_ranks:
+        for got, want in zip(rank["dp"][covariance], expected):
+            assert got["moves"] == want["moves"] and got["n_iter"] == want["n_iter"]
+            assert torch.equal(got["labels"], want["labels"]) and torch.equal(got["resp_index"], want["resp_index"])
+            assert torch.equal(got["permutation"], want["permutation"])
+            torch.testing.assert_close(got["resp_values"], want["resp_values"], rtol=0, atol=1e-5)
+            torch.testing.assert_close(got["counts"], want["counts"], rtol=1e-6, atol=1e-4)
+            torch.testing.assert_close(got["weights"], want["weights"], rtol=1e-6, atol=1e-9)
+            torch.testing.assert_close(got["means"], want["means"], rtol=1e-5, atol=1e-5)
+            assert got["elbo"] == pytest.approx(want["elbo"], rel=1e-5)
 
 
 # ---- whole runs: torchrun with 2 processes against 1 ------------------------------------------------------------
@@ -147,20 +143,26 @@ def torchrun(cfg, tmp_path: Path, processes: int = 2) -> subprocess.CompletedPro
     return out
 
 
-def test_kmeans_run_on_two_processes_follows_the_one_process_run(tiny_config, tmp_path, one_thread):
-    """One epoch of DeepCluster with k-means, 1 process vs torchrun with 2 (gloo).
+DP_RUN = {"cluster": {"prior": "dp", "truncation": 20, "max_iter": 30, "warm_start": "init"},
+          "targets": {"targets": "soft", "head": "keep"}, "features": {"pca_dim": 8}}
+
+
+@pytest.mark.parametrize("overrides", [{}, DP_RUN], ids=["kmeans", "dp-soft-keep"])
+def test_run_on_two_processes_follows_the_one_process_run(tiny_config, tmp_path, one_thread, overrides):
+    """One epoch of DeepCluster, 1 process vs torchrun with 2 (gloo), with k-means or the DP-GMM.
 
     Round 0 clusters the same random-init trunk: features are extracted per shard (eval mode: row by row the same),
-    the PCA sums are all-reduced and rank 0 runs faiss on the gathered points, so its labels are the 1-process
-    labels. The epoch then trains on the same global batches (each rank half of each) with DDP and synchronised
-    batch norm: the same gradients up to the order of float sums. Tolerance: this width-4 trunk amplifies a float
-    difference about 200-fold per SGD step (the 1-process run itself, on 1 thread vs 2, ends 4e-5 apart after 2
-    steps of 64 images and 1e-2 apart after 4), so the epoch is 2 steps of 150 images; after them the weights of
-    the two runs agree to 1e-5 (measured: 9e-7) and the final clustering is the same. kNN accuracy may differ by a
-    near-tie vote or two (see below).
+    the PCA sums are all-reduced, then k-means runs on rank 0 over the gathered points, or each rank fits the DP on
+    its shard with all-reduced statistics (ShardedDPGMM): the 1-process labels and responsibilities either way. The
+    epoch then trains on the same global batches (each rank half of each) with DDP and synchronised batch norm: the
+    same gradients up to the order of float sums. Tolerance: this width-4 trunk amplifies a float difference about
+    200-fold per SGD step (the 1-process run itself, on 1 thread vs 2, ends 4e-5 apart after 2 steps of 64 images
+    and 1e-2 apart after 4), so the epoch is 2 steps of 150 images; after them the weights of the two runs agree to
+    1e-5 (measured: 9e-7) and the final clustering (warm-started for the DP) is the same partition. kNN accuracy may
+    differ by a near-tie vote or two (see below).
     """
-    cfg = merge(tiny_config, {"train": {"epochs": 1, "batch_size": 150},
-                              "run": {"threads": 1, "knn_every": 1, "device": "cpu"}})
+    cfg = merge(merge(tiny_config, {"train": {"epochs": 1, "batch_size": 150},
+                                    "run": {"threads": 1, "knn_every": 1, "device": "cpu"}}), overrides)
     pipeline.run(merge(cfg, {"run": {"name": "one"}}))
     torchrun(merge(cfg, {"run": {"name": "two"}}), tmp_path)
     runs = tmp_path / "runs"
@@ -169,15 +171,26 @@ def test_kmeans_run_on_two_processes_follows_the_one_process_run(tiny_config, tm
     assert env["world_size"] == 2 and not list(runs.glob("two/*rank1*"))       # rank 0 alone wrote the directory
     assert [r["epoch"] for r in two] == [0, 1] and two[1]["phase"] == "final"
     assert two[0]["loss"] == pytest.approx(one[0]["loss"], rel=1e-5)
+    # round 0 clusters identical features: the same clustering, its objective to float32 summation order
+    a, b = (np.load(runs / n / "clusters" / "round_0000.npz") for n in ("one", "two"))
+    assert np.array_equal(a["labels"], b["labels"]) and np.array_equal(a["resp_index"], b["resp_index"])
+    np.testing.assert_allclose(b["weights"], a["weights"], atol=1e-6)
+    np.testing.assert_allclose(b["resp_values"].astype(np.float32), a["resp_values"].astype(np.float32),
+                               atol=1e-3)                                        # stored as float16
+    assert two[0]["objective"] == pytest.approx(one[0]["objective"], rel=1e-5)
+    # the final round clusters the trained trunks' features, 1e-6 apart: the same partition (component ids may
+    # swap where two components are nearly equal in size: the DP numbers them by size), the same scores, and an
+    # objective within 1e-3 relative (whitening stretches the small differences; measured: 8e-5)
+    a, b = (np.load(runs / n / "clusters" / "round_0001.npz") for n in ("one", "two"))
+    assert adjusted_rand_score(a["labels"], b["labels"]) == 1.0
+    np.testing.assert_allclose(np.sort(b["weights"]), np.sort(a["weights"]), atol=1e-4)
+    assert two[1]["objective"] == pytest.approx(one[1]["objective"], rel=1e-3)
     for record_one, record_two in zip(one, two):
-        for key in ("nmi", "ari", "acc", "k_used", "objective"):
-            assert record_two[key] == pytest.approx(record_one[key], rel=1e-5), key
+        for key in ("nmi", "ari", "acc", "k_used", "k_active"):
+            assert record_two[key] == pytest.approx(record_one[key], rel=1e-9), key
         # kNN votes on 100 eval images: features extracted in shards of 150 rather than batches of 300 differ in the
         # last bits (the conv kernels depend on the batch size), enough to flip a near-tie (measured: 1 image)
         assert record_two["knn"] == pytest.approx(record_one["knn"], abs=0.021)
-    for snapshot in ("round_0000", "round_0001"):
-        labels = [np.load(runs / n / "clusters" / f"{snapshot}.npz")["labels"] for n in ("one", "two")]
-        assert np.array_equal(*labels), snapshot
     weights = [torch.load(runs / n / "last.pt", weights_only=True)["model"] for n in ("one", "two")]
     for key in weights[0]:
         if weights[0][key].is_floating_point():
