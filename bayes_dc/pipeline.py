@@ -108,6 +108,8 @@ def validate(cfg: Config) -> None:
         raise ValueError(f"--batch-size must be >= 2 (batch norm), got {tr.batch_size}")
     if tr.lr <= 0:
         raise ValueError(f"--lr must be > 0, got {tr.lr}")
+    if cfg.data.num_workers < 0:
+        raise ValueError(f"--num-workers must be >= 0 (0: decode in the main process), got {cfg.data.num_workers}")
 
 
 def _head_outputs(cfg: Config) -> int:
@@ -524,6 +526,8 @@ def _clustered_features(ctx: RunContext, feats: torch.Tensor) -> torch.Tensor:
 
 def _snapshot_and_lineage(rundir: RunDir, round_idx: int, epoch: int, result: ClusterResult) -> None:
     """Save the round's snapshot and, from round 1 on, its lineage against the previous round's snapshot."""
+    if isinstance(rundir, ReadOnlyRunDir):   # rank 0 writes both
+        return
     rundir.save_snapshot(round_idx, result.labels, result.resp_values, result.resp_index, result.weights)
     prev = rundir.snapshot_path(round_idx - 1)
     if round_idx > 0 and prev.exists():

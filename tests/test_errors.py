@@ -37,6 +37,8 @@ def run_main(capsys, argv: list[str]) -> tuple[int, str]:
     (["--epoch-samples", "30", "--batch-size", "32"], "--batch-size 32 is larger than the 30 images"),
     (["--reduce", "umap", "--umap-neighbors", "59"], "--umap-neighbors 59 needs more than 60 training images"),
     (["--reduce", "umap", "--reduce-dim", "59"], "--reduce-dim 59 must be below N - 1 = 59"),
+    (["--num-workers", "-1"], "--num-workers must be >= 0"),
+    (["--memory-budget-gb", "0"], "--memory-budget-gb must be > 0"),
 ])
 def test_a_run_that_cannot_work_fails_before_writing(tmp_path, capsys, options, named):
     code, err = run_main(capsys, [*TINY, *options, "--out-dir", str(tmp_path / "runs"), "--name", "bad"])
