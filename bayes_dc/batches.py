@@ -47,6 +47,8 @@ class BatchSource:
         self.scratch, self.memmap_dtype, self.tag = scratch, memmap_dtype, tag
         # The in-memory path keeps its images on the device, as before streaming existed.
         self.images = None if self.streamed else dataset.images.to(device)
+        if self.streamed and device.type == "cuda":
+            dataset.pin_memory = True   # page-locked batches: the copy to the GPU overlaps the next batch's decoding
 
     def __len__(self) -> int:
         return len(self.dataset)
