@@ -86,6 +86,17 @@ def single_dp() -> dict:
     return dp_rounds(lambda covariance: DPGMM(covariance=covariance, **DP_OPTIONS), slice(None))
 
 
+SMALL = 30   # points of the small fit: fewer than T = 20 on each of two ranks, not in all
+
+
+def small_fit(make, rows: slice) -> dict:
+    return fitted(make("diag").fit(dp_data()[0][:SMALL][rows], seed=5))
+
+
+def single_small() -> dict:
+    return small_fit(lambda covariance: DPGMM(covariance=covariance, **DP_OPTIONS), slice(None))
+
+
 # ---- the two ranks -------------------------------------------------------------------------------------------
 
 
@@ -100,8 +111,12 @@ def _rank(rank: int, world: int, port: int, out: str) -> None:
     lo, hi = ranks.shard(x.shape[0])   # unequal shares: 5 and 4 rows of 9
     step = train_step(model, x[lo:hi], y[lo:hi], weight=(hi - lo) * world / x.shape[0])
     lo, hi = ranks.shard(dp_data()[0].shape[0])
-    fits = dp_rounds(lambda covariance: ShardedDPGMM(ranks, covariance=covariance, **DP_OPTIONS), slice(lo, hi))
-    torch.save({"converted": converted, "step": step, "dp": fits}, f"{out}.{rank}")
+    def sharded(covariance: str) -> ShardedDPGMM:
+        return ShardedDPGMM(ranks, covariance=covariance, **DP_OPTIONS)
+
+    fits = dp_rounds(sharded, slice(lo, hi))
+    small = small_fit(sharded, slice(*ranks.shard(SMALL)))
+    torch.save({"converted": converted, "step": step, "dp": fits, "small": small}, f"{out}.{rank}")
     dist.destroy_process_group()
 
 

@@ -20,7 +20,7 @@ from bayes_dc.augment import Augmenter
 from bayes_dc.config import merge
 from bayes_dc.distributed import Distributed, check_batch_size
 from bayes_dc.jsonl import read_jsonl
-from _two_ranks import COVARIANCES, run_two_ranks, single_dp, single_step
+from _two_ranks import COVARIANCES, run_two_ranks, single_dp, single_small, single_step
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -116,6 +116,14 @@ def test_sharded_dp_fit_equals_the_one_process_fit(two_ranks, one_thread_here, c
             torch.testing.assert_close(got["weights"], want["weights"], rtol=1e-6, atol=1e-9)
             torch.testing.assert_close(got["means"], want["means"], rtol=1e-5, atol=1e-5)
             assert got["elbo"] == pytest.approx(want["elbo"], rel=1e-5)
+
+
+def test_a_cold_start_needs_t_points_over_all_ranks_not_on_each(two_ranks, one_thread_here):
+    """30 points, T = 20: each rank holds 15 (fewer than T), together enough for the global seeding subsample."""
+    expected = single_small()
+    for rank in two_ranks:
+        assert torch.equal(rank["small"]["labels"], expected["labels"])
+        torch.testing.assert_close(rank["small"]["weights"], expected["weights"], rtol=1e-6, atol=1e-9)
 
 
 # ---- whole runs: torchrun with 2 processes against 1 ------------------------------------------------------------

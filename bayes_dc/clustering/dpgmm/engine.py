@@ -306,6 +306,7 @@ class DPGMM(VariationalMixture):
             self.check_warm_state(warm_state, n, d)
             self._setup(x)
             return self._initialize_warm(warm_state)
+        n = int(self._allreduce(torch.tensor([float(n)], dtype=torch.float64, device=x.device)).item())  # all ranks'
         if n < self.truncation:
             raise ValueError(f"a cold start seeds T={self.truncation} components from distinct points but N={n}; "
                              f"lower --truncation to at most {n} or cluster more points")
