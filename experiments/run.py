@@ -42,7 +42,8 @@ def main(argv=None) -> int:
         say(f"interrupted: {stop}")
         return 130
     except KeyboardInterrupt:
-        say("aborted: stopped at once by a second interrupt; the last checkpoint is kept, continue with --resume")
+        say("aborted: stopped at once (a second interrupt, or one before training began); the last checkpoint, "
+            "if any, is kept: continue with --resume")
         return 130
     except RunDiverged as err:
         say(f"error: {err}")
