@@ -38,7 +38,7 @@ from .models import ARCHS, build_model, new_head
 from .reduce import Reduction, make_reducer
 from .runlog import RunDir
 from .targets import TARGET_KINDS, Targets, build_targets, sample_epoch
-from .train import train_epoch
+from .train import SwappedViews, train_epoch
 
 HEAD_POLICIES = typing.get_args(HeadPolicy)
 RELABEL_RULES = typing.get_args(RelabelRule)
@@ -102,6 +102,10 @@ def validate(cfg: Config) -> None:
         raise ValueError(f"--batch-size must be >= 2 (batch norm), got {tr.batch_size}")
     if tr.lr <= 0:
         raise ValueError(f"--lr must be > 0, got {tr.lr}")
+    if tr.two_views and (c.prior != "dp" or cfg.features.reduce == "umap"):
+        raise ValueError("--two-views assigns augmented views to the round's clusters on the fly, which needs the DP "
+                         "posterior (--prior dp) and a clustering space new points can be mapped into (--reduce pca "
+                         "or none, not umap)")
 
 
 def _head_outputs(cfg: Config) -> int:
@@ -208,8 +212,8 @@ def _load_data(cfg: Config):
 
 def _initial_state() -> dict:
     """The round loop's state: what a checkpoint stores besides model and optimisers."""
-    return {"epoch": 0, "round": 0, "targets": None, "warm_state": None, "reduce_state": None, "prev_labels": None,
-            "last_relabel": None, "agreement": None}
+    return {"epoch": 0, "round": 0, "targets": None, "warm_state": None, "reduce_state": None, "predictor": None,
+            "prev_labels": None, "last_relabel": None, "agreement": None}
 
 
 def _restore(ctx: RunContext) -> dict:
@@ -252,7 +256,8 @@ def run(cfg: Config) -> dict:
         gen = torch.Generator().manual_seed(derive_seed(cfg.run.seed, "epoch", epoch))
         torch.manual_seed(derive_seed(cfg.run.seed, "torch", epoch))  # dropout
         indices = sample_epoch(targets, tr.epoch_samples or len(targets), gen)
-        stats = train_epoch(ctx, targets, indices, generator=gen, desc=f"epoch {epoch}")
+        views = SwappedViews(state["predictor"], state["reduce_state"]) if tr.two_views else None
+        stats = train_epoch(ctx, targets, indices, generator=gen, desc=f"epoch {epoch}", views=views)
         state["agreement"] = stats["agreement"]
         record.update(loss=stats["loss"], agreement=stats["agreement"], train_seconds=stats["seconds"],
                       epoch_seconds=time.perf_counter() - t_epoch)
@@ -295,7 +300,7 @@ def _relabel(ctx: RunContext, state: dict, epoch: int) -> tuple[torch.Tensor, di
         head = new_head(ctx.model.embed_dim, _head_outputs(cfg), gen).to(ctx.device)
     install_head(ctx, head)
     state["warm_state"], state["prev_labels"] = result.state, result.labels
-    state["reduce_state"] = reduction.state
+    state["reduce_state"], state["predictor"] = reduction.state, result.predictor
     state["round"] += 1
     state["last_relabel"] = epoch
     return train_feats, info
