@@ -44,7 +44,7 @@ from .models import ARCHS, build_model, new_head
 from .reduce import Reduction, make_reducer
 from .runlog import ReadOnlyRunDir, RunDir, graceful_interrupt, run_path
 from .targets import TARGET_KINDS, Targets, build_targets, sample_epoch
-from .train import train_epoch
+from .train import SwappedViews, train_epoch
 
 HEAD_POLICIES = typing.get_args(HeadPolicy)
 RELABEL_RULES = typing.get_args(RelabelRule)
@@ -108,6 +108,10 @@ def validate(cfg: Config) -> None:
         raise ValueError(f"--batch-size must be >= 2 (batch norm), got {tr.batch_size}")
     if tr.lr <= 0:
         raise ValueError(f"--lr must be > 0, got {tr.lr}")
+    if tr.two_views and (c.prior != "dp" or cfg.features.reduce == "umap"):
+        raise ValueError("--two-views assigns augmented views to the round's clusters on the fly, which needs the DP "
+                         "posterior (--prior dp) and a clustering space new points can be mapped into (--reduce pca "
+                         "or none, not umap)")
     if cfg.data.num_workers < 0:
         raise ValueError(f"--num-workers must be >= 0 (0: decode in the main process), got {cfg.data.num_workers}")
 
@@ -245,6 +249,9 @@ def _build_model(cfg: Config, channels: int) -> torch.nn.Module:
 def check_distributed(cfg: Config, world: int) -> None:
     """What a run of ``world`` processes cannot do, refused before anything is written."""
     check_batch_size(cfg.train.batch_size, world)
+    if cfg.train.two_views:
+        raise ValueError("--two-views runs in one process for now (its two forward passes per step bypass DDP's "
+                         "gradient reduction); run experiments/run.py without torchrun, or drop --two-views")
     if cfg.cluster.prior == "dp" and cfg.cluster.inference == "svi":
         raise ValueError("--inference svi (Pyro) runs in one process; under torchrun use --inference cavi (its "
                          "statistics are all-reduced over the processes), or run experiments/run.py without torchrun")
@@ -331,8 +338,8 @@ def _load_data(cfg: Config):
 
 def _initial_state() -> dict:
     """The round loop's state: what a checkpoint stores besides model and optimisers."""
-    return {"epoch": 0, "round": 0, "targets": None, "warm_state": None, "reduce_state": None, "prev_labels": None,
-            "last_relabel": None, "agreement": None}
+    return {"epoch": 0, "round": 0, "targets": None, "warm_state": None, "reduce_state": None, "predictor": None,
+            "prev_labels": None, "last_relabel": None, "agreement": None}
 
 
 def _restore(ctx: RunContext) -> dict:
@@ -409,7 +416,8 @@ def _run(ctx: RunContext, state: dict, stop) -> dict:
         gen = torch.Generator().manual_seed(derive_seed(cfg.run.seed, "epoch", epoch))
         torch.manual_seed(derive_seed(cfg.run.seed, "torch", epoch))  # dropout
         indices = sample_epoch(targets, tr.epoch_samples or len(targets), gen)
-        stats = train_epoch(ctx, targets, indices, generator=gen, desc=f"epoch {epoch}")
+        views = SwappedViews(state["predictor"], state["reduce_state"]) if tr.two_views else None
+        stats = train_epoch(ctx, targets, indices, generator=gen, desc=f"epoch {epoch}", views=views)
         _check_finite_weights(ctx.model)   # before anything of this epoch is logged or checkpointed
         state["agreement"] = stats["agreement"]
         record.update(loss=stats["loss"], agreement=stats["agreement"], train_seconds=stats["seconds"],
@@ -458,7 +466,7 @@ def _relabel(ctx: RunContext, state: dict, epoch: int) -> tuple[torch.Tensor, di
         head = new_head(ctx.model.embed_dim, _head_outputs(cfg), gen).to(ctx.device)
     install_head(ctx, head)
     state["warm_state"], state["prev_labels"] = result.state, result.labels
-    state["reduce_state"] = reduction.state
+    state["reduce_state"], state["predictor"] = reduction.state, result.predictor
     state["round"] += 1
     state["last_relabel"] = epoch
     return train_feats, info

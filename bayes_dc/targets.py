@@ -55,9 +55,27 @@ class Targets:
         """Targets of points ``idx`` (B,): hard -> (B,) int64; soft/multilabel -> dense (B, num_outputs)."""
         if self.kind == "hard":
             return self.labels[idx].to(device)
-        dense = torch.zeros(idx.shape[0], self.num_outputs)
-        dense.scatter_add_(1, self.resp_index[idx], self.resp_values[idx])
-        return dense.to(device)
+        return loss_target(self.kind, self.resp_values[idx], self.resp_index[idx], self.num_outputs).to(device)
+
+
+def loss_target(kind: str, values: torch.Tensor, index: torch.Tensor, num_outputs: int) -> torch.Tensor:
+    """Top-k responsibilities (values, index) (B, k), rows sorted descending, -> what :class:`ClusterLoss` takes:
+    hard -> the argmax ids (B,) int64; soft / multilabel -> dense (B, num_outputs) float32 (zeros elsewhere)."""
+    if kind == "hard":
+        return index[:, 0]
+    dense = torch.zeros(index.shape[0], num_outputs, device=values.device)
+    return dense.scatter_add_(1, index, values.float())
+
+
+def swapped_targets(kind: str, values_a: torch.Tensor, index_a: torch.Tensor, values_b: torch.Tensor,
+                    index_b: torch.Tensor, num_outputs: int, tau: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Swapped prediction (SwAV, Caron et al. 2020) with DP responsibilities: view a learns the responsibilities
+    of view b of the same image and view b those of view a. Inputs: top-k (values, index) (B, k) of each view;
+    returns (target for view a, target for view b) as :func:`loss_target` makes them, values sharpened by ``tau``."""
+    if tau != 1.0:
+        values_a = torch.from_numpy(sharpen(values_a.double().cpu().numpy(), tau)).to(values_a)
+        values_b = torch.from_numpy(sharpen(values_b.double().cpu().numpy(), tau)).to(values_b)
+    return (loss_target(kind, values_b, index_b, num_outputs), loss_target(kind, values_a, index_a, num_outputs))
 
 
 def sharpen(values: np.ndarray, tau: float) -> np.ndarray:

@@ -2,17 +2,37 @@
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 
 import torch
 from tqdm.auto import tqdm
 
 from .augment import standardize
 from .context import RunContext
-from .targets import ClusterLoss, Targets
+from .targets import ClusterLoss, Targets, swapped_targets
+
+
+@dataclass
+class SwappedViews:
+    """What ``--two-views`` needs to assign augmented views to the round's clusters on the fly: the backend's
+    ``ClusterResult.predictor`` and the reducer's state of the same round (``Reduction.state``)."""
+
+    predictor: dict
+    reduce_state: dict | None
+
+
+@torch.no_grad()
+def view_responsibilities(ctx: RunContext, embeddings: torch.Tensor, views: SwappedViews,
+                          used: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top-k responsibilities (B, k) of a batch of view embeddings (B, P) under the round's fit, restricted to the
+    components that are targets this round (``used`` (T,) bool). The embeddings come from the training-mode
+    forward pass (batch-norm batch statistics), which saves a second forward pass."""
+    points = ctx.reducer.transform(embeddings.detach(), views.reduce_state)
+    return ctx.backend.responsibilities(views.predictor, points, allowed=used)
 
 
 def train_epoch(ctx: RunContext, targets: Targets, indices: torch.Tensor, *, generator: torch.Generator,
-                desc: str = "train") -> dict:
+                desc: str = "train", views: SwappedViews | None = None) -> dict:
     """One pass of ``ctx.model`` over ``indices`` (the epoch's sampled point ids) in mini-batches.
 
     Reads from ``ctx``: the model (through DDP under torchrun), the training images (``ctx.train_source``) with
@@ -25,6 +45,9 @@ def train_epoch(ctx: RunContext, targets: Targets, indices: torch.Tensor, *, gen
         targets: the current round's targets (``Targets.batch`` gives the loss's target for a batch).
         indices: (S,) int64 point ids, already drawn by the cluster-balanced sampler (the same on every rank).
         generator: CPU generator of the augmentation (``ctx.augmenter``: crop offsets, flips, ...).
+        views: with ``--two-views``, two augmented views of each image are trained with swapped targets: each view
+            learns the responsibilities of the other view under the round's fit (:func:`swapped_targets`), so the
+            targets follow the augmentation instead of being fixed per image; the loss is the mean of the two.
     Returns:
         {"loss": mean loss, "agreement": share of samples whose head argmax equals the target argmax,
          "seconds": wall time, "steps": number of optimiser steps}.
@@ -44,8 +67,17 @@ def train_epoch(ctx: RunContext, targets: Targets, indices: torch.Tensor, *, gen
         if global_size < 2:  # batch norm cannot train on a single sample
             continue
         share = (offset, global_size) if dist.active else None
-        logits = model(standardize(ctx.augmenter(batch, generator, share), ctx.mean, ctx.std))
-        loss = loss_fn(logits, targets.batch(idx, device), used)
+        if views is None:
+            logits = model(standardize(ctx.augmenter(batch, generator, share), ctx.mean, ctx.std))
+            loss = loss_fn(logits, targets.batch(idx, device), used)
+        else:   # one process (pipeline.check_distributed): the model is ctx.model itself
+            z_a = model.embed(standardize(ctx.augmenter(batch, generator), ctx.mean, ctx.std))
+            z_b = model.embed(standardize(ctx.augmenter(batch, generator), ctx.mean, ctx.std))
+            logits, logits_b = model.head(z_a), model.head(z_b)
+            target_a, target_b = swapped_targets(targets.kind, *view_responsibilities(ctx, z_a, views, used),
+                                                 *view_responsibilities(ctx, z_b, views, used), targets.num_outputs,
+                                                 ctx.cfg.targets.sharpen)
+            loss = 0.5 * (loss_fn(logits, target_a, used) + loss_fn(logits_b, target_b, used))
         if dist.active:
             # DDP averages the ranks' gradients; weighting each rank's mean by its share of the batch makes that
             # average the gradient of the global batch's mean loss (shares differ only in a last, shorter batch)

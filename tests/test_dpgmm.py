@@ -316,3 +316,26 @@ def test_cluster_count_warning_names_the_fix():
     x, _ = blobs(500, 3, 1, separation=0.0, seed=1)              # one Gaussian: K_active ends at 1
     with pytest.warns(ClusterCountWarning, match="K_active=1.*--prior-scale"):
         DPGMM(10, covariance="full").fit(x, seed=0)
+
+
+def test_predicted_responsibilities_are_the_fits_e_step_on_new_points():
+    """The predictor scores new points exactly as the fitted q's E-step does (a fresh E-step over the same live
+    components), and honours the allowed-components mask."""
+    import torch as T
+
+    from bayes_dc.clustering.dpgmm.engine import predict_responsibilities
+
+    x, labels = blobs(3000, 5, 4, separation=5.0, seed=3)
+    backend = DPGMMBackend(20, topk=3)
+    result = backend.fit(x, seed=0)
+    engine = DPGMM(20, topk=3).fit(x, seed=0)
+    live = engine.live_components()
+    sweep = engine._sweeper.estep(engine.logit_operator(live), live, 3)
+    values, index = predict_responsibilities(engine.predictor(), x, 3)
+    assert T.equal(index, sweep.index) and T.allclose(values, sweep.values, atol=1e-5)
+    v2, i2 = backend.responsibilities(result.predictor, x)
+    assert nmi(labels, i2[:, 0].numpy()) > 0.95
+    allowed = T.zeros(20, dtype=T.bool)
+    allowed[int(i2[0, 0])] = True
+    _, only = backend.responsibilities(result.predictor, x[:10], allowed=allowed)
+    assert set(only[:, 0].tolist()) == {int(i2[0, 0])}

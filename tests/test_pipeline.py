@@ -96,8 +96,12 @@ DP_PROJECTION = {"cluster": {"prior": "dp", "truncation": 20, "max_iter": 30},
                  "model": {"projection_dim": 6, "projection_hidden": 16}, "train": {"augment": "resized-crop"}}
 
 
-@pytest.mark.parametrize("overrides", [{}, DP_TINY, DP_UMAP, DP_PROJECTION],
-                         ids=["kmeans", "dp-soft-keep-warm", "dp-umap-warm", "dp-projection-resized-crop"])
+DP_TWO_VIEWS = {**DP_PROJECTION, "targets": {"targets": "soft"}, "train": {"augment": "resized-crop", "two_views": True}}
+
+
+@pytest.mark.parametrize("overrides", [{}, DP_TINY, DP_UMAP, DP_PROJECTION, DP_TWO_VIEWS],
+                         ids=["kmeans", "dp-soft-keep-warm", "dp-umap-warm", "dp-projection-resized-crop",
+                              "dp-two-views"])
 def test_resume_after_interruption_matches_uninterrupted_run(tiny_config, tmp_path, monkeypatch, overrides):
     cfg = merge(merge(tiny_config, {"train": {"epochs": 4, "relabel_every": 2}}), overrides)
     pipeline.run(merge(cfg, {"run": {"name": "full"}}))
@@ -139,6 +143,8 @@ def test_existing_run_directory_is_never_overwritten(tiny_config):
 
 @pytest.mark.parametrize("overrides, message", [
     ({"cluster": {"prior": "gmm"}}, "choose one of"),
+    ({"cluster": {"prior": "kmeans"}, "train": {"two_views": True}}, "--two-views"),
+    ({"features": {"reduce": "umap"}, "train": {"two_views": True}}, "--two-views"),
     ({"targets": {"head": "keep"}}, "identities"),
     ({"targets": {"targets": "soft"}}, "responsibilities"),
     ({"train": {"relabel_every": 0}}, "relabel-every"),
@@ -292,3 +298,21 @@ def test_projection_space_is_what_gets_clustered_and_trains_with_the_trunk(tiny_
     trained = torch.load(tmp_path / "runs" / "proj" / "last.pt", weights_only=False)["model"]
     assert not torch.equal(trained["projection.mlp.0.weight"], initial["mlp.0.weight"])   # optimised with the trunk
     assert trained["head.weight"].shape == (20, 6)                          # the head sits on the projection
+
+
+def test_two_views_learn_the_other_views_responsibilities(tiny_config, tmp_path, monkeypatch):
+    """With --two-views each view's loss target is the fit's assignment of the *other* view, computed on the fly."""
+    from bayes_dc import train
+    seen = []
+    real = train.swapped_targets
+
+    def spy(kind, values_a, index_a, values_b, index_b, *args):
+        seen.append((index_a.clone(), index_b.clone()))
+        return real(kind, values_a, index_a, values_b, index_b, *args)
+
+    monkeypatch.setattr(train, "swapped_targets", spy)
+    # trunk features, whitened PCA-6: several clusters from the first round on
+    pipeline.run(merge(merge(tiny_config, DP_TINY), {"train": {"epochs": 1, "two_views": True}}))
+    assert seen and all(a.shape == b.shape for a, b in seen)
+    # the two views of an image are assigned differently for some images (else the swap would teach nothing new)
+    assert any(not torch.equal(a[:, 0], b[:, 0]) for a, b in seen)

@@ -102,3 +102,18 @@ def test_batch_builds_dense_soft_targets():
 def test_unknown_target_kind_lists_choices():
     with pytest.raises(ValueError, match="hard"):
         build_targets(make_result(np.array([0, 1])), "fuzzy")
+
+
+def test_swapped_targets_are_the_other_views_responsibilities():
+    from bayes_dc.targets import swapped_targets
+    values_a = torch.tensor([[0.7, 0.3], [0.6, 0.4]])
+    index_a = torch.tensor([[2, 0], [1, 3]])
+    values_b = torch.tensor([[0.9, 0.1], [0.5, 0.5]])
+    index_b = torch.tensor([[0, 2], [3, 1]])
+    hard_a, hard_b = swapped_targets("hard", values_a, index_a, values_b, index_b, 4)
+    assert hard_a.tolist() == [0, 3] and hard_b.tolist() == [2, 1]          # each view gets the other's argmax
+    soft_a, soft_b = swapped_targets("soft", values_a, index_a, values_b, index_b, 4)
+    assert torch.allclose(soft_a, torch.tensor([[0.9, 0, 0.1, 0], [0, 0.5, 0, 0.5]]))
+    assert torch.allclose(soft_b, torch.tensor([[0.3, 0, 0.7, 0], [0, 0.6, 0, 0.4]]))
+    sharp_a, _ = swapped_targets("soft", values_a, index_a, values_b, index_b, 4, tau=0.5)
+    assert torch.allclose(sharp_a[0], torch.tensor([0.81, 0, 0.01, 0]) / 0.82, atol=1e-6)   # r^2 renormalised

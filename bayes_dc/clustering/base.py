@@ -58,6 +58,8 @@ class ClusterResult:
         seconds: wall-clock seconds of the fit.
         permutation: (T,) int64 old id -> new id, or None when ids carry no identity (k-means).
         state: opaque warm state to hand to the next round's ``fit`` (None if the backend has none).
+        predictor: what the backend's :meth:`ClusterBackend.responsibilities` needs to assign new points under
+            this fit (plain tensors, checkpointable), or None when the backend cannot.
         info: backend-specific scalars worth logging (e.g. empty clusters, converged).
     """
 
@@ -73,6 +75,7 @@ class ClusterResult:
     permutation: np.ndarray | None = None
     state: Any = None
     info: dict = field(default_factory=dict)
+    predictor: dict | None = None
 
     @property
     def n_points(self) -> int:
@@ -127,6 +130,13 @@ class ClusterBackend(ABC):
     @abstractmethod
     def fit(self, features: torch.Tensor, *, seed: int, warm_state: Any = None) -> ClusterResult:
         """Cluster ``features`` (N, d) float32 (any device); return a validated ClusterResult."""
+
+    def responsibilities(self, predictor: dict, x: torch.Tensor,
+                         allowed: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Top-k responsibilities (values, index) (B, k) of new points x (B, d) under the fit that produced
+        ``predictor`` (``ClusterResult.predictor``); ``allowed`` (T,) bool limits the components."""
+        raise ValueError(f"the {self.name} backend cannot assign new points to a fitted clustering "
+                         "(needed by --two-views); use --prior dp")
 
 
 def check_features(features: torch.Tensor | np.ndarray) -> torch.Tensor:

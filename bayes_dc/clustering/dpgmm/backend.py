@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from ..base import ClusterBackend, ClusterResult, active_mask, check_features
-from .engine import DPGMM, check_choice
+from .engine import DPGMM, check_choice, predict_responsibilities
 from .sharded import ShardedDPGMM
 
 INFERENCES = ("cavi", "svi")
@@ -50,6 +50,11 @@ class DPGMMBackend(ClusterBackend):
                    warm_start=cfg.warm_start, prior_decay=cfg.prior_decay, moves=cfg.moves,
                    move_every=cfg.move_every)
 
+    def responsibilities(self, predictor: dict, x: torch.Tensor,
+                         allowed: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        topk = self.engine_kwargs.get("topk", 8)
+        return predict_responsibilities(predictor, x, topk, allowed)
+
     def fit(self, features: torch.Tensor, *, seed: int, warm_state: Any = None) -> ClusterResult:
         # the engine runs check_features; convert only, so the (N, d) finiteness scan happens once
         x = torch.from_numpy(features) if isinstance(features, np.ndarray) else features
@@ -79,6 +84,7 @@ class DPGMMBackend(ClusterBackend):
             seconds=seconds,
             permutation=engine.permutation_,
             state=engine.state_,
+            predictor=engine.predictor(),
             info={"inference": self.inference, "covariance": engine.covariance, "converged": bool(engine.converged_),
                   "alpha_mean": engine.alpha_, "K_active": int(active_mask(weights).sum()),
                   "K_reset": int((engine.permutation_ < 0).sum()),

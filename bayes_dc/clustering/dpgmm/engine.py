@@ -572,6 +572,14 @@ class DPGMM(VariationalMixture):
             "alpha_posterior": None if q.alpha_shape is None else (float(q.alpha_shape), float(q.alpha_rate)),
         }
 
+    def predictor(self) -> dict:
+        """What :func:`predict_responsibilities` needs to score new points under the fitted q (CPU tensors):
+        the covariance family, the E-step operator of the components holding any responsibility, their ids (K,)
+        and the data shift. Small (K d^2 floats for full covariance) and checkpointable."""
+        live = self.live_components()
+        return {"covariance": self.covariance, "dim": int(self._x.shape[1]), "live": live.cpu(),
+                "shift": self._shift.cpu(), "operator": [t.cpu() for t in self.logit_operator(live)]}
+
     def _warn_cluster_count(self) -> None:
         k_active = int(active_mask(self.weights_.cpu().numpy()).sum())
         if k_active <= 2:
@@ -644,3 +652,22 @@ def _shift_prior(prior: DPGMMPrior, shift: torch.Tensor) -> DPGMMPrior:
 def _rows_mask(keep: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return keep.view(-1, *([1] * (like.dim() - 1))).to(like.dtype)
 
+
+
+def predict_responsibilities(predictor: dict, x: torch.Tensor, topk: int,
+                             allowed: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top-k responsibilities (values, index) (B, k) of new points x (B, d) under a fitted q (``DPGMM.predictor``),
+    the E-step a fit would run on them; ``allowed`` (T,) bool restricts the components that may be chosen.
+    The points do not change q: this is the posterior predictive assignment used for targets on the fly
+    (``--two-views``)."""
+    family = make_family(predictor["covariance"], predictor["dim"])
+    device = x.device
+    live = predictor["live"].to(device)
+    op = tuple(t.to(device) for t in predictor["operator"])
+    xc = x.float() - predictor["shift"].to(device)
+    logits = family.logits(op, xc, family.design(xc) if family.logits_need_design else None)     # (B, K)
+    if allowed is not None:
+        logits = logits.masked_fill(~allowed.to(device)[live][None, :], float("-inf"))
+    k = min(topk, live.shape[0])
+    top, pos = torch.topk(logits, k, dim=1, sorted=True)
+    return torch.softmax(top, dim=1), live[pos]
