@@ -320,6 +320,8 @@ def part_b(args) -> str:
     lines = [f"{args.points:,} synthetic points, {args.true_clusters} true clusters; at most {args.dp_iters} CAVI "
              f"iterations; faiss k-means with k = T and the same number of iterations as the baseline; "
              f"{args.threads} torch/faiss thread(s), {os.cpu_count()} CPU cores (shared with other work).", "",
+             "DP s covers the whole fit: the cold start (seeding and CAVI on a subsample), the CAVI iterations over all "
+             "points and the move rounds; s / iteration divides it by the iterations over all points.", "",
              "| T | covariance | d | data GiB | DP s | iterations | DP s / iteration | K_active | ELBO / point | "
              "k-means s | DP / k-means (per iteration) | peak RSS GiB |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for truncation, covariance, dim in settings:
