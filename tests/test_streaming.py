@@ -385,9 +385,9 @@ def test_bench_scale_parts_a_and_b_smoke(tmp_path):
     # part (b) on a few thousand points (its rows come from a child process per setting); part (c) launches
     # run.py under torchrun as tests/test_distributed.py does
     out = subprocess.run([sys.executable, str(script), "--part", "b", "--points", "3000", "--dp-settings", "12:diag:4",
-                          "12:spherical:3", "--dp-iters", "3", "--true-clusters", "5", "--markdown",
-                          str(tmp_path / "b.md")], capture_output=True, text=True, timeout=300)
+                          "--dp-iters", "3", "--true-clusters", "5", "--markdown", str(tmp_path / "b.md")],
+                         capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     rows = [line.split("|")[1:-1] for line in (tmp_path / "b.md").read_text().splitlines() if line.startswith("| 12 |")]
-    assert [(r[1].strip(), r[2].strip()) for r in rows] == [("diag", "4"), ("spherical", "3")]
+    assert [(r[1].strip(), r[2].strip()) for r in rows] == [("diag", "4")]
     assert all(1 <= int(r[5]) <= 3 for r in rows)          # iterations within --dp-iters
