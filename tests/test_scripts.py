@@ -66,6 +66,17 @@ def test_bench_prior_tiny_one_row_per_setting(tmp_path):
     assert len(rows) == 4
 
 
+@pytest.mark.skipif(not FMNIST.exists(), reason="needs the Debian dataset-fashion-mnist package")
+def test_bench_k_tiny_headline_rows(tmp_path):
+    out = run_script("experiments/bench_k.py", "--parts", "headline", "--max-n", "600", "--truncation", "15",
+                     "--no-sklearn", "--cache", tmp_path, "--out", tmp_path / "k.md")
+    assert out.returncode == 0, out.stderr
+    rows = [l for l in (tmp_path / "k.md").read_text().splitlines() if l.startswith("| UMAP-10 of test pixels | 600 |")]
+    assert [r.split(" | ")[3] for r in rows] == ["DP-GMM full, moves on", "DP-GMM full, moves off",
+                                                 "DP-GMM diag, moves on", "DP-GMM diag, moves off"]
+    assert all(1 <= int(r.split(" | ")[4]) <= 15 for r in rows)        # K_active within the truncation
+
+
 def test_linear_probe_command_scores_a_run(tmp_path):
     out = run_script("experiments/run.py", "--dataset", "synthetic", "--subset", "300", "--eval-subset", "100",
                      "--prior", "kmeans", "--k", "10", "--width", "4", "--epochs", "1", "--pca-dim", "16",
