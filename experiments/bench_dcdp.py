@@ -1,25 +1,34 @@
 #!/usr/bin/env python
-"""Benchmark: DeepCluster-DP against the k-means DeepCluster on Fashion-MNIST, same trunk, epochs and seeds.
+"""Benchmark: DeepCluster-DP against k-means DeepCluster and against baselines that train nothing, on
+Fashion-MNIST, same trunk, schedule and seeds (eval-protocol.md).
 
-Variants are named ``km-k{K}`` (k-means baseline) and ``dp-{targets}-{warm start}-{relabel}[-keep]`` with
-relabel ``r1`` (every epoch), ``r3`` (every 3 epochs) or ``ra`` (adaptive). ``--grid cpu`` is a sensible
-subset for a 2-core CPU with a reduced schedule, ``--grid full`` the whole {hard, soft, multilabel} x
-{none, init, prior} x {r1, r3, ra} grid (for a GPU); ``--variants`` picks any by name.
+Anchor rows (no training, computed here with the project's own reducers and backends, on the same training
+images): k-means k=10 on raw pixels; UMAP-10 of raw pixels + the DP-GMM (full, T as the runs) and + scikit-learn's
+``BayesianGaussianMixture`` (full, DP, T=100: the protocol's reference); the random-init trunk (round 0 of the
+runs). Training rows: ``experiments/run.py`` runs named by variant (``VARIANTS`` below: the k-means DeepCluster
+baseline k=10 / k=100, the DeepCluster-DP default and one-change-at-a-time ablations of it).
 
-    python experiments/bench_dcdp.py --grid cpu --epochs 5 --subset 10000 --width 16 --jobs 2 --threads 1
-    python experiments/bench_dcdp.py --grid full --epochs 60 --jobs 4 --device cuda --seeds 0 1 2
+    # CPU protocol: 20,000 training images, width 16, 3 seeds, two runs at a time
+    python experiments/bench_dcdp.py --seeds 0 1 2 --jobs 2 --threads 1
+    # a few variants only, one seed
+    python experiments/bench_dcdp.py --variants dp-default dp-soft km-k10 --seeds 0
+    # GPU protocol: the full 60,000 images, width 64, 60 epochs
+    python experiments/bench_dcdp.py --subset 60000 --width 64 --epochs 60 --device cuda --jobs 4
 
-Prints one Markdown table (mean ± std over seeds when several): NMI, ACC, ARI vs classes at the end,
-K_active at the end, kNN test accuracy, NMI(t, t-1), relabels, seconds per epoch and the clustering share.
-Finished runs are reused, interrupted ones resumed (``--table-only`` just rebuilds the table).
+Prints one Markdown table (mean ± std over the seeds that finished): NMI, ACC, ARI vs classes at the end (the
+final trunk's clustering), K_active, kNN test accuracy, NMI(t, t-1), relabels, seconds per epoch and the
+clustering share of the run. Finished runs are reused, interrupted ones resumed (``--table-only`` just rebuilds the
+table; ``--no-anchors`` skips the anchor rows).
 """
 from __future__ import annotations
 
 import argparse
-import itertools
 import sys
 import time
+import warnings
 from pathlib import Path
+
+import numpy as np
 
 from benchlib import ROOT, launch
 
@@ -27,97 +36,147 @@ sys.path.insert(0, str(ROOT))
 
 from bayes_dc.report import fmt, mean_spread, summarize_run  # noqa: E402
 
-RELABEL_ARGS = {"r1": ["--relabel-every", "1"], "r3": ["--relabel-every", "3"], "ra": ["--relabel", "adaptive"]}
-CPU_GRID = ["km-k10", "km-k100", "dp-hard-init-r1", "dp-hard-none-r1", "dp-soft-init-r1", "dp-multilabel-init-r1",
-            "dp-soft-prior-r1", "dp-hard-init-r3", "dp-hard-init-ra", "dp-hard-init-r1-keep"]
-
-
-def full_grid() -> list[str]:
-    dp = [f"dp-{t}-{w}-{r}" for t, w, r in itertools.product(("hard", "soft", "multilabel"),
-                                                             ("none", "init", "prior"), RELABEL_ARGS)]
-    return ["km-k10", "km-k100"] + dp + ["dp-soft-init-r1-keep", "dp-hard-init-r1-keep"]
-
-
-def variant_args(name: str, truncation: int, km_pca: int = 256, dp_pca: int = 64) -> list[str]:
-    """run.py arguments for a variant name (see module docstring).
-
-    Each backend gets its own PCA dimension: 256 is DeepCluster's (the faithful baseline); the DP-GMM
-    collapses to 1-3 components on 256 whitened dimensions of these features (BENCHMARKS.md), so DP
-    variants default to 64.
-    """
-    parts = name.split("-")
-    if parts[0] == "km":
-        return ["--prior", "kmeans", "--k", parts[1][1:], "--targets", "hard", "--head", "reset",
-                "--pca-dim", str(km_pca)]
-    if parts[0] != "dp" or len(parts) not in (4, 5) or parts[3] not in RELABEL_ARGS:
-        raise ValueError(f"bad variant name {name!r}: expected km-kK or dp-TARGETS-WARM-(r1|r3|ra)[-keep]")
-    return ["--prior", "dp", "--truncation", str(truncation), "--targets", parts[1], "--warm-start", parts[2],
-            *RELABEL_ARGS[parts[3]], "--head", "keep" if parts[-1] == "keep" else "reset", "--pca-dim", str(dp_pca)]
+KMEANS = ["--prior", "kmeans", "--targets", "hard", "--head", "reset", "--reduce", "pca", "--pca-dim", "256",
+          "--relabel-every", "1"]
+# The DeepCluster-DP default (bayes_dc.config) needs no arguments; each ablation changes one thing.
+VARIANTS: dict[str, list[str]] = {
+    "km-k10": KMEANS + ["--k", "10"],
+    "km-k100": KMEANS + ["--k", "100"],
+    "dp-default": [],
+    "dp-soft": ["--targets", "soft"],
+    "dp-multilabel": ["--targets", "multilabel"],
+    "dp-r1": ["--relabel", "fixed", "--relabel-every", "1"],
+    "dp-r3": ["--relabel", "fixed", "--relabel-every", "3"],
+    "dp-adaptive": ["--relabel", "adaptive"],
+    "dp-keep": ["--head", "keep"],
+    "dp-cold": ["--warm-start", "none"],
+    "dp-crop-flip": ["--augment", "crop-flip"],
+    "dp-pca": ["--reduce", "pca", "--pca-dim", "16"],
+    "dp-pca-two-views": ["--reduce", "pca", "--pca-dim", "16", "--two-views"],
+    "dp-projection": ["--cluster-on", "projection", "--reduce", "none"],
+    "dp-diag": ["--covariance", "diag"],
+}
+CPU_GRID = list(VARIANTS)
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--grid", choices=["cpu", "full"], default="cpu")
-    p.add_argument("--variants", nargs="+", default=None, help="explicit variant names (overrides --grid)")
-    p.add_argument("--epochs", type=int, default=6)
-    p.add_argument("--subset", type=int, default=10000)
-    p.add_argument("--width", type=int, default=16)
+    p.add_argument("--variants", nargs="+", default=None, choices=list(VARIANTS), help="variants to run (default: all)")
+    p.add_argument("--epochs", type=int, default=None, help="training epochs (default: the config's)")
+    p.add_argument("--subset", type=int, default=20000, help="training images (60000: all)")
+    p.add_argument("--width", type=int, default=16, help="vgg-small width")
     p.add_argument("--truncation", type=int, default=300)
-    p.add_argument("--km-pca-dim", type=int, default=256, help="PCA dimension for k-means runs")
-    p.add_argument("--dp-pca-dim", type=int, default=64, help="PCA dimension for DP runs")
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
     p.add_argument("--device", default="auto")
-    p.add_argument("--jobs", type=int, default=1)
+    p.add_argument("--jobs", type=int, default=1, help="runs at a time")
     p.add_argument("--threads", type=int, default=None, help="CPU threads per run (set when --jobs > 1)")
-    p.add_argument("--knn-every", type=int, default=3)
+    p.add_argument("--knn-every", type=int, default=5)
     p.add_argument("--extra", nargs=argparse.REMAINDER, default=[], help="further run.py arguments for every run")
     p.add_argument("--out-dir", default="runs/bench_dcdp")
-    p.add_argument("--table-only", action="store_true")
-    p.add_argument("--markdown", default=None)
+    p.add_argument("--table-only", action="store_true", help="rebuild the table from existing runs")
+    p.add_argument("--no-anchors", action="store_true", help="skip the no-training anchor rows")
+    p.add_argument("--markdown", default=None, help="also write the table to this file")
     return p.parse_args(argv)
 
 
 def run_name(args, variant: str, seed: int) -> str:
-    return f"{variant}-w{args.width}-e{args.epochs}-n{args.subset or 60000}-s{seed}"
+    epochs = f"-e{args.epochs}" if args.epochs else ""
+    return f"{variant}-w{args.width}{epochs}-n{args.subset}-s{seed}"
+
+
+def anchors(args) -> list[dict]:
+    """No-training rows on the same training images (the subset of seed s, as the runs see them), per seed."""
+    import torch
+
+    from bayes_dc import metrics
+    from bayes_dc.clustering.dpgmm import DPGMMBackend
+    from bayes_dc.clustering.kmeans import KMeansBackend
+    from bayes_dc.data import load_dataset
+    from bayes_dc.reduce import UMAPReducer
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    found: dict[str, list[dict]] = {}
+    for seed in args.seeds:
+        data = load_dataset("fashion-mnist", "train", subset=args.subset if args.subset < 60000 else None, seed=seed)
+        x = data.images.reshape(len(data), -1).float() / 255.0
+        start = time.perf_counter()
+        km = KMeansBackend(k=10).fit(x, seed=seed)
+        found.setdefault("k-means k=10 on raw pixels", []).append(
+            {**metrics.cluster_metrics(data.labels, km.labels, km.weights), "seconds": time.perf_counter() - start})
+        reduction = UMAPReducer(dim=10, pca_dim=50, n_neighbors=20).reduce(x, seed=seed)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            dp = DPGMMBackend(args.truncation).fit(reduction.points, seed=seed)
+        found.setdefault(f"UMAP-10 of raw pixels + DP-GMM full (T={args.truncation})", []).append(
+            {**metrics.cluster_metrics(data.labels, dp.labels, dp.weights),
+             "seconds": reduction.seconds + dp.seconds})
+        from sklearn.mixture import BayesianGaussianMixture
+        start = time.perf_counter()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            emb = reduction.points.double().numpy()
+            bgm = BayesianGaussianMixture(n_components=100, covariance_type="full", random_state=seed,
+                                          weight_concentration_prior_type="dirichlet_process", max_iter=100).fit(emb)
+        found.setdefault("UMAP-10 of raw pixels + scikit-learn BGM full (T=100)", []).append(
+            {**metrics.cluster_metrics(data.labels, bgm.predict(emb), bgm.weights_),
+             "seconds": reduction.seconds + time.perf_counter() - start})
+    rows = []
+    for name, per_seed in found.items():
+        row = {"variant": name, "seeds": len(per_seed), "epochs": 0}
+        for key in ("nmi", "acc", "ari", "k_active"):
+            row[key] = mean_spread([s[key] for s in per_seed])
+        rows.append(row)
+    return rows
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    variants = args.variants or (CPU_GRID if args.grid == "cpu" else full_grid())
-    common = ["--dataset", "fashion-mnist", "--epochs", str(args.epochs), "--width", str(args.width),
-              "--device", args.device, "--knn-every", str(args.knn_every)]
-    if args.subset and args.subset < 60000:
+    variants = args.variants or CPU_GRID
+    common = ["--dataset", "fashion-mnist", "--width", str(args.width), "--device", args.device,
+              "--knn-every", str(args.knn_every), "--truncation", str(args.truncation)]
+    if args.epochs:
+        common += ["--epochs", str(args.epochs)]
+    if args.subset < 60000:
         common += ["--subset", str(args.subset)]
     if args.threads:
         common += ["--threads", str(args.threads)]
-    runs = [(run_name(args, v, s), common + variant_args(v, args.truncation, args.km_pca_dim, args.dp_pca_dim) + ["--seed", str(s)] + args.extra)
+    runs = [(run_name(args, v, s), common + VARIANTS[v] + ["--seed", str(s)] + args.extra)
             for v in variants for s in args.seeds]
     t0 = time.time()
     if not args.table_only:
         launch(runs, args.out_dir, args.jobs)
-    rows = []
+    rows = [] if args.no_anchors else anchors(args)
+    summaries = {v: [s for s in (summarize_run(Path(args.out_dir) / run_name(args, v, seed)) for seed in args.seeds)
+                     if s] for v in variants}
+    trained = [s for v in variants for s in summaries[v] if not v.startswith("km-")]
+    if trained:
+        rows.append({"variant": "random-init trunk (round 0 of the DP runs)", "seeds": len(trained), "epochs": 0,
+                     "nmi": mean_spread([s["nmi0"] for s in trained]), "acc": mean_spread([s["acc0"] for s in trained]),
+                     "knn": mean_spread([s["knn0"] for s in trained if s["knn0"] is not None])})
     for v in variants:
-        sums = [summarize_run(Path(args.out_dir) / run_name(args, v, s)) for s in args.seeds]
-        sums = [s for s in sums if s]
-        row = {"variant": v, "seeds": len(sums)}
+        sums = summaries[v]
+        row = {"variant": v, "seeds": len(sums), "epochs": min((s["epochs_done"] for s in sums), default=0)}
         for key in ("nmi", "acc", "ari", "k_active", "knn", "nmi_prev", "relabels", "epoch_s", "cluster_share"):
-            row[key] = mean_spread([s[key] for s in sums])
-        row["epochs"] = min((s["epochs_done"] for s in sums), default=0)
+            row[key] = mean_spread([s[key] for s in sums if s[key] is not None])
         rows.append(row)
 
     def cell(pair, digits=3):
+        if pair is None:
+            return "–"
         mean, spread = pair
         return fmt(mean, digits) + (f" ± {fmt(spread, digits)}" if spread is not None else "")
 
     lines = ["| variant | seeds | epochs | NMI | ACC | ARI | K_active | kNN acc | NMI(t,t-1) | relabels | s / epoch "
              "| clustering share |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['variant']} | {r['seeds']} | {r['epochs']} | {cell(r['nmi'])} | {cell(r['acc'])} | "
-                     f"{cell(r['ari'])} | {cell(r['k_active'], 1)} | {cell(r['knn'])} | {cell(r['nmi_prev'])} | "
-                     f"{cell(r['relabels'], 1)} | {cell(r['epoch_s'], 1)} | {cell(r['cluster_share'], 2)} |")
-    header = (f"bench_dcdp: epochs={args.epochs} subset={args.subset or 60000} width={args.width} "
-              f"T={args.truncation} pca(km/dp)={args.km_pca_dim}/{args.dp_pca_dim} seeds={args.seeds} device={args.device} jobs={args.jobs} "
-              f"wall={time.time() - t0:.0f}s")
+        lines.append(f"| {r['variant']} | {r['seeds']} | {r['epochs']} | {cell(r.get('nmi'))} | {cell(r.get('acc'))} | "
+                     f"{cell(r.get('ari'))} | {cell(r.get('k_active'), 1)} | {cell(r.get('knn'))} | "
+                     f"{cell(r.get('nmi_prev'))} | {cell(r.get('relabels'), 1)} | {cell(r.get('epoch_s'), 1)} | "
+                     f"{cell(r.get('cluster_share'), 2)} |")
+    header = (f"bench_dcdp: subset={args.subset} width={args.width} epochs={args.epochs or 'config'} "
+              f"T={args.truncation} seeds={args.seeds} device={args.device} jobs={args.jobs} "
+              f"threads={args.threads} wall={time.time() - t0:.0f}s")
     text = header + "\n\n" + "\n".join(lines)
     print(text)
     if args.markdown:

@@ -22,7 +22,7 @@ DEVICE=${DEVICE:-cuda}
 CLUSTER_N=${CLUSTER_N:-1281167}
 DATA_ROOT=${DATA_ROOT:-data/fashion-mnist}
 RUNS=${RUNS:-runs/gpu}
-DP_VARIANTS=${DP_VARIANTS:-dp-hard-init-r1 dp-hard-none-r1 dp-soft-init-r1 dp-hard-init-ra}
+DP_VARIANTS=${DP_VARIANTS:-dp-default dp-soft dp-r1 dp-pca}
 export PYTHONUNBUFFERED=1
 mkdir -p "$OUT" "$RUNS"
 if [ -d .whl ] && ls .whl/*.whl >/dev/null 2>&1; then
@@ -36,7 +36,7 @@ start=$(date +%s)
 
 # The clustering benchmark runs alone first: its faiss baseline runs on the CPU cores the training runs need.
 timeout "$CLUSTER_BUDGET" python3 experiments/bench_cluster.py --device "$DEVICE" --n "$CLUSTER_N" --skip sklearn,svi \
-  --threads "$(nproc)" --out "$OUT/bench_cluster_gpu.md" > "$OUT/bench_cluster_gpu.log" 2>&1
+  --covariances diag --threads "$(nproc)" --out "$OUT/bench_cluster_gpu.md" > "$OUT/bench_cluster_gpu.log" 2>&1
 echo "cluster bench: $(( $(date +%s) - start )) s" >> "$OUT/machine.txt"
 timeout "$BUDGET" python3 experiments/bench_baseline.py --ks 10 100 300 --epochs "$EPOCHS" --subset "$SUBSET" \
   --width "$WIDTH" --jobs 3 --threads 2 --device "$DEVICE" --data-root "$DATA_ROOT" --out-dir "$RUNS" \
@@ -52,7 +52,7 @@ echo "wall: $(( $(date +%s) - start )) s" >> "$OUT/machine.txt"
 
 python3 experiments/bench_baseline.py --table-only --ks 10 100 300 --epochs "$EPOCHS" --subset "$SUBSET" \
   --width "$WIDTH" --device "$DEVICE" --data-root "$DATA_ROOT" --out-dir "$RUNS" --markdown "$OUT/bench_baseline_gpu.md"
-python3 experiments/bench_dcdp.py --table-only --variants km-k10 km-k100 $DP_VARIANTS --epochs "$EPOCHS" \
+python3 experiments/bench_dcdp.py --table-only --no-anchors --variants km-k10 km-k100 $DP_VARIANTS --epochs "$EPOCHS" \
   --subset "$SUBSET" --width "$WIDTH" --device "$DEVICE" --out-dir "$RUNS" --markdown "$OUT/bench_dcdp_gpu.md"
 tar czf "$OUT/runs.tar.gz" --exclude=last.pt --exclude=clusters "$RUNS"
 ls -la "$OUT"

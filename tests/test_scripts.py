@@ -46,11 +46,14 @@ def test_bench_cluster_tiny_prints_table(tmp_path):
 @pytest.mark.skipif(not FMNIST.exists(), reason="needs the Debian dataset-fashion-mnist package")
 def test_bench_dcdp_and_baseline_tiny(tmp_path):
     common = ["--epochs", "1", "--subset", "300", "--width", "4", "--threads", "1", "--out-dir", tmp_path]
-    out = run_script("experiments/bench_dcdp.py", "--variants", "km-k10", "dp-hard-init-ra", *common,
-                     "--markdown", tmp_path / "dcdp.md")
+    out = run_script("experiments/bench_dcdp.py", "--variants", "km-k10", "dp-adaptive", "--truncation", "20",
+                     *common, "--markdown", tmp_path / "dcdp.md")
     assert out.returncode == 0, out.stderr
-    rows = [l for l in (tmp_path / "dcdp.md").read_text().splitlines() if l.startswith("| km-") or l.startswith("| dp-")]
+    lines = (tmp_path / "dcdp.md").read_text().splitlines()
+    rows = [l for l in lines if l.startswith("| km-") or l.startswith("| dp-")]
     assert len(rows) == 2 and all("| 1 | 1 |" in r for r in rows)  # one seed, one epoch each
+    anchors = [l for l in lines if "raw pixels" in l or "random-init trunk" in l]
+    assert len(anchors) == 4 and all("| 1 | 0 |" in a for a in anchors)  # one seed, no training
     out = run_script("experiments/bench_baseline.py", "--ks", "10", *common, "--table-only")
     assert out.returncode == 0, out.stderr
     assert "DeepCluster k-means k=10 | 1 |" in out.stdout  # reuses the km-k10 run made above
@@ -64,6 +67,17 @@ def test_bench_prior_tiny_one_row_per_setting(tmp_path):
     assert out.returncode == 0, out.stderr
     rows = [l for l in (tmp_path / "p.md").read_text().splitlines() if l.startswith("| fashion-mnist | 8 |")]
     assert len(rows) == 4
+
+
+@pytest.mark.skipif(not FMNIST.exists(), reason="needs the Debian dataset-fashion-mnist package")
+def test_bench_k_tiny_headline_rows(tmp_path):
+    out = run_script("experiments/bench_k.py", "--parts", "headline", "--max-n", "600", "--truncation", "15",
+                     "--no-sklearn", "--cache", tmp_path, "--out", tmp_path / "k.md")
+    assert out.returncode == 0, out.stderr
+    rows = [l for l in (tmp_path / "k.md").read_text().splitlines() if l.startswith("| UMAP-10 of test pixels | 600 |")]
+    assert [r.split(" | ")[3] for r in rows] == ["DP-GMM full, moves on", "DP-GMM full, moves off",
+                                                 "DP-GMM diag, moves on", "DP-GMM diag, moves off"]
+    assert all(1 <= int(r.split(" | ")[4]) <= 15 for r in rows)        # K_active within the truncation
 
 
 def test_linear_probe_command_scores_a_run(tmp_path):
