@@ -103,7 +103,7 @@ class FeatureConfig:
     l2: bool = field(default=True, metadata=PCA_ONLY)  # L2-normalise each point after PCA
     extract_batch: int = 1024  # images per forward pass when extracting features (memory only)
     memmap_dtype: MemmapDtype = field(default="float32", metadata=IMAGEFOLDER)  # float32 or float16 (half the disk) features of a streamed set on disk
-    reduce: Reduce = "pca"  # clustering space: pca (whitened PCA + L2, DeepCluster), umap (PCA, then UMAP to --reduce-dim) or none
+    reduce: Reduce | None = None  # clustering space: pca (whitened PCA + L2, DeepCluster), umap (PCA, then UMAP to --reduce-dim) or none; None: PRIOR_DEFAULTS (umap for dp, pca for kmeans)
     reduce_dim: int = field(default=10, metadata=UMAP_ONLY)  # UMAP output dimension
     umap_neighbors: int = field(default=20, metadata=UMAP_ONLY)  # UMAP n_neighbors: the size of a local neighbourhood
     umap_min_dist: float = field(default=0.0, metadata=UMAP_ONLY)  # UMAP min_dist; 0 packs clusters tightly (clustering)
@@ -112,6 +112,13 @@ class FeatureConfig:
 # k-means keeps DeepCluster's 256; the DP-GMM collapses to 1-3 components on 256 whitened dimensions of
 # random-init features, so 64. Small demo datasets get a small trunk so they run in a minute on a CPU.
 PCA_DEFAULTS = {"kmeans": 256, "dp": 64}
+# Options whose default depends on --prior (bench_dcdp, BENCHMARKS.md section 6). k-means keeps DeepCluster's
+# whitened PCA-256, relabelled every epoch. The DP-GMM models its space with Gaussians, and whitened PCA of
+# ConvNet features is a thin shell on a sphere that Gaussians tile; UMAP-10 packs each group into a compact blob
+# that one full-covariance Gaussian fits. Its rounds cost a UMAP fit, and a warm-started posterior changes little
+# from one epoch to the next, so it relabels every 2 epochs.
+PRIOR_DEFAULTS: dict[str, dict[str, Any]] = {"reduce": {"kmeans": "pca", "dp": "umap"},
+                                             "relabel_every": {"kmeans": 1, "dp": 2}}
 # PCA dimension before UMAP (as in N2D / the eval protocol's UMAP baseline); UMAP then reduces to reduce_dim.
 UMAP_PCA_DEFAULT = 50
 WIDTH_DEFAULTS = {"digits": 16, "synthetic": 16}
@@ -161,7 +168,7 @@ class TrainConfig:
     """Training schedule and optimiser (SGD, as DeepCluster)."""
 
     epochs: int = 10  # training epochs
-    relabel_every: int = field(default=1, metadata={"only_if": {"relabel": ["fixed"]}})  # recluster every E epochs
+    relabel_every: int | None = field(default=None, metadata={"only_if": {"relabel": ["fixed"]}})  # recluster every E epochs; None: PRIOR_DEFAULTS (1 for kmeans as DeepCluster, 2 for dp)
     relabel: RelabelRule = "fixed"  # fixed (every --relabel-every epochs) or adaptive (once targets are learned)
     relabel_agreement: float = field(default=0.8, metadata=ADAPTIVE)  # relabel once the head agrees with this share
     relabel_max_gap: int = field(default=5, metadata=ADAPTIVE)  # relabel at the latest after this many epochs
@@ -223,11 +230,21 @@ class Config:
         return cls.from_dict(json.loads(Path(path).read_text()))
 
     @property
+    def reduce(self) -> str:
+        """The clustering space in force: ``features.reduce``, else the prior's default (:data:`PRIOR_DEFAULTS`)."""
+        return resolve_prior_default("reduce", self.features.reduce, self.cluster.prior)
+
+    @property
+    def relabel_every(self) -> int:
+        """Epochs between reclusterings in force: ``train.relabel_every``, else the prior's default."""
+        return resolve_prior_default("relabel_every", self.train.relabel_every, self.cluster.prior)
+
+    @property
     def pca_dim(self) -> int:
         """The PCA dimension in force: ``features.pca_dim``, else the backend's default."""
         if self.features.pca_dim is not None:
             return self.features.pca_dim
-        if self.features.reduce == "umap":
+        if self.reduce == "umap":
             return UMAP_PCA_DEFAULT
         return PCA_DEFAULTS.get(self.cluster.prior, 256)
 
@@ -284,6 +301,11 @@ def _section_fields() -> dict[str, tuple[str, dataclasses.Field]]:
 OPTIONS = _section_fields()
 
 
+def resolve_prior_default(name: str, value: Any, prior: str) -> Any:
+    """``value``, or when it is None the default of option ``name`` for ``prior`` (:data:`PRIOR_DEFAULTS`)."""
+    return PRIOR_DEFAULTS[name][prior] if value is None else value
+
+
 def option_defaults() -> dict[str, Any]:
     """Flat option name -> default value."""
     defaults = Config()
@@ -302,7 +324,10 @@ def option_used(name: str, values: Mapping[str, Any], defaults: Mapping[str, Any
     if backend is not None and values.get("prior", defaults["prior"]) != backend:
         return False
     for other, allowed in meta.get("only_if", {}).items():
-        if values.get(other, defaults[other]) not in allowed or not option_used(other, values, defaults):
+        value = values.get(other, defaults[other])
+        if other in PRIOR_DEFAULTS:
+            value = resolve_prior_default(other, value, values.get("prior", defaults["prior"]))
+        if value not in allowed or not option_used(other, values, defaults):
             return False
     return True
 

@@ -50,18 +50,18 @@ HEAD_POLICIES = typing.get_args(HeadPolicy)
 RELABEL_RULES = typing.get_args(RelabelRule)
 
 
-def relabel_due(tr, epoch: int, last_relabel: int | None, agreement: float | None) -> bool:
+def relabel_due(cfg: Config, epoch: int, last_relabel: int | None, agreement: float | None) -> bool:
     """Whether epoch ``epoch`` starts with a new clustering.
 
-    ``fixed``: every ``relabel_every`` epochs (DeepCluster: 1). ``adaptive``: once the head agreed with its
+    ``fixed``: every ``relabel_every`` epochs (``cfg.relabel_every``: DeepCluster's 1 for k-means, 2 for the DP). ``adaptive``: once the head agreed with its
     targets on at least ``relabel_agreement`` of the previous epoch's samples (the targets are learned, so
     they teach nothing new), and at the latest ``relabel_max_gap`` epochs after the last relabel.
     """
     if last_relabel is None:
         return True
-    gap = epoch - last_relabel
+    tr, gap = cfg.train, epoch - last_relabel
     if tr.relabel == "fixed":
-        return gap >= tr.relabel_every
+        return gap >= cfg.relabel_every
     return gap >= tr.relabel_max_gap or (agreement is not None and agreement >= tr.relabel_agreement)
 
 
@@ -102,13 +102,13 @@ def validate(cfg: Config) -> None:
         raise ValueError(f"unknown --relabel {tr.relabel!r}; choose one of {list(RELABEL_RULES)}")
     if not 0 < tr.relabel_agreement <= 1 or tr.relabel_max_gap < 1:
         raise ValueError("--relabel-agreement must be in (0, 1] and --relabel-max-gap >= 1")
-    if tr.epochs < 1 or tr.relabel_every < 1:
-        raise ValueError(f"--epochs ({tr.epochs}) and --relabel-every ({tr.relabel_every}) must be >= 1")
+    if tr.epochs < 1 or cfg.relabel_every < 1:
+        raise ValueError(f"--epochs ({tr.epochs}) and --relabel-every ({cfg.relabel_every}) must be >= 1")
     if tr.batch_size < 2:
         raise ValueError(f"--batch-size must be >= 2 (batch norm), got {tr.batch_size}")
     if tr.lr <= 0:
         raise ValueError(f"--lr must be > 0, got {tr.lr}")
-    if tr.two_views and (c.prior != "dp" or cfg.features.reduce == "umap"):
+    if tr.two_views and (c.prior != "dp" or cfg.reduce == "umap"):
         raise ValueError("--two-views assigns augmented views to the round's clusters on the fly, which needs the DP "
                          "posterior (--prior dp) and a clustering space new points can be mapped into (--reduce pca "
                          "or none, not umap)")
@@ -277,7 +277,7 @@ def check_sizes(cfg: Config, train_set, eval_set, world: int = 1) -> None:
     if tr.batch_size > samples:
         raise ValueError(f"--batch-size {tr.batch_size} is larger than the {samples} images an epoch draws "
                          f"({'--epoch-samples' if tr.epoch_samples else 'the training set'}); lower --batch-size")
-    if cfg.features.reduce == "umap":
+    if cfg.reduce == "umap":
         f = cfg.features
         if n <= f.umap_neighbors + 1:
             raise ValueError(f"--umap-neighbors {f.umap_neighbors} needs more than {f.umap_neighbors + 1} training "
@@ -406,7 +406,7 @@ def _run(ctx: RunContext, state: dict, stop) -> dict:
         t_epoch = time.perf_counter()
         record = {"epoch": epoch, "phase": "train"}
         train_feats = None
-        if relabel_due(tr, epoch, state["last_relabel"], state["agreement"]):
+        if relabel_due(cfg, epoch, state["last_relabel"], state["agreement"]):
             train_feats, info = _relabel(ctx, state, epoch)
             record.update(info)
         if ctx.eval_set is not None and cfg.run.knn_every and epoch % cfg.run.knn_every == 0:

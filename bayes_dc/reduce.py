@@ -210,10 +210,10 @@ REDUCERS: dict[str, Callable[..., Reducer]] = {
 
 def make_reducer(cfg: Any, *, allreduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
                  device: torch.device | None = None) -> Reducer:
-    """The reducer named by ``cfg.features.reduce`` for a :class:`bayes_dc.config.Config` (its ``pca_dim``
+    """The reducer named by ``cfg.reduce`` (``--reduce``, else the prior's default) for a :class:`bayes_dc.config.Config` (its ``pca_dim``
     property resolves the PCA dimension in force). ``allreduce`` and ``device``: see :class:`PCAReducer` (the
     other reducers need neither)."""
-    name = cfg.features.reduce
+    name = cfg.reduce
     if name not in REDUCERS:
         raise ValueError(f"unknown --reduce {name!r}; choose one of {sorted(REDUCERS)}")
     return REDUCERS[name](cfg, allreduce=allreduce, device=device)

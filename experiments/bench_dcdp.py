@@ -50,7 +50,7 @@ VARIANTS: dict[str, list[str]] = {
     "dp-adaptive": ["--relabel", "adaptive"],
     "dp-keep": ["--head", "keep"],
     "dp-cold": ["--warm-start", "none"],
-    "dp-crop-flip": ["--augment", "crop-flip"],
+    "dp-resized-crop": ["--augment", "resized-crop"],
     "dp-pca": ["--reduce", "pca", "--pca-dim", "16"],
     "dp-pca-two-views": ["--reduce", "pca", "--pca-dim", "16", "--two-views"],
     "dp-projection": ["--cluster-on", "projection", "--reduce", "none"],

@@ -41,7 +41,8 @@ LABEL_FIELDS = [("cluster", "truncation", "T={}"), ("cluster", "alpha", "α={:g}
                 ("targets", "targets", "{}"), ("targets", "sharpen", "τ={:g}"),
                 ("train", "relabel", "relabel={}"), ("train", "relabel_every", "relabel every {} ep"),
                 ("targets", "head", "head={}"), ("cluster", "inference", "{}"), ("features", "pca_dim", "PCA {}"),
-                ("features", "whiten", "whiten={}")]
+                ("features", "whiten", "whiten={}"), ("features", "reduce", "{}"), ("features", "cluster_on", "on {}"),
+                ("train", "augment", "{}"), ("train", "two_views", "two views={}")]
 MAX_SERIES = 8
 
 

@@ -33,9 +33,10 @@ def tiny_config(tmp_path):
     return merge(Config(), {
         "data": {"dataset": "synthetic", "subset": 300, "eval_subset": 100},
         "model": {"width": 4},
-        "features": {"pca_dim": 16, "extract_batch": 300},
+        # PCA and a relabel every epoch whatever the prior, so that a test switching to the DP changes only that
+        "features": {"pca_dim": 16, "extract_batch": 300, "reduce": "pca"},
         "cluster": {"prior": "kmeans", "k": 10},
-        "train": {"epochs": 3, "batch_size": 64},
+        "train": {"epochs": 3, "batch_size": 64, "relabel_every": 1},
         "run": {"out_dir": str(tmp_path / "runs"), "name": "tiny", "progress": False, "figures": False,
                 "knn_every": 2},
     })

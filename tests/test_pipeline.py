@@ -10,7 +10,7 @@ from bayes_dc import pipeline
 from bayes_dc.clustering import make_backend
 from bayes_dc.config import ClusterConfig
 from bayes_dc.data import load_dataset
-from bayes_dc.config import Config, merge
+from bayes_dc.config import Config, merge, option_used
 from bayes_dc.jsonl import read_jsonl
 from bayes_dc.runlog import RunDirError
 
@@ -184,14 +184,25 @@ def test_relabel_every_e_reclusters_exactly_every_e_epochs(tiny_config, tmp_path
 
 
 def test_adaptive_relabel_rule():
-    from bayes_dc.config import TrainConfig
-    tr = TrainConfig(relabel="adaptive", relabel_agreement=0.8, relabel_max_gap=4)
-    assert pipeline.relabel_due(tr, 0, None, None)
-    assert not pipeline.relabel_due(tr, 1, 0, 0.5)
-    assert pipeline.relabel_due(tr, 1, 0, 0.85)          # targets learned -> stale
-    assert pipeline.relabel_due(tr, 4, 0, 0.1)           # max gap reached
-    fixed = TrainConfig(relabel_every=2)
-    assert [pipeline.relabel_due(fixed, e, 0, 0.99) for e in range(1, 5)] == [False, True, True, True]
+    tr = {"relabel": "adaptive", "relabel_agreement": 0.8, "relabel_max_gap": 4}
+    adaptive = merge(Config(), {"train": tr})
+    assert pipeline.relabel_due(adaptive, 0, None, None)
+    assert not pipeline.relabel_due(adaptive, 1, 0, 0.5)
+    assert pipeline.relabel_due(adaptive, 1, 0, 0.85)          # targets learned -> stale
+    assert pipeline.relabel_due(adaptive, 4, 0, 0.1)           # max gap reached
+    fixed = merge(Config(), {"train": {"relabel_every": 3}})
+    assert [pipeline.relabel_due(fixed, e, 0, 0.99) for e in range(1, 5)] == [False, False, True, True]
+
+
+def test_relabel_schedule_and_space_defaults_follow_the_prior():
+    """Unset, --relabel-every and --reduce take the prior's default (DeepCluster's for k-means); set, they win."""
+    kmeans, dp = (merge(Config(), {"cluster": {"prior": p}}) for p in ("kmeans", "dp"))
+    assert [pipeline.relabel_due(kmeans, e, 0, None) for e in (1, 2)] == [True, True]
+    assert [pipeline.relabel_due(dp, e, 0, None) for e in (1, 2)] == [False, True]
+    assert (kmeans.reduce, kmeans.pca_dim, dp.reduce, dp.pca_dim) == ("pca", 256, "umap", 50)
+    chosen = merge(dp, {"features": {"reduce": "pca"}, "train": {"relabel_every": 1}})
+    assert (chosen.reduce, chosen.pca_dim, chosen.relabel_every) == ("pca", 64, 1)
+    assert option_used("umap_neighbors", {"prior": "dp"}) and not option_used("umap_neighbors", {"prior": "kmeans"})
 
 
 def test_tensorboard_logs_scalars_and_cluster_grid(tiny_config, tmp_path):
@@ -316,3 +327,21 @@ def test_two_views_learn_the_other_views_responsibilities(tiny_config, tmp_path,
     assert seen and all(a.shape == b.shape for a, b in seen)
     # the two views of an image are assigned differently for some images (else the swap would teach nothing new)
     assert any(not torch.equal(a[:, 0], b[:, 0]) for a, b in seen)
+
+
+def test_a_2000_image_dp_run_with_the_defaults_keeps_its_clusters(tmp_path):
+    """The issue that made the DP what it is: with the old prior a 4,000-image run fell to 2 components. With the
+    defaults (UMAP space, full covariances, the weak prior, moves) a 2,000-image run of 10 known clusters keeps at
+    least 5 in every round: the prior's cost per component no longer grows against a likelihood that shrinks with N."""
+    cfg = merge(Config(), {
+        "data": {"dataset": "synthetic", "subset": 2000, "eval_subset": 200},
+        "model": {"width": 4},
+        "cluster": {"prior": "dp", "truncation": 50},
+        "train": {"epochs": 2, "batch_size": 128},
+        "run": {"out_dir": str(tmp_path / "runs"), "name": "small", "progress": False, "figures": False,
+                "knn_every": 0}})
+    assert cfg.reduce == "umap" and cfg.relabel_every == 2
+    pipeline.run(cfg)
+    rounds = [r for r in read(tmp_path / "runs" / "small") if "round" in r]
+    assert len(rounds) == 2                                                 # epoch 0 and the final one
+    assert all(r["k_active"] >= 5 for r in rounds), [r["k_active"] for r in rounds]
