@@ -123,6 +123,28 @@ def test_normal_wishart_posterior_is_bishop_and_prior_when_empty():
 
 
 @pytest.mark.parametrize("covariance", ["full", "diag", "spherical"])
+def test_terms_on_occupied_rows_equal_the_terms_of_every_row(covariance):
+    """The M-step computes q and the bound's component terms on occupied rows only; empty rows are the prior, whose
+    KL is 0, so the sum matches the all-rows formula."""
+    g = torch.Generator().manual_seed(8)
+    d, t = 3, 6
+    family = make_family(covariance, d)
+    x = torch.randn(80, d, generator=g, dtype=DT)
+    prior = build_prior(family, x.mean(0), torch.cov(x.T), t, prior_scale=0.3).components
+    resp = torch.softmax(torch.randn(80, t, generator=g, dtype=DT), 1)
+    resp[:, [1, 4]] = 0.0
+    stats = family.stats_from_dense(x, resp / resp.sum(1, keepdim=True))
+    q = family.posterior(stats, prior)
+    every_row = family._posterior(stats, prior)
+    for name in ("m", "kappa", "dof", "scale"):
+        torch.testing.assert_close(getattr(q, name)[[0, 2, 3, 5]], getattr(every_row, name)[[0, 2, 3, 5]])
+        assert torch.equal(getattr(q, name)[[1, 4]], getattr(prior, name)[[1, 4]])
+    terms = family.posterior_terms(stats, q, prior)
+    torch.testing.assert_close(terms, family.component_terms(stats, q, prior), rtol=1e-12, atol=1e-9)
+    assert float(terms[1]) == float(terms[4]) == 0.0 and bool((terms[[0, 2, 3, 5]] != 0).all())
+
+
+@pytest.mark.parametrize("covariance", ["full", "diag", "spherical"])
 def test_estep_logits_equal_the_bound_per_point(covariance):
     """The chunked E-step's float32 GEMM gives, per point and component, exactly the bound's expected log-likelihood
     of that point alone plus E[log pi] (checked against the float64 formula used in the ELBO)."""

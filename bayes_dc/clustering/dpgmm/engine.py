@@ -314,7 +314,7 @@ class DPGMM(VariationalMixture):
     def _evaluate(self, stats: SuffStats, q_old: DPGMMParams | None) -> Candidate:
         """Full M-step and ELBO for new statistics (every component recomputed)."""
         q = m_step(self.family, stats, self._prior, q_old)
-        terms = self.family.component_terms(stats, q.components, self._prior.components)
+        terms = self.family.posterior_terms(stats, q.components, self._prior.components)
         value = float(terms.sum() + global_terms(stats, q, self._prior)) + float(stats.entropy)
         return Candidate(stats, q, terms, value, None)
 
