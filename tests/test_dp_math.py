@@ -9,6 +9,7 @@ from bayes_dc.clustering import stick
 from bayes_dc.clustering.dpgmm import math as nw
 from bayes_dc.clustering.dpgmm.families import Components, make_family
 from bayes_dc.clustering.dpgmm.prior import build_prior, updated_scale
+from bayes_dc.clustering.dpgmm.sweep import moved_mass
 
 DT = torch.float64
 
@@ -203,6 +204,26 @@ def test_empirical_bayes_scale_maximises_the_bound(covariance):
     assert best != pytest.approx(0.5)
     for factor in (0.9, 1.1, 0.5, 2.0):
         assert bound(best) > bound(best * factor)
+
+
+def test_moved_mass_is_the_total_variation_between_top_k_rows():
+    g = torch.Generator().manual_seed(9)
+    n, t = 40, 7
+    old_index = torch.stack([torch.randperm(t, generator=g)[:3] for _ in range(n)])          # (n, 3)
+    new_index = torch.stack([torch.randperm(t, generator=g)[:4] for _ in range(n)])          # (n, 4)
+    old_values = torch.softmax(torch.randn(n, 3, generator=g) * 2, 1)
+    new_values = torch.softmax(torch.randn(n, 4, generator=g) * 2, 1)
+    new_values[:5, 2:] = 0.0                                                                  # zero-valued padding
+    new_values = new_values / new_values.sum(1, keepdim=True)
+    new_index[0], new_values[0] = torch.cat([old_index[0], new_index[0, 3:]]), torch.cat([old_values[0], torch.zeros(1)])
+
+    def dense(values, index):
+        return torch.zeros(n, t, dtype=DT).scatter_add_(1, index, values.double())
+
+    reference = 0.5 * (dense(old_values, old_index) - dense(new_values, new_index)).abs().sum(1)
+    torch.testing.assert_close(moved_mass(old_values, old_index, new_values, new_index).double(), reference,
+                               rtol=1e-5, atol=1e-6)
+    assert float(moved_mass(old_values, old_index, new_values, new_index)[0]) < 1e-6   # the same row moved nothing
 
 
 def test_stick_elbo_matches_monte_carlo_with_random_alpha():
