@@ -40,23 +40,38 @@ def _uniform(n: int, low: float, high: float, generator: torch.Generator) -> tor
     return low + (high - low) * torch.rand(n, generator=generator, dtype=torch.float64)
 
 
-def crop_flip(images: torch.Tensor, padding: int, generator: torch.Generator) -> torch.Tensor:
+def _rows(b: int, share: tuple[int, int] | None) -> tuple[int, slice]:
+    """(how many images to draw random numbers for, which of them are this batch's).
+
+    ``share = (offset, total)``: the batch is rows ``offset .. offset + b`` of a global batch of ``total`` images
+    split over processes (``bayes_dc.distributed``); drawing for all ``total`` and keeping the batch's rows gives
+    every image the numbers it gets when one process augments the whole batch.
+    """
+    if share is None:
+        return b, slice(0, b)
+    offset, total = share
+    return total, slice(offset, offset + b)
+
+
+def crop_flip(images: torch.Tensor, padding: int, generator: torch.Generator,
+              share: tuple[int, int] | None = None) -> torch.Tensor:
     """Per-image random crop after zero padding by ``padding``, and a horizontal flip with probability 1/2.
 
-    (B, C, H, W) any dtype -> same shape and dtype, on the input's device.
+    (B, C, H, W) any dtype -> same shape and dtype, on the input's device. ``share``: see :func:`_rows`.
     """
     b, c, h, w = images.shape
     device = images.device
+    n, mine = _rows(b, share)
     if padding > 0:
         padded = nn.functional.pad(images, (padding,) * 4)
-        dy = torch.randint(0, 2 * padding + 1, (b,), generator=generator).to(device)
-        dx = torch.randint(0, 2 * padding + 1, (b,), generator=generator).to(device)
+        dy = torch.randint(0, 2 * padding + 1, (n,), generator=generator)[mine].to(device)
+        dx = torch.randint(0, 2 * padding + 1, (n,), generator=generator)[mine].to(device)
         rows = (dy[:, None] + torch.arange(h, device=device))[:, None, :, None]  # (B, 1, H, 1)
         cols = (dx[:, None] + torch.arange(w, device=device))[:, None, None, :]  # (B, 1, 1, W)
         batch_idx = torch.arange(b, device=device)[:, None, None, None]
         chan_idx = torch.arange(c, device=device)[None, :, None, None]
         images = padded[batch_idx, chan_idx, rows, cols]
-    flip = (torch.rand(b, generator=generator) < 0.5).to(device)[:, None, None, None]
+    flip = (torch.rand(n, generator=generator)[mine] < 0.5).to(device)[:, None, None, None]
     return torch.where(flip, images.flip(-1), images)
 
 
@@ -92,17 +107,19 @@ def resized_crop(images: torch.Tensor, boxes: torch.Tensor, flip: torch.Tensor) 
     return F.grid_sample(images, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
 
-def color_distortion(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+def color_distortion(images: torch.Tensor, generator: torch.Generator,
+                     share: tuple[int, int] | None = None) -> torch.Tensor:
     """SwAV-style colour distortion of float RGB images (B, 3, H, W) in [0, 1]: with probability 0.8 scale
     brightness, contrast (around the image's mean grey) and saturation (around the pixel's grey) by factors
-    uniform in [0.6, 1.4] each, in that fixed order; then with probability 0.2 convert to grey. Output in [0, 1]."""
-    b = images.shape[0]
+    uniform in [0.6, 1.4] each, in that fixed order; then with probability 0.2 convert to grey. Output in [0, 1].
+    ``share``: see :func:`_rows`."""
+    n, mine = _rows(images.shape[0], share)
     device = images.device
-    jitter = (torch.rand(b, generator=generator) < JITTER_PROB).to(device)[:, None, None, None]
+    jitter = (torch.rand(n, generator=generator)[mine] < JITTER_PROB).to(device)[:, None, None, None]
     brightness, contrast, saturation = (
-        _uniform(b, 1 - JITTER_STRENGTH, 1 + JITTER_STRENGTH, generator).float().to(device)[:, None, None, None]
+        _uniform(n, 1 - JITTER_STRENGTH, 1 + JITTER_STRENGTH, generator)[mine].float().to(device)[:, None, None, None]
         for _ in range(3))
-    to_grey = (torch.rand(b, generator=generator) < GRAYSCALE_PROB).to(device)[:, None, None, None]
+    to_grey = (torch.rand(n, generator=generator)[mine] < GRAYSCALE_PROB).to(device)[:, None, None, None]
     weights = torch.tensor([0.299, 0.587, 0.114], device=device)[None, :, None, None]   # ITU-R 601 luma
     x = (images * brightness).clamp(0, 1)
     grey_mean = (x * weights).sum(1, keepdim=True).mean(dim=(2, 3), keepdim=True)
@@ -133,17 +150,21 @@ class Augmenter:
         if self.padding < 0:
             raise ValueError(f"--crop-padding must be >= 0, got {self.padding}")
 
-    def __call__(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    def __call__(self, images: torch.Tensor, generator: torch.Generator,
+                 share: tuple[int, int] | None = None) -> torch.Tensor:
+        """``share = (offset, total)``: ``images`` are rows offset.. of a global batch of ``total`` split over
+        processes; each image gets the augmentation it gets when one process augments the whole batch."""
         if self.kind == "crop-flip":
-            images = crop_flip(images, self.padding, generator)
+            images = crop_flip(images, self.padding, generator, share)
         x = images.float().div_(255.0)
         if self.kind != "resized-crop":
             return x
-        boxes = resized_crop_boxes(x.shape[0], self.scale, generator)
-        flip = torch.rand(x.shape[0], generator=generator) < 0.5
+        n, mine = _rows(x.shape[0], share)
+        boxes = resized_crop_boxes(n, self.scale, generator)[mine]
+        flip = (torch.rand(n, generator=generator) < 0.5)[mine]
         x = resized_crop(x, boxes, flip)
         if x.shape[1] == 3:
-            x = color_distortion(x, generator)
+            x = color_distortion(x, generator, share)
         return x
 
 

@@ -24,6 +24,7 @@ never make the same run twice); nothing else lists which option matters when.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import typing
 from dataclasses import dataclass, field
@@ -46,6 +47,8 @@ RelabelRule = Literal["fixed", "adaptive"]
 Reduce = Literal["pca", "umap", "none"]
 ClusterOn = Literal["trunk", "projection"]
 Augment = Literal["none", "crop-flip", "resized-crop"]
+Streaming = Literal["auto", "always", "never"]
+MemmapDtype = Literal["float32", "float16"]
 
 DP = {"backend": "dp"}
 KMEANS = {"backend": "kmeans"}
@@ -59,6 +62,7 @@ UMAP_ONLY = {"only_if": {"reduce": ["umap"]}}
 PROJECTION = {"only_if": {"cluster_on": ["projection"]}}
 CROP_FLIP = {"only_if": {"augment": ["crop-flip"]}}
 RESIZED_CROP = {"only_if": {"augment": ["resized-crop"]}}
+IMAGEFOLDER = {"only_if": {"dataset": ["imagefolder"]}}  # the only dataset that can stream (bayes_dc.data.STREAMABLE)
 
 
 @dataclass
@@ -72,6 +76,9 @@ class DataConfig:
     eval_subset: int | None = field(default=None, metadata=WITH_EVAL)  # kNN on N seeded eval images; None: all
     image_size: int | None = None  # resize images to this side in pixels (imagefolder, digits); None: as stored
     download: bool = True  # let torchvision download the dataset when no local copy is found
+    streaming: Streaming = field(default="auto", metadata=IMAGEFOLDER)  # auto (stream an image folder larger than --memory-budget-gb), always or never
+    memory_budget_gb: float | None = field(default=None, metadata=IMAGEFOLDER)  # GiB of uint8 pixels above which --streaming auto streams; None: 8
+    num_workers: int = field(default=0, metadata=IMAGEFOLDER)  # DataLoader worker processes decoding image files (imagefolder); 0: in the main process
 
 
 @dataclass
@@ -95,6 +102,7 @@ class FeatureConfig:
     whiten: bool = field(default=True, metadata=PCA_ONLY)  # whiten the PCA components (unit variance each)
     l2: bool = field(default=True, metadata=PCA_ONLY)  # L2-normalise each point after PCA
     extract_batch: int = 1024  # images per forward pass when extracting features (memory only)
+    memmap_dtype: MemmapDtype = field(default="float32", metadata=IMAGEFOLDER)  # float32 or float16 (half the disk) features of a streamed set on disk
     reduce: Reduce = "pca"  # clustering space: pca (whitened PCA + L2, DeepCluster), umap (PCA, then UMAP to --reduce-dim) or none
     reduce_dim: int = field(default=10, metadata=UMAP_ONLY)  # UMAP output dimension
     umap_neighbors: int = field(default=20, metadata=UMAP_ONLY)  # UMAP n_neighbors: the size of a local neighbourhood
@@ -127,7 +135,7 @@ class ClusterConfig:
     prior_scale_update: bool = field(default=False, metadata=DP)  # re-estimate --prior-scale between sweeps (max ELBO)
     topk: int = field(default=8, metadata=DP)  # responsibilities kept per point (soft targets, warm starts)
     max_iter: int = field(default=100, metadata=DP)  # most coordinate-ascent iterations per round
-    tol: float = field(default=1e-4, metadata=DP)  # converged when the relative ELBO change is below this
+    tol: float = field(default=1e-2, metadata=DP)  # converged when an E-step moved less than this share of the responsibility mass (mean total variation per point, in (0, 1))
     min_size: float = field(default=1.0, metadata=DP)  # expected count below which a component is reset to the prior
     moves: str = field(default="all", metadata=DP)  # moves between sweeps: all, none, or a comma list of merge,split,birth,delete
     move_every: int = field(default=5, metadata=DP)  # CAVI iterations between move rounds (plus one round before stopping)
@@ -184,6 +192,7 @@ class RunConfig:
     tensorboard: bool = False  # also log scalars and cluster image grids to <run dir>/tensorboard
     progress: bool = True  # show progress bars
     resume: bool = False  # continue the run in --out-dir/--name from its last checkpoint (same config)
+    scratch_dir: str | None = field(default=None, metadata=IMAGEFOLDER)  # folder for the on-disk features of a streamed set; None: <run dir>/scratch
 
 
 @dataclass
@@ -230,9 +239,30 @@ class Config:
         return WIDTH_DEFAULTS.get(self.data.dataset, 64)
 
     def default_name(self) -> str:
+        """``<dataset>-<prior>-<k or T-warm start>-<targets>-e<epochs>-s<seed>-<hash>``: readable, and unique per
+        config: the hash covers every option that changes results and differs from its default, so two configs
+        that the readable part cannot tell apart (another --lr, --pca-dim, ...) get different directories."""
         c = self.cluster
         k = f"k{c.k}" if c.prior == "kmeans" else f"T{c.truncation}-{c.warm_start}"
-        return f"{self.data.dataset}-{c.prior}-{k}-{self.targets.targets}-e{self.train.epochs}-s{self.run.seed}"
+        readable = f"{self.data.dataset}-{c.prior}-{k}-{self.targets.targets}-e{self.train.epochs}-s{self.run.seed}"
+        return f"{readable}-{self.options_hash()}"
+
+    def options_hash(self) -> str:
+        """6 hex digits of the options that differ from their defaults, leaving out ``NAME_IGNORED`` (where the
+        run goes, cosmetics, the schedule length): the same for configs that make the same run."""
+        defaults = Config().to_dict()
+        changed = {f"{section}.{key}": value for section, values in self.to_dict().items()
+                   for key, value in values.items()
+                   if f"{section}.{key}" not in NAME_IGNORED and value != defaults[section][key]}
+        text = json.dumps(changed, sort_keys=True, default=list)
+        return hashlib.sha256(text.encode()).hexdigest()[:6]
+
+
+# Fields that may differ when resuming: growing the schedule or changing cosmetics does not change the past.
+RESUMABLE_CHANGES = {"train.epochs", "run.resume", "run.progress", "run.figures", "run.threads", "run.knn_every",
+                     "run.tensorboard", "run.device", "run.out_dir", "run.scratch_dir", "data.num_workers"}
+# Left out of the hash in default run names: where the run goes, and what --resume may change.
+NAME_IGNORED = RESUMABLE_CHANGES | {"run.name"}
 
 
 SECTIONS = {f.name: f.type for f in dataclasses.fields(Config)}

@@ -12,9 +12,11 @@ import torch
 
 if TYPE_CHECKING:  # type names only: this module must stay importable without the stages it describes
     from .augment import Augmenter
+    from .batches import BatchSource
     from .clustering.base import ClusterBackend
     from .config import Config
-    from .data import ImageDataset
+    from .data import ImageDataset, StreamingImageFolder
+    from .distributed import Distributed
     from .models import DeepClusterNet
     from .reduce import Reducer
     from .runlog import RunDir
@@ -27,11 +29,11 @@ class RunContext:
 
     Attributes:
         cfg: the run's Config.
-        device: where the model and the image tensors live.
-        train_set: the training images (and their labels, for evaluation only).
+        device: where the model (and in-memory image tensors) live.
+        train_set: the training images (and their labels, for evaluation only), in memory or streamed.
         eval_set: the split scored by kNN accuracy, or None (``--eval-split none`` / no labels).
-        images: (N, C, H, W) uint8, ``train_set.images`` on ``device``.
-        eval_images: (N_eval, C, H, W) uint8 on ``device``, or None.
+        train_source: the training images as the loop reads them (batches, features; ``bayes_dc.batches``).
+        eval_source: the same for ``eval_set``, or None.
         mean, std: (C,) per-channel normalisation of the training images (also applied to the eval images).
         model: trunk + head; the head is replaced at each relabel (:func:`bayes_dc.pipeline.install_head`).
         trunk_opt: the trunk's optimiser (kept for the whole run).
@@ -40,15 +42,19 @@ class RunContext:
         reducer: features -> clustering space (``--reduce``).
         augmenter: training-image augmentation (``--augment``).
         rundir: the run directory (metrics, snapshots, checkpoints).
-        tb: TensorBoard logger when ``--tensorboard``, else None.
+        dist: this process's rank and the collectives (``bayes_dc.distributed``; rank 0 of 1 without torchrun).
+        ddp: the model wrapped in DistributedDataParallel under torchrun (re-wrapped with each new head), else None.
+        start: the checkpoint ``--resume`` continues from, loaded and verified before anything was written
+            (handed to the loop once, then None).
+        tb: TensorBoard logger when ``--tensorboard`` (rank 0), else None.
     """
 
     cfg: Config
     device: torch.device
-    train_set: ImageDataset
-    eval_set: ImageDataset | None
-    images: torch.Tensor
-    eval_images: torch.Tensor | None
+    train_set: ImageDataset | StreamingImageFolder
+    eval_set: ImageDataset | StreamingImageFolder | None
+    train_source: BatchSource
+    eval_source: BatchSource | None
     mean: torch.Tensor
     std: torch.Tensor
     model: DeepClusterNet
@@ -58,4 +64,12 @@ class RunContext:
     reducer: Reducer
     augmenter: Augmenter
     rundir: RunDir
+    dist: Distributed
+    ddp: torch.nn.Module | None = None
+    start: dict | None = None
     tb: TensorBoardLogger | None = None
+
+    @property
+    def trained_model(self) -> torch.nn.Module:
+        """What a training step calls: the DDP wrapper when there is one (it reduces the gradients), else the model."""
+        return self.ddp if self.ddp is not None else self.model

@@ -18,9 +18,13 @@ Randomness is derived from (seed, purpose, epoch) only, so a resumed run repeats
 """
 from __future__ import annotations
 
+import dataclasses
+import math
+import signal
 import time
 import typing
 import warnings
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -28,15 +32,17 @@ from tqdm.auto import tqdm
 
 from . import metrics
 from .augment import Augmenter
+from .batches import BatchSource
 from .clustering import BACKENDS, ClusterResult, make_backend
 from .config import Config, HeadPolicy, RelabelRule
 from .context import RunContext
 from .data import load_dataset
-from .features import extract_features
+from .distributed import Distributed, check_batch_size, convert_sync_batchnorm, init_from_env, resolve_device, \
+    shutdown, wrap_ddp
 from .lineage import round_lineage
 from .models import ARCHS, build_model, new_head
 from .reduce import Reduction, make_reducer
-from .runlog import RunDir
+from .runlog import ReadOnlyRunDir, RunDir, graceful_interrupt, run_path
 from .targets import TARGET_KINDS, Targets, build_targets, sample_epoch
 from .train import SwappedViews, train_epoch
 
@@ -65,14 +71,14 @@ def derive_seed(seed: int, *parts: str | int) -> int:
     return int(np.random.SeedSequence(words).generate_state(1)[0] % (2**31 - 1))
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda was asked for but torch sees no CUDA device; use --device cpu or auto")
-    if name not in ("cpu", "cuda") and not name.startswith("cuda:"):
-        raise ValueError(f"unknown --device {name!r}; choose auto, cpu or cuda")
-    return torch.device(name)
+class RunInterrupted(KeyboardInterrupt):
+    """The run stopped at a checkpoint because a stop was asked for (Ctrl-C, a scheduler's SIGTERM); the message
+    is one line naming the checkpoint and ``--resume``. A KeyboardInterrupt, so ``except Exception`` lets it by."""
+
+
+class RunDiverged(FloatingPointError):
+    """The loss or the clustering objective stopped being finite; the message names the epoch and the checkpoint
+    that is kept (the last one written before the divergence)."""
 
 
 def validate(cfg: Config) -> None:
@@ -106,6 +112,8 @@ def validate(cfg: Config) -> None:
         raise ValueError("--two-views assigns augmented views to the round's clusters on the fly, which needs the DP "
                          "posterior (--prior dp) and a clustering space new points can be mapped into (--reduce pca "
                          "or none, not umap)")
+    if cfg.data.num_workers < 0:
+        raise ValueError(f"--num-workers must be >= 0 (0: decode in the main process), got {cfg.data.num_workers}")
 
 
 def _head_outputs(cfg: Config) -> int:
@@ -149,58 +157,176 @@ def _head_optimizer(cfg: Config, head: torch.nn.Module) -> torch.optim.Optimizer
 
 
 def install_head(ctx: RunContext, head: torch.nn.Linear) -> None:
-    """Put ``head`` on the model, with a fresh optimiser (DeepCluster: momentum does not carry over)."""
+    """Put ``head`` on the model, with a fresh optimiser (DeepCluster: momentum does not carry over); several
+    processes wrap the model in DDP again (DDP fixes its parameters when it is built)."""
     ctx.model.head = head
     ctx.head_opt = _head_optimizer(ctx.cfg, head)
+    if ctx.dist.active:
+        ctx.ddp = wrap_ddp(ctx.model, ctx.device)
 
 
 def setup(cfg: Config) -> RunContext:
     """Check ``cfg``, load the data, build backend, model and optimisers, and open the run directory.
 
-    Nothing is written before every check has passed. The model is initialised from the run seed.
+    Nothing is written before every check has passed, including the sizes against the data (:func:`check_sizes`)
+    and, with ``--resume``, the checkpoint (loaded and verified into ``ctx.start``). The model is initialised from
+    the run seed. Under torchrun this joins the process group first; rank 0 writes the run directory.
     """
     validate(cfg)
-    device = resolve_device(cfg.run.device)
+    dist, device = init_from_env(cfg.run.device)
+    if dist.active:
+        check_distributed(cfg, dist.world)
     if cfg.run.threads:  # parallel runs on one machine must not each grab every core
         torch.set_num_threads(cfg.run.threads)
         import faiss
         faiss.omp_set_num_threads(cfg.run.threads)
     train_set, eval_set = _load_data(cfg)
+    check_sizes(cfg, train_set, eval_set, dist.world)
+    if cfg.run.tensorboard:
+        from .tblog import TensorBoardLogger  # noqa: F401  (its ImportError names the package, before any write)
     backend = make_backend(cfg.cluster, device)
-    reducer = make_reducer(cfg)
-    if cfg.cluster.prior == "kmeans" and cfg.cluster.k > len(train_set):
-        raise ValueError(f"--k {cfg.cluster.k} exceeds the number of training images ({len(train_set)})")
-    rundir = RunDir.open(cfg, device)  # first write happens only after every check above passed
+    if dist.active:   # each rank fits on its own rows (checked by check_distributed)
+        backend.dist = dist
+    reducer = make_reducer(cfg, allreduce=dist.all_reduce if dist.active else None, device=device)
+    rundir, start = _open_run_dir(cfg, dist)
 
     torch.manual_seed(derive_seed(cfg.run.seed, "init"))
-    m = cfg.model
-    model = build_model(m.arch, train_set.num_channels, sobel=m.sobel, width=cfg.width, num_outputs=_head_outputs(cfg),
-                        projection_dim=m.projection_dim if cfg.features.cluster_on == "projection" else 0,
-                        projection_hidden=m.projection_hidden, projection_l2=m.projection_l2).to(device)
+    model = _build_model(cfg, train_set.num_channels).to(device)
+    if dist.active:
+        model = convert_sync_batchnorm(model, device)
     mean, std = train_set.mean_std()
     tr = cfg.train
     # the projection head belongs to the representation (kept across rounds), so it trains with the trunk
     trunk_params = list(model.trunk.parameters()) + (list(model.projection.parameters()) if model.projection else [])
     trunk_opt = torch.optim.SGD(trunk_params, lr=tr.lr, momentum=tr.momentum,
                                 weight_decay=tr.weight_decay)
-    return RunContext(cfg=cfg, device=device, train_set=train_set, eval_set=eval_set,
-                      images=train_set.images.to(device),
-                      eval_images=eval_set.images.to(device) if eval_set is not None else None,
-                      mean=mean, std=std, model=model, trunk_opt=trunk_opt,
-                      head_opt=_head_optimizer(cfg, model.head), backend=backend, reducer=reducer,
-                      augmenter=Augmenter(tr.augment, padding=tr.crop_padding, scale=tr.crop_scale), rundir=rundir)
+    rundir.start(cfg, device, world_size=dist.world)  # the first write, after every check above passed (rank 0)
+    dist.barrier()
+    scratch = Path(cfg.run.scratch_dir) if cfg.run.scratch_dir else rundir.path / "scratch"
+    sources = {split: BatchSource(ds, device, scratch=scratch, memmap_dtype=cfg.features.memmap_dtype,
+                                  tag=f"{split}-rank{dist.rank}")
+               for split, ds in (("train", train_set), ("eval", eval_set)) if ds is not None}
+    ctx = RunContext(cfg=cfg, device=device, train_set=train_set, eval_set=eval_set, train_source=sources["train"],
+                     eval_source=sources.get("eval"), mean=mean, std=std, model=model, trunk_opt=trunk_opt,
+                     head_opt=_head_optimizer(cfg, model.head), backend=backend, reducer=reducer,
+                     augmenter=Augmenter(tr.augment, padding=tr.crop_padding, scale=tr.crop_scale), rundir=rundir,
+                     dist=dist, start=start)
+    if dist.active:
+        ctx.ddp = wrap_ddp(model, device)
+    return ctx
+
+
+def _open_run_dir(cfg: Config, dist: Distributed) -> tuple[RunDir, dict | None]:
+    """The checked, still unwritten run directory and, with ``--resume``, the checkpoint to start from.
+
+    Rank 0 checks (another rank looking at the directory could see rank 0's first files and call it taken) and
+    tells the others the outcome, so every rank raises the same error or none; the others then read the
+    checkpoint through a :class:`ReadOnlyRunDir`.
+    """
+    rundir, start, error = None, None, None
+    if dist.is_main:
+        try:
+            rundir = RunDir.prepare(cfg)
+            start = rundir.load_checkpoint() if cfg.run.resume else None   # a damaged checkpoint stops the run here
+        except RuntimeError as err:   # RunDirError, CheckpointError
+            error = err
+    error = dist.broadcast_object(error)
+    if error is not None:
+        raise error
+    if not dist.is_main:
+        rundir = ReadOnlyRunDir(run_path(cfg))
+        start = rundir.load_checkpoint() if cfg.run.resume else None
+    return rundir, start
+
+
+def _build_model(cfg: Config, channels: int) -> torch.nn.Module:
+    m = cfg.model
+    return build_model(m.arch, channels, sobel=m.sobel, width=cfg.width, num_outputs=_head_outputs(cfg),
+                       projection_dim=m.projection_dim if cfg.features.cluster_on == "projection" else 0,
+                       projection_hidden=m.projection_hidden, projection_l2=m.projection_l2)
+
+
+def check_distributed(cfg: Config, world: int) -> None:
+    """What a run of ``world`` processes cannot do, refused before anything is written."""
+    check_batch_size(cfg.train.batch_size, world)
+    if cfg.train.two_views:
+        raise ValueError("--two-views runs in one process for now (its two forward passes per step bypass DDP's "
+                         "gradient reduction); run experiments/run.py without torchrun, or drop --two-views")
+    if cfg.cluster.prior == "dp" and cfg.cluster.inference == "svi":
+        raise ValueError("--inference svi (Pyro) runs in one process; under torchrun use --inference cavi (its "
+                         "statistics are all-reduced over the processes), or run experiments/run.py without torchrun")
+
+
+def check_sizes(cfg: Config, train_set, eval_set, world: int = 1) -> None:
+    """Check the options that depend on the data (N, the image size) before anything is written.
+
+    Raises ValueError naming the option and the limit: --k or --truncation above N, a batch larger than N (or
+    than the images an epoch draws), UMAP's neighbours or dimension too large for N, fewer images than processes,
+    and an architecture that cannot take the images (a dry forward pass on the meta device, no memory, no
+    randomness used).
+    """
+    n, c, tr = len(train_set), cfg.cluster, cfg.train
+    if c.prior == "kmeans" and c.k > n:
+        raise ValueError(f"--k {c.k} exceeds the number of training images ({n}); lower --k or use more images")
+    if c.prior == "dp" and c.truncation > n:
+        raise ValueError(f"--truncation {c.truncation} exceeds the number of training images ({n}); a component "
+                         f"needs at least one point, so lower --truncation to at most {n}")
+    samples = tr.epoch_samples or n
+    if tr.epoch_samples is not None and tr.epoch_samples < 1:
+        raise ValueError(f"--epoch-samples must be >= 1 (or None: N), got {tr.epoch_samples}")
+    if tr.batch_size > samples:
+        raise ValueError(f"--batch-size {tr.batch_size} is larger than the {samples} images an epoch draws "
+                         f"({'--epoch-samples' if tr.epoch_samples else 'the training set'}); lower --batch-size")
+    if cfg.features.reduce == "umap":
+        f = cfg.features
+        if n <= f.umap_neighbors + 1:
+            raise ValueError(f"--umap-neighbors {f.umap_neighbors} needs more than {f.umap_neighbors + 1} training "
+                             f"images, got {n}; lower --umap-neighbors or use --reduce pca")
+        if f.reduce_dim >= n - 1:
+            raise ValueError(f"--reduce-dim {f.reduce_dim} must be below N - 1 = {n - 1}")
+    if n < world:
+        raise ValueError(f"{n} training images cannot be shared by {world} processes; use fewer processes")
+    _check_architecture(cfg, train_set.num_channels, train_set.image_size)
+
+
+def _check_architecture(cfg: Config, channels: int, size: int) -> None:
+    """A forward pass of two (channels, size, size) images through the model on the meta device (shapes only)."""
+    def fits(side: int) -> bool:
+        with torch.device("meta"):
+            model = _build_model(cfg, channels).eval()
+            try:
+                model(torch.zeros(2, channels, side, side))
+            except RuntimeError:
+                return False
+        return True
+
+    if fits(size):
+        return
+    smallest = next((s for s in range(size + 1, 1025) if fits(s)), None)
+    need = f"images of at least {smallest} px" if smallest else "larger images"
+    raise ValueError(f"--arch {cfg.model.arch} needs {need}, but {cfg.data.dataset} images are {size} px; pass "
+                     f"--image-size {smallest or 2 * size} (resizes), or use --arch vgg-small for small images")
+
+
+def load_split(cfg: Config, split: str, subset: int | None):
+    """One split of ``cfg``'s dataset, in memory or streamed as ``--streaming`` / ``--memory-budget-gb`` say."""
+    d = cfg.data
+    budget = None if d.memory_budget_gb is None else int(d.memory_budget_gb * 2**30)
+    if budget is not None and budget <= 0:
+        raise ValueError(f"--memory-budget-gb must be > 0 (or None: 8), got {d.memory_budget_gb}")
+    return load_dataset(d.dataset, split, root=d.data_root, subset=subset, seed=cfg.run.seed,
+                        image_size=d.image_size, download=d.download, streaming=d.streaming, memory_budget=budget,
+                        num_workers=d.num_workers)
 
 
 def _load_data(cfg: Config):
     """(training set, eval set or None). The eval set is dropped when either split has no labels."""
     d = cfg.data
-    train_set = load_dataset(d.dataset, "train", root=d.data_root, subset=d.subset, seed=cfg.run.seed,
-                             image_size=d.image_size, download=d.download)
+    train_set = load_split(cfg, "train", d.subset)
     eval_set = None
     if d.eval_split != "none":
         try:
-            eval_set = load_dataset(d.dataset, d.eval_split, root=d.data_root, subset=d.eval_subset,
-                                    seed=cfg.run.seed, image_size=d.image_size, download=d.download)
+            eval_set = load_split(cfg, d.eval_split, d.eval_subset)
         except ValueError as err:
             if d.dataset != "imagefolder":
                 raise
@@ -218,7 +344,7 @@ def _initial_state() -> dict:
 
 def _restore(ctx: RunContext) -> dict:
     """The loop state to start from: the checkpoint's (model and optimisers loaded) with --resume, else fresh."""
-    ckpt = ctx.rundir.load_checkpoint() if ctx.cfg.run.resume else None
+    ckpt, ctx.start = ctx.start, None   # loaded (and verified) by setup; not kept for the whole run
     if ckpt is None:
         return _initial_state()
     ctx.model.load_state_dict(ckpt["model"])
@@ -227,21 +353,55 @@ def _restore(ctx: RunContext) -> dict:
     return ckpt["state"]
 
 
+def _check_finite_weights(model: torch.nn.Module) -> None:
+    """FloatingPointError when a weight or buffer is NaN/inf (a loss can stay finite for a step after that)."""
+    bad = [name for name, value in model.state_dict().items()
+           if value.is_floating_point() and not torch.isfinite(value).all()]
+    if bad:
+        raise FloatingPointError(f"the model has NaN/inf weights after training ({', '.join(bad[:3])})")
+
+
 def _save_checkpoint(ctx: RunContext, state: dict) -> None:
     ctx.rundir.save_checkpoint({"model": ctx.model.state_dict(), "trunk_opt": ctx.trunk_opt.state_dict(),
                                 "head_opt": ctx.head_opt.state_dict(), "state": state, "config": ctx.cfg.to_dict()})
 
 
 def run(cfg: Config) -> dict:
-    """Run (or resume) the experiment described by ``cfg``; return the final record."""
+    """Run (or resume) the experiment described by ``cfg``; return the final record.
+
+    The first SIGINT (Ctrl-C) or SIGTERM (a scheduler's stop) lets the current epoch finish and checkpoint, then
+    raises :class:`RunInterrupted`; a second one stops at once (KeyboardInterrupt). A loss, weight or clustering
+    objective that stops being finite raises :class:`RunDiverged` naming the epoch; the checkpoint on disk is
+    then the last one of a finite model.
+    """
     ctx = setup(cfg)
-    state = _restore(ctx)
+    state = None
+    try:
+        state = _restore(ctx)
+        # under torchrun a terminal's Ctrl-C reaches each worker twice (directly, and forwarded by the agent)
+        with graceful_interrupt((signal.SIGINT, signal.SIGTERM), debounce=2.0 if ctx.dist.active else 0.0) as stop:
+            return _run(ctx, state, stop)
+    except FloatingPointError as err:
+        epoch = state["epoch"] if state else 0   # advanced only after an epoch was checked, logged, checkpointed
+        where = f"epoch {epoch}" if epoch < cfg.train.epochs else "the final clustering"
+        kept = f"the checkpoint of epoch {epoch - 1} is kept" if epoch else "no checkpoint was written"
+        raise RunDiverged(f"{where} diverged: {err}; {kept} in {ctx.rundir.path}. Start a new run with a lower "
+                          f"--lr") from None
+    finally:
+        for source in (ctx.train_source, ctx.eval_source):
+            if source is not None:
+                source.remove_features()
+        shutdown()
+
+
+def _run(ctx: RunContext, state: dict, stop) -> dict:
+    cfg = ctx.cfg
     ctx.rundir.truncate_metrics(state["epoch"])
-    if cfg.run.tensorboard:
+    if cfg.run.tensorboard and ctx.dist.is_main:
         from .tblog import TensorBoardLogger
         ctx.tb = TensorBoardLogger(ctx.rundir.path)
     tr = cfg.train
-    progress = _Progress(tr.epochs, state["epoch"], cfg.run.progress, ctx.rundir.path.name)
+    progress = _Progress(tr.epochs, state["epoch"], cfg.run.progress and ctx.dist.is_main, ctx.rundir.path.name)
     for epoch in range(state["epoch"], tr.epochs):
         t_epoch = time.perf_counter()
         record = {"epoch": epoch, "phase": "train"}
@@ -258,6 +418,7 @@ def run(cfg: Config) -> dict:
         indices = sample_epoch(targets, tr.epoch_samples or len(targets), gen)
         views = SwappedViews(state["predictor"], state["reduce_state"]) if tr.two_views else None
         stats = train_epoch(ctx, targets, indices, generator=gen, desc=f"epoch {epoch}", views=views)
+        _check_finite_weights(ctx.model)   # before anything of this epoch is logged or checkpointed
         state["agreement"] = stats["agreement"]
         record.update(loss=stats["loss"], agreement=stats["agreement"], train_seconds=stats["seconds"],
                       epoch_seconds=time.perf_counter() - t_epoch)
@@ -269,13 +430,18 @@ def run(cfg: Config) -> dict:
         state["epoch"] = epoch + 1
         _save_checkpoint(ctx, state)
         progress.update(record)
+        if ctx.dist.any(stop.requested):   # every rank stops after the same epoch
+            progress.close()
+            raise RunInterrupted(f"{stop.signal_name} received: stopped after epoch {epoch} with its checkpoint in "
+                                 f"{ctx.rundir.path}; continue with the same options and --resume "
+                                 f"(--name {ctx.rundir.path.name})")
     progress.close()
 
     final = _final_record(ctx, state)
     if ctx.tb is not None:
         ctx.tb.log_record(final)
         ctx.tb.close()
-    if cfg.run.figures:
+    if cfg.run.figures and ctx.dist.is_main:
         from .plots import plot_run
         plot_run(ctx.rundir.path)
     return final
@@ -290,7 +456,7 @@ def _relabel(ctx: RunContext, state: dict, epoch: int) -> tuple[torch.Tensor, di
     train_feats, result, reduction, info = _cluster_round(ctx, state)
     _snapshot_and_lineage(ctx.rundir, state["round"], epoch, result)
     if ctx.tb is not None:
-        ctx.tb.log_clusters(epoch, ctx.train_set.images, result.labels, result.weights)
+        ctx.tb.log_clusters(epoch, ctx.train_set, result.labels, result.weights)
     state["targets"] = build_targets(result, cfg.targets.targets, tau=cfg.targets.sharpen,
                                      balanced=cfg.targets.balanced)
     gen = torch.Generator().manual_seed(derive_seed(cfg.run.seed, "head", state["round"]))
@@ -315,15 +481,16 @@ def _cluster_round(ctx: RunContext, state: dict) -> tuple[torch.Tensor, ClusterR
     """
     cfg = ctx.cfg
     t0 = time.perf_counter()
-    feats = extract_features(ctx.model.trunk, ctx.images, ctx.mean, ctx.std, batch_size=cfg.features.extract_batch,
-                             device=ctx.device, progress=cfg.run.progress, desc="extract")
+    feats = _features(ctx, ctx.train_source, progress=cfg.run.progress and ctx.dist.is_main)
     t1 = time.perf_counter()
-    reduction = ctx.reducer.reduce(_clustered_features(ctx, feats), seed=derive_seed(cfg.run.seed, "reduce", state["round"]),
-                                   warm_state=state.get("reduce_state"))
+    reduction = _reduce(ctx, _clustered_features(ctx, feats), seed=derive_seed(cfg.run.seed, "reduce", state["round"]),
+                        warm_state=state.get("reduce_state"))
     x = reduction.points
     result = ctx.backend.fit(x, seed=derive_seed(cfg.run.seed, "cluster", state["round"]),
                              warm_state=state["warm_state"])
     t2 = time.perf_counter()
+    if not math.isfinite(result.objective):
+        raise FloatingPointError(f"the clustering objective ({ctx.backend.name}) became {result.objective}")
     info = {"round": state["round"], "extract_seconds": t1 - t0, "cluster_seconds": t2 - t1,
             "reduce_seconds": reduction.seconds, "reduce_info": reduction.info,
             "fit_seconds": result.seconds, "objective": result.objective, "n_iter": result.n_iter,
@@ -339,6 +506,16 @@ def _cluster_round(ctx: RunContext, state: dict) -> tuple[torch.Tensor, ClusterR
     return feats, result, reduction, info
 
 
+def _reduce(ctx: RunContext, space: torch.Tensor, *, seed: int, warm_state: dict | None) -> Reduction:
+    """The reducer on this process's rows; a reducer that needs every row at once (UMAP) gets them all on every
+    process (the same computation everywhere, same seed) and each keeps its own rows of the result."""
+    if not ctx.dist.active or ctx.reducer.shardable:
+        return ctx.reducer.reduce(space, seed=seed, warm_state=warm_state)
+    start, stop = ctx.dist.shard(len(ctx.train_source))
+    reduction = ctx.reducer.reduce(ctx.dist.gather_rows(space), seed=seed, warm_state=warm_state)
+    return dataclasses.replace(reduction, points=reduction.points[start:stop])
+
+
 @torch.no_grad()
 def _clustered_features(ctx: RunContext, feats: torch.Tensor) -> torch.Tensor:
     """What ``--cluster-on`` clusters: the trunk features (N, F) themselves, or their projection (N, P) (eval mode,
@@ -348,13 +525,17 @@ def _clustered_features(ctx: RunContext, feats: torch.Tensor) -> torch.Tensor:
         return feats
     was_training = projection.training
     projection.eval()
-    out = torch.cat([projection(chunk) for chunk in feats.split(ctx.cfg.features.extract_batch)])
+    # chunks of streamed features come from a memmap on the CPU, maybe float16
+    out = torch.cat([projection(chunk.to(ctx.device, torch.float32))
+                     for chunk in feats.split(ctx.cfg.features.extract_batch)])
     projection.train(was_training)
     return out
 
 
 def _snapshot_and_lineage(rundir: RunDir, round_idx: int, epoch: int, result: ClusterResult) -> None:
     """Save the round's snapshot and, from round 1 on, its lineage against the previous round's snapshot."""
+    if isinstance(rundir, ReadOnlyRunDir):   # rank 0 writes both
+        return
     rundir.save_snapshot(round_idx, result.labels, result.resp_values, result.resp_index, result.weights)
     prev = rundir.snapshot_path(round_idx - 1)
     if round_idx > 0 and prev.exists():
@@ -363,21 +544,32 @@ def _snapshot_and_lineage(rundir: RunDir, round_idx: int, epoch: int, result: Cl
         rundir.log({"epoch": epoch, "round": round_idx, **events}, rundir.lineage_path)
 
 
+def _features(ctx: RunContext, source: BatchSource, progress: bool = False) -> torch.Tensor:
+    """Trunk features (n, F) of this process's shard of ``source`` (all of it in one process)."""
+    rows = ctx.dist.shard(len(source)) if ctx.dist.active else None
+    return source.features(ctx.model.trunk, ctx.mean, ctx.std, batch_size=ctx.cfg.features.extract_batch,
+                           rows=rows, progress=progress, desc="extract")
+
+
 def _knn(ctx: RunContext, train_feats: torch.Tensor | None = None) -> float:
-    """kNN accuracy of the current trunk on the eval split (``train_feats``: this epoch's, if extracted)."""
-    bs = ctx.cfg.features.extract_batch
+    """kNN accuracy of the current trunk on the eval split (``train_feats``: this epoch's, if extracted).
+
+    Several processes extract their shards, gather them, and rank 0 scores (its answer is sent to the others).
+    """
     if train_feats is None:
-        train_feats = extract_features(ctx.model.trunk, ctx.images, ctx.mean, ctx.std, batch_size=bs,
-                                       device=ctx.device)
-    test_feats = extract_features(ctx.model.trunk, ctx.eval_images, ctx.mean, ctx.std, batch_size=bs,
-                                  device=ctx.device)
-    return metrics.knn_accuracy(train_feats, ctx.train_set.labels, test_feats, ctx.eval_set.labels,
-                                k=ctx.cfg.run.knn_k)
+        train_feats = _features(ctx, ctx.train_source)
+    test_feats = _features(ctx, ctx.eval_source)
+    train_feats, test_feats = ctx.dist.gather_rows(train_feats), ctx.dist.gather_rows(test_feats)
+    accuracy = None
+    if ctx.dist.is_main:
+        accuracy = metrics.knn_accuracy(train_feats, ctx.train_set.labels, test_feats, ctx.eval_set.labels,
+                                        k=ctx.cfg.run.knn_k)
+    return ctx.dist.broadcast_object(accuracy)
 
 
 def _final_record(ctx: RunContext, state: dict) -> dict:
     """Cluster and evaluate the final trunk once more; logged as ``phase: "final"`` (epoch = epochs)."""
-    done = [r for r in ctx.rundir.read_metrics() if r.get("phase") == "final"]
+    done = ctx.dist.broadcast_object([r for r in ctx.rundir.read_metrics() if r.get("phase") == "final"])
     if done:
         return done[-1]
     epochs = ctx.cfg.train.epochs
@@ -389,4 +581,5 @@ def _final_record(ctx: RunContext, state: dict) -> dict:
     return ctx.rundir.log(record)
 
 
-__all__ = ["RunContext", "run", "setup", "validate", "derive_seed", "resolve_device", "permute_head", "install_head"]
+__all__ = ["RunContext", "RunDiverged", "RunInterrupted", "run", "setup", "validate", "check_sizes", "load_split",
+           "derive_seed", "resolve_device", "permute_head", "install_head", "Distributed"]

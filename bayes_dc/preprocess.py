@@ -17,6 +17,8 @@ Conventions:
 """
 from __future__ import annotations
 
+from typing import Callable
+
 import numpy as np
 import torch
 
@@ -83,6 +85,9 @@ class Whitener:
         whiten: scale each component to unit variance (DeepCluster: eigen_power = -0.5).
         l2: L2-normalise each output row.
         eps: added to the eigenvalues before the inverse square root.
+        allreduce: sums a tensor over the processes of a multi-process run (``Distributed.all_reduce``); each
+            process then fits on its own rows and every process gets the projection of all rows. None: one
+            process (the sums are used as they are, so single-process numerics do not change).
 
     Fitted attributes (on the device of the data passed to ``fit``):
         mean_: (F,) float64 feature mean.
@@ -92,30 +97,40 @@ class Whitener:
         n_features_in_: int, F.
     """
 
-    def __init__(self, dim: int | None = 256, whiten: bool = True, l2: bool = True, eps: float = 1e-5):
+    def __init__(self, dim: int | None = 256, whiten: bool = True, l2: bool = True, eps: float = 1e-5, *,
+                 allreduce: Callable[[torch.Tensor], torch.Tensor] | None = None):
         if eps < 0:
             raise ValueError(f"eps must be >= 0, got {eps}")
         self.dim = dim
         self.whiten = bool(whiten)
         self.l2 = bool(l2)
         self.eps = float(eps)
+        self.allreduce = allreduce
 
     # --------------------------------------------------------------------- fitting
 
+    def _sum(self, tensor: torch.Tensor) -> torch.Tensor:
+        """``tensor`` summed over the processes (itself in one process)."""
+        return tensor if self.allreduce is None else self.allreduce(tensor)
+
     @torch.no_grad()
-    def fit(self, X: torch.Tensor | np.ndarray) -> "Whitener":
-        """Fit mean and principal axes on X (N, F), N >= 2. Returns self."""
+    def fit(self, X: torch.Tensor | np.ndarray, device: torch.device | None = None) -> "Whitener":
+        """Fit mean and principal axes on X (N, F), N >= 2 (over all processes with ``allreduce``). Returns self.
+
+        ``device``: where the sums are accumulated (default X's): a GPU for features memory-mapped on the host.
+        """
         X = _as_2d_float_tensor(X, "Whitener.fit")
-        n, f = X.shape
+        n_local, f = X.shape
+        n = n_local if self.allreduce is None else int(self._sum(torch.tensor([float(n_local)])).item())
         if n < 2:
             raise ValueError(f"Whitener.fit needs at least 2 rows to estimate a covariance, got N={n}")
-        device, step = X.device, _chunk_rows(f)
+        device, step = X.device if device is None else torch.device(device), _chunk_rows(f)
 
         # Pass 1: mean (float64) and the finiteness check, chunk by chunk.
         total = torch.zeros(f, dtype=torch.float64, device=device)
         bad_rows, first_bad = 0, []
-        for start in range(0, n, step):
-            chunk = X[start:start + step].to(torch.float64)                  # (c, F)
+        for start in range(0, n_local, step):
+            chunk = X[start:start + step].to(device, torch.float64)          # (c, F)
             bad = ~torch.isfinite(chunk).all(dim=1)
             n_bad = int(bad.sum())
             if n_bad:
@@ -124,16 +139,18 @@ class Whitener:
                     first_bad += (torch.nonzero(bad)[:5 - len(first_bad), 0] + start).tolist()
                 continue
             total += chunk.sum(dim=0)
+        if self.allreduce is not None:   # every process must stop if one has a bad row, or the others would hang
+            bad_rows = int(self._sum(torch.tensor([float(bad_rows)], device=device)).item())
         _raise_if_not_finite(bad_rows, first_bad, n, "Whitener.fit")
-        mean = total / n                                                      # (F,)
+        mean = self._sum(total) / n                                           # (F,)
 
         # Pass 2: centred scatter matrix. Two passes (rather than E[xx^T] - mean mean^T) avoid the
         # cancellation that one pass suffers when the mean is large relative to the spread.
         scatter = torch.zeros(f, f, dtype=torch.float64, device=device)
-        for start in range(0, n, step):
-            centred = X[start:start + step].to(torch.float64) - mean          # (c, F)
+        for start in range(0, n_local, step):
+            centred = X[start:start + step].to(device, torch.float64) - mean  # (c, F)
             scatter.addmm_(centred.T, centred)                                # (F, F)
-        covariance = scatter / (n - 1)
+        covariance = self._sum(scatter) / (n - 1)
 
         eigvals, eigvecs = torch.linalg.eigh(covariance)                     # ascending
         eigvals, eigvecs = eigvals.flip(0), eigvecs.flip(1)                  # largest first
@@ -165,8 +182,9 @@ class Whitener:
                 projection.to(device=device, dtype=torch.float32))
 
     @torch.no_grad()
-    def transform(self, X: torch.Tensor | np.ndarray) -> torch.Tensor:
-        """Project X (N, F) to (N, dim_) float32 on X's device (see the class docstring for the formula)."""
+    def transform(self, X: torch.Tensor | np.ndarray, device: torch.device | None = None) -> torch.Tensor:
+        """Project X (N, F) to (N, dim_) float32 on ``device`` (default X's; see the class docstring for the
+        formula)."""
         if not hasattr(self, "components_"):
             raise ValueError("Whitener.transform called before fit; call fit(X) or fit_transform(X) first")
         X = _as_2d_float_tensor(X, "Whitener.transform")
@@ -174,20 +192,21 @@ class Whitener:
             raise ValueError(f"Whitener.transform: X has {X.shape[1]} features but the whitener was fitted on "
                              f"{self.n_features_in_}")
         _check_finite_chunked(X, "Whitener.transform")
-        mean, projection = self.folded_projection(X.device)
-        out = torch.empty(X.shape[0], self.dim_, dtype=torch.float32, device=X.device)
+        device = X.device if device is None else torch.device(device)
+        mean, projection = self.folded_projection(device)
+        out = torch.empty(X.shape[0], self.dim_, dtype=torch.float32, device=device)
         step = _chunk_rows(X.shape[1])
         for start in range(0, X.shape[0], step):
             # Centring a chunk at a time keeps the float32 temporary at chunk size, not (N, F).
-            out[start:start + step] = (X[start:start + step].to(torch.float32) - mean) @ projection
+            out[start:start + step] = (X[start:start + step].to(device, torch.float32) - mean) @ projection
         if self.l2:
             # normalize clamps the norm at 1e-12, so an all-zero row stays zero instead of becoming NaN.
             out = torch.nn.functional.normalize(out, p=2, dim=1, eps=1e-12)
         return out
 
-    def fit_transform(self, X: torch.Tensor | np.ndarray) -> torch.Tensor:
-        """``fit(X)`` then ``transform(X)``: (N, F) -> (N, dim_) float32."""
-        return self.fit(X).transform(X)
+    def fit_transform(self, X: torch.Tensor | np.ndarray, device: torch.device | None = None) -> torch.Tensor:
+        """``fit(X)`` then ``transform(X)``: (N, F) -> (N, dim_) float32 (on ``device``, default X's)."""
+        return self.fit(X, device).transform(X, device)
 
     def __repr__(self) -> str:
         fitted = f", dim_={self.dim_}" if hasattr(self, "dim_") else ""

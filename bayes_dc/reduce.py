@@ -62,6 +62,9 @@ class Reducer(ABC):
     """Features -> clustering space. ``seed`` is passed in (derived from (run seed, round))."""
 
     name = "base"
+    #: whether each process of a multi-process run may reduce its own rows (its sums going through an all-reduce);
+    #: otherwise the pipeline gathers every row to every process first (``bayes_dc.distributed``).
+    shardable = False
 
     @abstractmethod
     def reduce(self, features: torch.Tensor, *, seed: int, warm_state: dict | None = None) -> Reduction:
@@ -77,6 +80,7 @@ class IdentityReducer(Reducer):
     """The features themselves (``--reduce none``)."""
 
     name = "none"
+    shardable = True   # row by row
 
     def reduce(self, features: torch.Tensor, *, seed: int, warm_state: dict | None = None) -> Reduction:
         return Reduction(features.float(), None, 0.0, {"reduce_dim": int(features.shape[1])})
@@ -93,14 +97,19 @@ class PCAReducer(Reducer):
     """
 
     name = "pca"
+    shardable = True   # mean and scatter are sums (Whitener's allreduce)
 
-    def __init__(self, dim: int, whiten: bool = True, l2: bool = True):
-        self.whitener = Whitener(dim=dim, whiten=whiten, l2=l2)
+    def __init__(self, dim: int, whiten: bool = True, l2: bool = True, *,
+                 allreduce: Callable[[torch.Tensor], torch.Tensor] | None = None, device: torch.device | None = None):
+        """``allreduce``: see :class:`~bayes_dc.preprocess.Whitener`; ``device``: where the sums and the points are
+        computed (default: the features' device)."""
+        self.whitener = Whitener(dim=dim, whiten=whiten, l2=l2, allreduce=allreduce)
+        self.device = device
 
     def reduce(self, features: torch.Tensor, *, seed: int, warm_state: dict | None = None) -> Reduction:
         start = time.perf_counter()
-        points = self.whitener.fit_transform(features)
-        mean, projection = self.whitener.folded_projection(features.device)
+        points = self.whitener.fit_transform(features, self.device)
+        mean, projection = self.whitener.folded_projection(points.device)
         state = {"mean": mean.cpu(), "projection": projection.cpu()}
         return Reduction(points, state, time.perf_counter() - start, {"reduce_dim": int(points.shape[1])})
 
@@ -190,21 +199,24 @@ def neighbor_overlap(before: np.ndarray, after: np.ndarray) -> float:
     return float(np.mean(shared) / before.shape[1])
 
 
-REDUCERS: dict[str, Callable[[Any], Reducer]] = {
-    "none": lambda cfg: IdentityReducer(),
-    "pca": lambda cfg: PCAReducer(dim=cfg.pca_dim, whiten=cfg.features.whiten, l2=cfg.features.l2),
-    "umap": lambda cfg: UMAPReducer(dim=cfg.features.reduce_dim, pca_dim=cfg.pca_dim,
-                                    n_neighbors=cfg.features.umap_neighbors, min_dist=cfg.features.umap_min_dist),
+REDUCERS: dict[str, Callable[..., Reducer]] = {
+    "none": lambda cfg, **_: IdentityReducer(),
+    "pca": lambda cfg, **kw: PCAReducer(dim=cfg.pca_dim, whiten=cfg.features.whiten, l2=cfg.features.l2, **kw),
+    "umap": lambda cfg, **_: UMAPReducer(dim=cfg.features.reduce_dim, pca_dim=cfg.pca_dim,
+                                         n_neighbors=cfg.features.umap_neighbors,
+                                         min_dist=cfg.features.umap_min_dist),
 }
 
 
-def make_reducer(cfg: Any) -> Reducer:
+def make_reducer(cfg: Any, *, allreduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                 device: torch.device | None = None) -> Reducer:
     """The reducer named by ``cfg.features.reduce`` for a :class:`bayes_dc.config.Config` (its ``pca_dim``
-    property resolves the PCA dimension in force)."""
+    property resolves the PCA dimension in force). ``allreduce`` and ``device``: see :class:`PCAReducer` (the
+    other reducers need neither)."""
     name = cfg.features.reduce
     if name not in REDUCERS:
         raise ValueError(f"unknown --reduce {name!r}; choose one of {sorted(REDUCERS)}")
-    return REDUCERS[name](cfg)
+    return REDUCERS[name](cfg, allreduce=allreduce, device=device)
 
 
 __all__ = ["REDUCERS", "IdentityReducer", "PCAReducer", "Reducer", "Reduction", "UMAPReducer", "make_reducer", "nearest_neighbors",

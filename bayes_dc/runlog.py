@@ -39,13 +39,9 @@ from typing import IO, Any, Callable, Iterator
 import numpy as np
 import torch
 
-from .config import Config, diff
+from .config import RESUMABLE_CHANGES, Config, diff
 from .jsonl import append_jsonl, read_jsonl
 from .targets import Targets
-
-# Fields that may differ when resuming: growing the schedule or changing cosmetics does not change the past.
-RESUMABLE_CHANGES = {"train.epochs", "run.resume", "run.progress", "run.figures", "run.threads", "run.knn_every",
-                     "run.tensorboard", "run.device", "run.out_dir"}
 
 
 class RunDirError(RuntimeError):
@@ -383,10 +379,11 @@ class InterruptFlag:
 
     requested: bool = False
     signal_name: str | None = None
+    at: float | None = None     # time.monotonic() of the first signal
 
 
 @contextmanager
-def graceful_interrupt(signals: tuple[int, ...] = (signal.SIGINT,)) -> Iterator[InterruptFlag]:
+def graceful_interrupt(signals: tuple[int, ...] = (signal.SIGINT,), debounce: float = 0.0) -> Iterator[InterruptFlag]:
     """Turn the first SIGINT (Ctrl-C) into a flag; a second one raises KeyboardInterrupt at once.
 
     Usage (the loop checks the flag where stopping is safe, after its checkpoint)::
@@ -397,7 +394,9 @@ def graceful_interrupt(signals: tuple[int, ...] = (signal.SIGINT,)) -> Iterator[
                 if stop.requested:
                     break
 
-    Pass ``signals=(signal.SIGINT, signal.SIGTERM)`` to treat a scheduler's SIGTERM the same way. The previous
+    Pass ``signals=(signal.SIGINT, signal.SIGTERM)`` to treat a scheduler's SIGTERM the same way. A second signal
+    within ``debounce`` seconds of the first counts as the same request: torchrun forwards the Ctrl-C it receives
+    to its workers, which the terminal has already sent the same Ctrl-C. The previous
     handlers are restored on exit. Python installs signal handlers only in the main thread; elsewhere the
     flag never trips and signals keep their behaviour. DataLoader workers started through
     ``bayes_dc.data`` ignore SIGINT, so Ctrl-C in a terminal (which signals the whole process group) does
@@ -409,9 +408,12 @@ def graceful_interrupt(signals: tuple[int, ...] = (signal.SIGINT,)) -> Iterator[
         return
 
     def handler(signum: int, frame: Any) -> None:
+        now = time.monotonic()
         if flag.requested:
+            if now - flag.at < debounce:
+                return
             raise KeyboardInterrupt
-        flag.requested, flag.signal_name = True, signal.Signals(signum).name
+        flag.requested, flag.signal_name, flag.at = True, signal.Signals(signum).name, now
         print(f"\n{flag.signal_name} received: stopping after the next checkpoint; send it again to stop now",
               file=sys.stderr, flush=True)
 
@@ -456,6 +458,11 @@ def environment(device: torch.device) -> dict[str, Any]:
     return env
 
 
+def run_path(cfg: Config) -> Path:
+    """``out_dir/name`` of a run (``name`` derived from the config when not given)."""
+    return Path(cfg.run.out_dir) / (cfg.run.name or cfg.default_name())
+
+
 class RunDir:
     """A run directory. Use :meth:`open` to create one or reopen it for ``--resume``."""
 
@@ -472,13 +479,20 @@ class RunDir:
 
     @classmethod
     def open(cls, cfg: Config, device: torch.device) -> "RunDir":
-        """Create ``out_dir/name`` for a new run, or validate it for ``cfg.run.resume``.
+        """Create ``out_dir/name`` for a new run, or validate it for ``cfg.run.resume``: :meth:`prepare`, then
+        :meth:`start`."""
+        run = cls.prepare(cfg)
+        run.start(cfg, device)
+        return run
 
-        Refuses (RunDirError, nothing written) to overwrite an existing run without ``--resume``, and to
-        resume with a config that differs from the saved one in anything but RESUMABLE_CHANGES.
+    @classmethod
+    def prepare(cls, cfg: Config) -> "RunDir":
+        """The run directory of ``cfg``, checked and not yet written to.
+
+        Refuses (RunDirError) to overwrite an existing run without ``--resume``, and to resume with a config that
+        differs from the saved one in anything but RESUMABLE_CHANGES.
         """
-        path = Path(cfg.run.out_dir) / (cfg.run.name or cfg.default_name())
-        run = cls(path)
+        path = run_path(cfg)
         saved = path / "config.json"
         if cfg.run.resume:
             if not saved.exists():
@@ -491,10 +505,14 @@ class RunDir:
         elif path.exists() and any(path.iterdir()):
             raise RunDirError(f"run directory {path} already exists; pass --resume to continue it, or choose "
                               "another --name (or delete the directory)")
-        path.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(saved, json.dumps(cfg.to_dict(), indent=2, sort_keys=True) + "\n")
-        atomic_write_text(path / "environment.json", json.dumps(environment(device), indent=2) + "\n")
-        return run
+        return cls(path)
+
+    def start(self, cfg: Config, device: torch.device, **environment_extra: Any) -> None:
+        """The run's first writes: the directory, config.json and environment.json (plus ``environment_extra``)."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(self.path / "config.json", json.dumps(cfg.to_dict(), indent=2, sort_keys=True) + "\n")
+        env = {**environment(device), **environment_extra}
+        atomic_write_text(self.path / "environment.json", json.dumps(env, indent=2) + "\n")
 
     # ---- metrics -------------------------------------------------------------------------------
     @property
@@ -537,6 +555,27 @@ class RunDir:
             f, labels=labels.astype(np.int32), resp_values=resp_values.astype(np.float16),
             resp_index=resp_index.astype(np.int32), weights=weights.astype(np.float32)))
         return path
+
+
+class ReadOnlyRunDir(RunDir):
+    """The run directory as the other ranks of a multi-process run see it: they read it (checkpoints, metrics)
+    and leave every write to rank 0. :meth:`log` still returns the record as it would be written."""
+
+    def start(self, cfg: Config, device: torch.device, **environment_extra: Any) -> None:
+        pass
+
+    def log(self, record: dict, path: Path | None = None) -> dict:
+        return _jsonable(record)
+
+    def truncate_metrics(self, before_epoch: int) -> None:
+        pass
+
+    def save_checkpoint(self, state: dict) -> None:
+        pass
+
+    def save_snapshot(self, round_idx: int, labels: np.ndarray, resp_values: np.ndarray, resp_index: np.ndarray,
+                      weights: np.ndarray) -> Path:
+        return self.snapshot_path(round_idx)
 
 
 def _jsonable(value: Any) -> Any:

@@ -35,13 +35,15 @@ def train_epoch(ctx: RunContext, targets: Targets, indices: torch.Tensor, *, gen
                 desc: str = "train", views: SwappedViews | None = None) -> dict:
     """One pass of ``ctx.model`` over ``indices`` (the epoch's sampled point ids) in mini-batches.
 
-    Reads from ``ctx``: the model, the training images ``(N, C, H, W)`` uint8 with their ``mean``/``std``, the
-    optimisers (trunk and head, stepped together as in DeepCluster), the device, and ``cfg.train``'s batch
-    size and augmentation (``cfg.run.progress`` for the bar).
+    Reads from ``ctx``: the model (through DDP under torchrun), the training images (``ctx.train_source``) with
+    their ``mean``/``std``, the optimisers (trunk and head, stepped together as in DeepCluster), the device, and
+    ``cfg.train``'s batch size and augmentation (``cfg.run.progress`` for the bar). Under torchrun each process
+    trains on its share of every batch of ``indices`` (``Distributed.share_batches``); loss and agreement are
+    those of the whole batches.
 
     Args:
         targets: the current round's targets (``Targets.batch`` gives the loss's target for a batch).
-        indices: (S,) int64 point ids, already drawn by the cluster-balanced sampler.
+        indices: (S,) int64 point ids, already drawn by the cluster-balanced sampler (the same on every rank).
         generator: CPU generator of the augmentation (``ctx.augmenter``: crop offsets, flips, ...).
         views: with ``--two-views``, two augmented views of each image are trained with swapped targets: each view
             learns the responsibilities of the other view under the round's fit (:func:`swapped_targets`), so the
@@ -50,24 +52,25 @@ def train_epoch(ctx: RunContext, targets: Targets, indices: torch.Tensor, *, gen
         {"loss": mean loss, "agreement": share of samples whose head argmax equals the target argmax,
          "seconds": wall time, "steps": number of optimiser steps}.
     """
-    model, device, tr = ctx.model, ctx.device, ctx.cfg.train
-    images, optimizers, progress = ctx.images, [ctx.trunk_opt, ctx.head_opt], ctx.cfg.run.progress
+    model, device, tr, dist = ctx.trained_model, ctx.device, ctx.cfg.train, ctx.dist
+    optimizers, progress = [ctx.trunk_opt, ctx.head_opt], ctx.cfg.run.progress and dist.is_main
     loss_fn = ClusterLoss(targets.kind)
     model.train()
     used = targets.used.to(device)
     total, steps, agree, seen = 0.0, 0, 0, 0
     t0 = time.perf_counter()
-    bar = tqdm(range(0, indices.shape[0], tr.batch_size), desc=desc, disable=not progress, leave=False,
-               unit="batch")
-    for start in bar:
-        idx = indices[start:start + tr.batch_size]
-        if idx.shape[0] < 2:  # batch norm cannot train on a single sample
+    # this process's part of each global batch (all of it in one process), and where it sits in that batch
+    local, local_batch, shares = dist.share_batches(indices, tr.batch_size)
+    bar = tqdm(total=len(shares), desc=desc, disable=not progress, leave=False, unit="batch")
+    for (idx, batch), (offset, global_size) in zip(ctx.train_source.train_batches(local, local_batch), shares):
+        bar.update(1)
+        if global_size < 2:  # batch norm cannot train on a single sample
             continue
-        batch = images[idx.to(images.device)].to(device, non_blocking=True)
+        share = (offset, global_size) if dist.active else None
         if views is None:
-            logits = model(standardize(ctx.augmenter(batch, generator), ctx.mean, ctx.std))
+            logits = model(standardize(ctx.augmenter(batch, generator, share), ctx.mean, ctx.std))
             loss = loss_fn(logits, targets.batch(idx, device), used)
-        else:
+        else:   # one process (pipeline.check_distributed): the model is ctx.model itself
             z_a = model.embed(standardize(ctx.augmenter(batch, generator), ctx.mean, ctx.std))
             z_b = model.embed(standardize(ctx.augmenter(batch, generator), ctx.mean, ctx.std))
             logits, logits_b = model.head(z_a), model.head(z_b)
@@ -75,19 +78,27 @@ def train_epoch(ctx: RunContext, targets: Targets, indices: torch.Tensor, *, gen
                                                  *view_responsibilities(ctx, z_b, views, used), targets.num_outputs,
                                                  ctx.cfg.targets.sharpen)
             loss = 0.5 * (loss_fn(logits, target_a, used) + loss_fn(logits_b, target_b, used))
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"training loss became {loss.item()} at step {steps}; lower --lr")
+        if dist.active:
+            # DDP averages the ranks' gradients; weighting each rank's mean by its share of the batch makes that
+            # average the gradient of the global batch's mean loss (shares differ only in a last, shorter batch)
+            loss = loss * (idx.shape[0] * dist.world / global_size)
+        reported = dist.all_reduce(loss.detach()) / dist.world if dist.active else loss
+        if not torch.isfinite(reported):
+            raise FloatingPointError(f"training loss became {reported.item()} at step {steps}; lower --lr")
         for opt in optimizers:
             opt.zero_grad(set_to_none=True)
         loss.backward()
         for opt in optimizers:
             opt.step()
-        total += loss.item()
+        total += reported.item()
         steps += 1
         # Share of samples whose head argmax already matches the target argmax: how "learned" the targets are.
         agree += int((logits.detach().argmax(1).cpu() == targets.labels[idx]).sum())
         seen += idx.shape[0]
         if progress and steps % 20 == 0:
             bar.set_postfix(loss=f"{total / steps:.3f}")
+    bar.close()
+    if dist.active:
+        agree, seen = (int(v) for v in dist.all_reduce(torch.tensor([agree, seen], dtype=torch.float64)).tolist())
     return {"loss": total / max(steps, 1), "agreement": agree / max(seen, 1), "seconds": time.perf_counter() - t0,
             "steps": steps}

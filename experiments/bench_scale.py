@@ -16,8 +16,13 @@ Part (a), the data path on a generated image folder (made once into ``--cache``,
   N images, then ``preprocess.Whitener`` fitted and applied on ``torch.from_numpy`` of the memmap: times,
   peak RSS, and peak anonymous memory (RssAnon; the mapping's pages are page cache and count in RssFile).
 
-Part (b), the DP step on 1,281,167 x 256 synthetic features (T = 300 and 3,000: time, peak RSS), and part
-(c), torchrun with 1 vs 2 processes, are to be written: ``part_b`` and ``part_c`` below are their places.
+Part (b), the DP step on 1,281,167 synthetic points (T = 300 and 3,000 at d = 256 diagonal, full covariance at a
+lower d): time, iterations, K_active, peak RSS, and faiss k-means (k = T, as many iterations) as the baseline
+measured in the same process. Part (c), torchrun with 1 vs 2 processes on the CPU on a small real run (wall-clock,
+results side by side).
+
+    python experiments/bench_scale.py --part b --dp-settings 300:diag:256 3000:diag:256 300:full:32
+    python experiments/bench_scale.py --part c --subset 10000 --epochs 2
 """
 from __future__ import annotations
 
@@ -25,6 +30,7 @@ import argparse
 import json
 import os
 import resource
+import shutil
 import subprocess
 import sys
 import threading
@@ -34,14 +40,14 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+sys.path[:0] = [str(ROOT), str(ROOT / "experiments")]
 
 CLASSES = 10
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--part", choices=["a", "b", "c"], default="a", help="which benchmark (b and c: not written yet)")
+    p.add_argument("--part", choices=["a", "b", "c"], default="a", help="which benchmark")
     p.add_argument("--cache", type=Path, default=ROOT / "bench_out" / "scale_images",
                    help="where the generated JPEGs live (made once, reused)")
     p.add_argument("--image-px", type=int, default=64, help="side of the generated JPEGs, pixels")
@@ -56,6 +62,15 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="set glibc's MALLOC_MMAP_THRESHOLD_ (bytes) in the measuring processes: a fixed threshold "
                         "stops glibc from serving ever larger freed blocks from its heaps, whose fragmentation "
                         "otherwise makes RssAnon wander by a few hundred MiB over a long pass")
+    p.add_argument("--points", type=int, default=1_281_167, help="(b) points (ImageNet train: 1,281,167)")
+    p.add_argument("--dp-settings", nargs="+", default=["300:diag:256", "3000:diag:256", "300:full:32"],
+                   help="(b) T:covariance:d of each DP fit")
+    p.add_argument("--dp-iters", type=int, default=10, help="(b) most CAVI iterations per fit")
+    p.add_argument("--true-clusters", type=int, default=1000, help="(b) clusters of the generated points")
+    p.add_argument("--priors", nargs="+", choices=["kmeans", "dp"], default=["kmeans", "dp"],
+                   help="(c) clustering backends of the torchrun runs")
+    p.add_argument("--subset", type=int, default=10_000, help="(c) Fashion-MNIST training images")
+    p.add_argument("--epochs", type=int, default=2, help="(c) epochs per run")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--markdown", type=Path, default=None, help="also write the tables to this file")
     p.add_argument("--job", default=None, help=argparse.SUPPRESS)   # internal: one measurement, in a child process
@@ -229,8 +244,6 @@ def job_extract(spec: dict) -> dict:
     return result
 
 
-JOBS = {"data": job_data, "extract": job_extract}
-
 
 def run_job(spec: dict, malloc_mmap_threshold: int | None = None) -> dict:
     env = dict(os.environ)
@@ -299,15 +312,114 @@ def extract_table(args, common: dict) -> list[str]:
 
 
 def part_b(args) -> str:
-    """The DP step on 1,281,167 x 256 synthetic features, T = 300 and 3,000: time and peak RSS (to write)."""
-    raise NotImplementedError("--part b (DP step at ImageNet size) is not written yet")
+    """The DP step at ImageNet size: 1,281,167 synthetic points (a seeded mixture of ``--true-clusters`` Gaussians),
+    for each (T, covariance, d) of ``--dp-settings``: the CAVI fit (at most ``--dp-iters`` iterations, moves as
+    configured by default) and, as the baseline measured in the same process, faiss k-means with k = T and as many
+    iterations. Each setting runs in a fresh process, so its peak RSS is its own."""
+    settings = [s.split(":") for s in args.dp_settings]
+    lines = [f"{args.points:,} synthetic points, {args.true_clusters} true clusters; at most {args.dp_iters} CAVI "
+             f"iterations; faiss k-means with k = T and the same number of iterations as the baseline; "
+             f"{args.threads} torch/faiss thread(s), {os.cpu_count()} CPU cores (shared with other work).", "",
+             "DP s covers the whole fit: the cold start (seeding and CAVI on a subsample), the CAVI iterations over all "
+             "points and the move rounds; s / iteration divides it by the iterations over all points.", "",
+             "| T | covariance | d | data GiB | DP s | iterations | DP s / iteration | K_active | ELBO / point | "
+             "k-means s | DP / k-means (per iteration) | peak RSS GiB |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for truncation, covariance, dim in settings:
+        r = run_job({"job": "dp", "points": args.points, "dim": int(dim), "truncation": int(truncation),
+                     "covariance": covariance, "iters": args.dp_iters, "true_clusters": args.true_clusters,
+                     "threads": args.threads, "seed": args.seed})
+        per_iter = r["dp_s"] / max(r["iterations"], 1)
+        lines.append(f"| {int(truncation):,} | {covariance} | {dim} | {r['data_gib']:.2f} | {r['dp_s']:.0f} | "
+                     f"{r['iterations']} | {per_iter:.1f} | {r['k_active']} | {r['elbo']:.3f} | {r['kmeans_s']:.0f} | "
+                     f"{per_iter / (r['kmeans_s'] / r['iterations']):.1f} | {r['peak_rss_gib']:.1f} |")
+        print(lines[-1], flush=True)
+    return "\n".join(lines) + "\n"
+
+
+def job_dp(spec: dict) -> dict:
+    """One DP fit (and the k-means baseline) on generated points; see :func:`part_b`."""
+    import torch
+
+    from bayes_dc.clustering import make_backend
+    from bayes_dc.config import ClusterConfig
+
+    torch.set_num_threads(spec["threads"])
+    n, d = spec["points"], spec["dim"]
+    with MemorySampler() as mem:
+        x = synthetic_points(n, d, spec["true_clusters"], spec["seed"])
+        cfg = ClusterConfig(prior="dp", truncation=spec["truncation"], covariance=spec["covariance"],
+                            max_iter=spec["iters"], warm_start="none")
+        result = make_backend(cfg, "cpu").fit(torch.from_numpy(x), seed=spec["seed"])
+        km = make_backend(ClusterConfig(prior="kmeans", k=spec["truncation"], kmeans_niter=result.n_iter), "cpu")
+        km_result = km.fit(torch.from_numpy(x), seed=spec["seed"])
+    return {"data_gib": x.nbytes / 2**30, "dp_s": result.seconds, "iterations": result.n_iter,
+            "k_active": result.k_active, "elbo": result.objective, "kmeans_s": km_result.seconds,
+            "peak_rss_gib": max(mem.peak["VmRSS"], max_rss_mib(resource.RUSAGE_SELF)) / 1024}
+
+
+def synthetic_points(n: int, d: int, clusters: int, seed: int) -> np.ndarray:
+    """(n, d) float32: a seeded mixture of ``clusters`` Gaussians (centres N(0, 3^2 I), unit within-cluster noise,
+    Dirichlet(1) sizes), written chunk by chunk so no float64 copy of the whole array is made."""
+    rng = np.random.default_rng(seed)
+    centres = (3.0 * rng.standard_normal((clusters, d))).astype(np.float32)
+    sizes = rng.dirichlet(np.ones(clusters))
+    out = np.empty((n, d), dtype=np.float32)
+    for start in range(0, n, 65536):
+        stop = min(start + 65536, n)
+        labels = rng.choice(clusters, size=stop - start, p=sizes)
+        out[start:stop] = centres[labels] + rng.standard_normal((stop - start, d), dtype=np.float32)
+    return out
 
 
 def part_c(args) -> str:
-    """torchrun with 1 vs 2 processes (to write)."""
-    raise NotImplementedError("--part c (torchrun 1 vs 2 processes) is not written yet")
+    """torchrun with 1 vs 2 processes on the CPU: one small real run each way, wall-clock and the results.
+
+    Every run is ``experiments/run.py`` (through :func:`benchlib.run_command`, under ``torchrun --standalone`` for
+    2 processes) on a seeded Fashion-MNIST subset; a 1-process run gets ``--threads 2`` (both cores) and each of 2
+    processes ``--threads 1``, so both use the 2 cores. Results should agree up to float summation order, which
+    training amplifies (see tests/test_distributed.py); the table shows how far they end apart.
+    """
+    from benchlib import run_command
+    from bayes_dc.cli import to_args
+    from bayes_dc.jsonl import read_jsonl
+
+    out = args.cache.parent / "scale_torchrun"
+    rows = []
+    for prior in args.priors:
+        options = {"dataset": "fashion-mnist", "subset": args.subset, "eval_subset": min(args.subset, 5000),
+                   "width": 16, "epochs": args.epochs, "batch_size": args.batch_size, "prior": prior,
+                   "knn_every": 0, "figures": False, "device": "cpu", "seed": args.seed}
+        if prior == "dp":
+            options["truncation"] = 100
+        for processes in (1, 2):
+            name = f"{prior}-p{processes}"
+            run_options = {**options, "threads": 2 // processes}
+            command = run_command(name, to_args(run_options), out, processes)
+            shutil.rmtree(out / name, ignore_errors=True)   # a fresh run each time: the timing is the point
+            t0 = time.perf_counter()
+            done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
+            wall = time.perf_counter() - t0
+            if done.returncode != 0:
+                raise RuntimeError(f"{' '.join(command)} failed:\n{done.stderr[-3000:]}")
+            records = read_jsonl(out / name / "metrics.jsonl")
+            train = [r for r in records if r["phase"] == "train"]
+            final = records[-1]
+            rows.append((prior, processes, wall, sum(r["train_seconds"] for r in train) / len(train),
+                         sum(r.get("cluster_seconds", 0.0) for r in records) / sum("round" in r for r in records),
+                         train[0]["loss"], final["nmi"], final["k_active"], final.get("knn")))
+            print(rows[-1], flush=True)
+    lines = [f"torchrun --standalone, gloo, CPU ({os.cpu_count()} cores): Fashion-MNIST subset {args.subset:,}, "
+             f"vgg-small width 16, {args.epochs} epochs, batch {args.batch_size} (global), seed {args.seed}; "
+             "1 process x 2 threads vs 2 processes x 1 thread.", "",
+             "| backend | processes | wall s (incl. start-up) | train s / epoch | clustering s / round | "
+             "loss, epoch 0 | final NMI | final K_active | final kNN |", "|---|---|---|---|---|---|---|---|---|"]
+    for prior, processes, wall, train_s, cluster_s, loss, nmi, k_active, knn in rows:
+        lines.append(f"| {prior} | {processes} | {wall:.0f} | {train_s:.1f} | {cluster_s:.1f} | {loss:.5f} | "
+                     f"{nmi:.4f} | {k_active} | {'-' if knn is None else f'{knn:.4f}'} |")
+    return "\n".join(lines) + "\n"
 
 
+JOBS = {"data": job_data, "extract": job_extract, "dp": job_dp}   # run in a child process each (run_job)
 PARTS = {"a": part_a, "b": part_b, "c": part_c}
 
 
@@ -317,11 +429,7 @@ def main(argv=None) -> int:
         spec = json.loads(args.job)
         print(json.dumps(JOBS[spec["job"]](spec)))
         return 0
-    try:
-        table = PARTS[args.part](args)
-    except NotImplementedError as err:
-        print(f"error: {err}; only --part a exists so far", file=sys.stderr)
-        return 2
+    table = PARTS[args.part](args)
     print()
     print(table)
     if args.markdown:

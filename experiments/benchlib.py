@@ -19,6 +19,16 @@ def run_argv(name: str, args: list[str], out_dir: str | Path) -> list[str]:
     return argv
 
 
+def run_command(name: str, args: list[str], out_dir: str | Path, processes: int = 1) -> list[str]:
+    """The command line of run NAME (:func:`run_argv`): ``python run.py ...``, or under ``torchrun --standalone``
+    with ``processes`` processes when more than one."""
+    argv = [str(RUN_PY), *run_argv(name, args, out_dir)]
+    if processes > 1:
+        return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(processes),
+                *argv]
+    return [sys.executable, *argv]
+
+
 def launch(runs: list[tuple[str, list[str]]], out_dir: str | Path, parallel: int = 1) -> dict[str, int]:
     """Run each (name, run.py arguments) into ``out_dir/name``; returns {name: exit code}.
 
@@ -31,7 +41,7 @@ def launch(runs: list[tuple[str, list[str]]], out_dir: str | Path, parallel: int
     while pending or running:
         while pending and len(running) < parallel:
             name, args = pending.pop(0)
-            cmd = [sys.executable, str(RUN_PY), *run_argv(name, args, out_dir)]
+            cmd = run_command(name, args, out_dir)
             log = open(out_dir / f"{name}.log", "a")
             print(f"[{time.strftime('%H:%M:%S')}] start {name}", flush=True)
             running.append((name, subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)))

@@ -4,6 +4,7 @@
     python experiments/sweep.py tiny                          # preset experiments/configs/sweeps/tiny.yaml
     python experiments/sweep.py ablation_cpu --jobs 2          # two runs at a time (subprocesses)
     python experiments/sweep.py my_grid.yaml --out-dir runs/sweeps/mine --dry-run   # list the runs only
+    python experiments/sweep.py full_gpu --launcher submitit --slurm-partition gpu --gpus-per-node 1 --timeout-min 600
 
 GRID is a preset name (``experiments/configs/sweeps/NAME.yaml``) or a YAML file::
 
@@ -27,7 +28,9 @@ Each run is named from the options that vary across the sweep (``dp_T100_a1_warm
 ``OUT_DIR/NAME/`` (default ``runs/sweeps/GRID``). Finished runs are skipped without starting anything,
 interrupted ones resumed (``--resume``). With ``--jobs 1`` runs go one after another in this process;
 with ``--jobs N`` they run as N parallel ``run.py`` subprocesses (``experiments/benchlib.launch``, logs in
-``OUT_DIR/NAME.log``). At the end ``summary.csv`` and ``summary.md`` (one row per run: its varying options,
+``OUT_DIR/NAME.log``); with ``--launcher submitit`` each is a job of a cluster (Slurm through submitit, with
+``--slurm-partition``, ``--gpus-per-node``, ``--timeout-min`` ...; a run on several GPUs starts under torchrun),
+and the sweep waits for them. Finished runs are skipped and interrupted ones resumed either way. At the end ``summary.csv`` and ``summary.md`` (one row per run: its varying options,
 NMI, ACC, ARI, K_active, kNN accuracy, NMI(t, t-1), seconds per epoch, clustering share, finished) are
 written to OUT_DIR and printed; ``sweep.json`` records the plan.
 
@@ -54,7 +57,7 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "experiments")]
 
-from benchlib import launch, run_argv  # noqa: E402
+from benchlib import launch, run_argv, run_command  # noqa: E402
 from bayes_dc.cli import to_args  # noqa: E402
 from bayes_dc.config import OPTIONS, Config, unused_options  # noqa: E402
 from bayes_dc.report import fmt, markdown_table, mean_spread, summarize_run  # noqa: E402
@@ -290,12 +293,78 @@ def _launch_parallel(todo: list[Run], out_dir: Path, jobs: int, bar) -> dict[str
     return codes
 
 
+@dataclasses.dataclass
+class SubmititOptions:
+    """Where and how ``--launcher submitit`` runs each run.py as a job (submitit's AutoExecutor).
+
+    ``cluster``: None picks what submitit finds (Slurm when ``sbatch`` exists, else its local executor);
+    ``"slurm"``, ``"local"`` (one subprocess per job, at once) or ``"debug"`` (in this process, one after another)
+    force one. ``nproc_per_node`` > 1 starts each run under ``torchrun --standalone`` with that many processes
+    (default: ``gpus_per_node``, at least 1).
+    """
+
+    cluster: str | None = None
+    partition: str | None = None
+    gpus_per_node: int = 0
+    cpus_per_task: int | None = None
+    mem_gb: float | None = None
+    timeout_min: int = 240
+    nproc_per_node: int | None = None
+    array_parallelism: int | None = None
+
+    @property
+    def processes(self) -> int:
+        return self.nproc_per_node or max(self.gpus_per_node, 1)
+
+
+def launch_submitit(todo: list[Run], out_dir: Path, options: SubmititOptions, say=print) -> dict[str, int]:
+    """Submit one job per run (a Slurm job array when the cluster is Slurm), wait for them, return exit codes.
+
+    Each job runs :func:`run_command` through ``submitit.helpers.CommandFunction`` from the repository root. Job
+    logs live in ``OUT_DIR/submitit/``, and ``OUT_DIR/submitit/jobs.jsonl`` records which job ran which run with
+    which command; a failed run's error goes to ``OUT_DIR/NAME.log`` as with the other launchers. A run stopped
+    by its job's time limit (Slurm's SIGTERM: run.py checkpoints after the epoch) resumes when the sweep is run
+    again.
+    """
+    import submitit
+
+    from bayes_dc.jsonl import append_jsonl
+
+    folder = out_dir / "submitit"
+    executor = submitit.AutoExecutor(folder=folder / "%j", cluster=options.cluster)
+    params: dict[str, Any] = {"name": f"sweep-{out_dir.name}", "timeout_min": options.timeout_min,
+                              "gpus_per_node": options.gpus_per_node, "tasks_per_node": 1}
+    params.update({k: v for k, v in (("cpus_per_task", options.cpus_per_task), ("mem_gb", options.mem_gb),
+                                     ("slurm_partition", options.partition),
+                                     ("slurm_array_parallelism", options.array_parallelism)) if v is not None})
+    executor.update_parameters(**params)
+    commands = {r.name: run_command(r.name, r.args, out_dir, options.processes) for r in todo}
+    with executor.batch():
+        jobs = {r.name: executor.submit(submitit.helpers.CommandFunction(commands[r.name], cwd=ROOT)) for r in todo}
+    for name, job in jobs.items():
+        append_jsonl(folder / "jobs.jsonl", {"run": name, "job_id": str(job.job_id), "cluster": executor.cluster,
+                                             "command": commands[name]})
+    say(f"submitted {len(jobs)} job(s) to {executor.cluster} (logs in {folder})")
+    codes = {}
+    for name, job in jobs.items():
+        try:
+            job.result()
+            codes[name] = 0
+        except Exception as err:   # the run failed, or its job was killed; the next sweep resumes it
+            codes[name] = 1
+            with open(out_dir / f"{name}.log", "a") as log:
+                log.write(f"[{time.strftime('%H:%M:%S')}] job {job.job_id}: {' '.join(commands[name])}\n{err}\n")
+    return codes
+
+
 def run_sweep(grid: str | Path | dict, out_dir: str | Path | None = None, *, jobs: int = 1, dry_run: bool = False,
-              launcher: Launcher | None = None, progress: bool = True, verbose: bool = True) -> list[dict]:
+              launcher: Launcher | None = None, submitit: SubmititOptions | None = None, progress: bool = True,
+              verbose: bool = True) -> list[dict]:
     """Plan GRID, run what is not finished into OUT_DIR, write and return the summary rows.
 
     ``launcher(name, run.py args, out_dir) -> exit code`` runs one run (default: :func:`run_inprocess`;
-    ``jobs > 1`` uses parallel run.py subprocesses instead). Finished runs are never passed to it.
+    ``jobs > 1`` uses parallel run.py subprocesses instead; ``submitit`` submits one job per run through
+    :func:`launch_submitit`). Finished runs are never passed to any of them.
     """
     from tqdm import tqdm  # plain text bar (tqdm.auto warns inside notebooks without ipywidgets)
 
@@ -326,7 +395,11 @@ def run_sweep(grid: str | Path | dict, out_dir: str | Path | None = None, *, job
     codes: dict[str, int] = {}
     bar = tqdm(total=len(runs), initial=len(done), desc="sweep", unit="run", disable=not progress)
     try:
-        if jobs > 1 and launcher is None:
+        if submitit is not None and launcher is None:
+            if todo:
+                codes = launch_submitit(todo, out_dir, submitit, say)
+            bar.update(len(todo))
+        elif jobs > 1 and launcher is None:
             codes = _launch_parallel(todo, out_dir, jobs, bar)
         else:
             launcher = launcher or run_inprocess
@@ -398,15 +471,41 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("grid", help=f"preset name ({', '.join(list_presets())}) or a YAML file")
     p.add_argument("--out-dir", default=None, help="sweep directory (default runs/sweeps/GRID)")
-    p.add_argument("--jobs", type=int, default=1, help="parallel runs (subprocesses) when > 1")
+    p.add_argument("--jobs", type=int, default=1,
+                   help="local: parallel runs (subprocesses) when > 1; submitit: the most array jobs at once")
     p.add_argument("--dry-run", action="store_true", help="list the runs and their options; run nothing")
     p.add_argument("--no-progress", dest="progress", action="store_false")
+    p.add_argument("--launcher", choices=["local", "submitit"], default="local",
+                   help="local: in this process or --jobs subprocesses; submitit: one job per run (Slurm, or "
+                        "submitit's local executor where there is no Slurm)")
+    group = p.add_argument_group("submitit (--launcher submitit)")
+    group.add_argument("--cluster", choices=["slurm", "local", "debug"], default=None,
+                       help="submitit executor; default: Slurm if available, else local")
+    group.add_argument("--slurm-partition", default=None, help="Slurm partition of the jobs")
+    group.add_argument("--gpus-per-node", type=int, default=0, help="GPUs per job")
+    group.add_argument("--cpus-per-task", type=int, default=None, help="CPU cores per job")
+    group.add_argument("--mem-gb", type=float, default=None, help="memory per job, GB")
+    group.add_argument("--timeout-min", type=int, default=240,
+                       help="time limit per job, minutes (a run stopped by it resumes at the next sweep)")
+    group.add_argument("--nproc-per-node", type=int, default=None,
+                       help="processes per run (torchrun); default --gpus-per-node, at least 1")
     args = p.parse_args(argv)
+    options = None
+    if args.launcher == "submitit":
+        options = SubmititOptions(cluster=args.cluster, partition=args.slurm_partition,
+                                  gpus_per_node=args.gpus_per_node, cpus_per_task=args.cpus_per_task,
+                                  mem_gb=args.mem_gb, timeout_min=args.timeout_min,
+                                  nproc_per_node=args.nproc_per_node,
+                                  array_parallelism=args.jobs if args.jobs > 1 else None)
     try:
-        rows = run_sweep(args.grid, args.out_dir, jobs=args.jobs, dry_run=args.dry_run, progress=args.progress)
+        rows = run_sweep(args.grid, args.out_dir, jobs=args.jobs, dry_run=args.dry_run, submitit=options,
+                         progress=args.progress)
     except SweepError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as stop:   # a run stopped at its checkpoint (pipeline.RunInterrupted), or at once
+        print(f"interrupted: {stop or 'stopped at once'}; run the same sweep command again to resume", file=sys.stderr)
+        return 130
     return 0 if args.dry_run or all(r["finished"] for r in rows) else 1
 
 

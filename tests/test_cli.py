@@ -187,6 +187,10 @@ def test_literal_choices_agree_with_the_registries():
     assert set(typing.get_args(C.Covariance)) == set(dpgmm.COVARIANCES)
     assert set(typing.get_args(C.WarmStart)) == set(dpgmm.WARM_STARTS)
     assert set(typing.get_args(C.Reduce)) == set(REDUCERS)
+    from bayes_dc.data import STREAMING_CHOICES
+    from bayes_dc.features import MEMMAP_DTYPES
+    assert set(typing.get_args(C.Streaming)) == set(STREAMING_CHOICES)
+    assert set(typing.get_args(C.MemmapDtype)) == set(MEMMAP_DTYPES)
 
 
 def test_field_metadata_names_real_backends_options_and_values():

@@ -186,3 +186,30 @@ def test_presets_plan_and_dry_run_writes_nothing(tmp_path, capsys):
     out = capsys.readouterr().out
     assert all(r.name in out for r in sweep.plan("tiny"))
     assert not (tmp_path / "dry").exists()
+
+
+def test_submitit_sweep_runs_jobs_and_resumes_only_the_unfinished_run(tmp_path):
+    """--launcher submitit with submitit's local executor (one run.py subprocess per job, as on a Slurm node), then
+    its debug executor for the resumed run."""
+    pytest.importorskip("submitit")
+    spec = {"base": {"dataset": "synthetic", "subset": 60, "eval_subset": 20, "width": 4, "epochs": 1,
+                     "batch_size": 16, "prior": "kmeans", "k": 4, "pca_dim": 8, "figures": False, "threads": 1},
+            "grid": {"seed": [0, 1]}}
+    options = sweep.SubmititOptions(cluster="local", timeout_min=10)
+    rows = sweep.run_sweep(spec, tmp_path, submitit=options, progress=False, verbose=False)
+    assert [r["finished"] for r in rows] == [True, True]
+    jobs = [json.loads(line) for line in (tmp_path / "submitit" / "jobs.jsonl").read_text().splitlines()]
+    assert sorted(j["run"] for j in jobs) == ["s0", "s1"] and {j["cluster"] for j in jobs} == {"local"}
+    assert not any("--resume" in j["command"] for j in jobs)
+
+    metrics = tmp_path / "s1" / "metrics.jsonl"   # s1 lost its final record (its job was killed at the end)
+    metrics.write_text("".join(metrics.read_text().splitlines(keepends=True)[:-1]))
+    finished = (tmp_path / "s0" / "metrics.jsonl").stat().st_mtime_ns
+    # resumed through the debug executor (the job runs from this process: no submitit process to start)
+    rows = sweep.run_sweep(spec, tmp_path, submitit=sweep.SubmititOptions(cluster="debug"), progress=False,
+                           verbose=False)
+    assert [r["finished"] for r in rows] == [True, True]
+    jobs = [json.loads(line) for line in (tmp_path / "submitit" / "jobs.jsonl").read_text().splitlines()]
+    assert len(jobs) == 3 and jobs[-1]["run"] == "s1" and "--resume" in jobs[-1]["command"]
+    assert jobs[-1]["cluster"] == "debug"
+    assert (tmp_path / "s0" / "metrics.jsonl").stat().st_mtime_ns == finished

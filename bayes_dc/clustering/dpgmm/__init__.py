@@ -3,7 +3,8 @@
 Modules: ``prior`` (the prior, shared with the Pyro engine), ``math`` (conjugate Normal-Gamma / Normal-Wishart
 math), ``families`` (full / diag / spherical covariance), ``variational`` (q, M-step, ELBO), ``sweep`` (chunked
 top-k E-step and statistics), ``engine`` (the CAVI loop, :class:`DPGMM`), ``moves`` (merge / split / birth /
-delete), ``backend`` (:class:`DPGMMBackend`).
+delete), ``sharded`` (:class:`ShardedDPGMM`, the engine on one rank's rows under torchrun), ``backend``
+(:class:`DPGMMBackend`).
 """
 from .backend import INFERENCES, DPGMMBackend
 from .engine import (COVARIANCES, DEFAULT_TOL, MOVES, WARM_STARTS, ClusterCountWarning, ConvergenceWarning, DPGMM,
@@ -11,9 +12,10 @@ from .engine import (COVARIANCES, DEFAULT_TOL, MOVES, WARM_STARTS, ClusterCountW
 from .families import Components, SuffStats, make_family
 from .prior import DEFAULT_KAPPA0, DEFAULT_PRIOR_DOF, DEFAULT_PRIOR_SCALE, DPGMMPrior, build_prior
 from .seeding import kmeanspp_seeds
+from .sharded import ShardedDPGMM
 from .variational import DPGMMParams, elbo, m_step
 
 __all__ = ["COVARIANCES", "Components", "ClusterCountWarning", "ConvergenceWarning", "DEFAULT_KAPPA0",
            "DEFAULT_PRIOR_DOF", "DEFAULT_PRIOR_SCALE", "DEFAULT_TOL", "DPGMM", "DPGMMBackend", "DPGMMParams", "DPGMMPrior",
-           "INFERENCES", "MOVES", "SuffStats", "VariationalMixture", "WARM_STARTS", "build_prior", "elbo",
-           "kmeanspp_seeds", "m_step", "make_family"]
+           "INFERENCES", "MOVES", "ShardedDPGMM", "SuffStats", "VariationalMixture", "WARM_STARTS", "build_prior",
+           "elbo", "kmeanspp_seeds", "m_step", "make_family"]

@@ -9,6 +9,7 @@ import torch
 
 from ..base import ClusterBackend, ClusterResult, active_mask, check_features
 from .engine import DPGMM, check_choice, predict_responsibilities
+from .sharded import ShardedDPGMM
 
 INFERENCES = ("cavi", "svi")
 
@@ -24,6 +25,9 @@ class DPGMMBackend(ClusterBackend):
 
     name = "dp"
     has_identities = True
+    #: the run's ``bayes_dc.distributed.Distributed`` under torchrun (set by the pipeline): each rank then passes
+    #: its own rows to :meth:`fit` and gets the result for all rows (:class:`ShardedDPGMM`)
+    dist: Any = None
 
     def __init__(self, truncation: int = 300, *, inference: str = "cavi", svi_steps: int = 2000,
                  svi_batch: int = 1024, svi_lr: float = 0.05, device: torch.device | str | None = None,
@@ -57,7 +61,8 @@ class DPGMMBackend(ClusterBackend):
         if self.device is not None and isinstance(x, torch.Tensor):
             x = x.to(self.device)
         start = time.perf_counter()
-        engine = DPGMM(**self.engine_kwargs)
+        sharded = self.dist is not None and self.dist.active
+        engine = ShardedDPGMM(self.dist, **self.engine_kwargs) if sharded else DPGMM(**self.engine_kwargs)
         if self.inference == "svi":
             from ..pyro_model import fit_svi
             engine = fit_svi(engine, check_features(x), seed=seed, steps=self.svi_steps, batch_size=self.svi_batch,
@@ -65,7 +70,7 @@ class DPGMMBackend(ClusterBackend):
         else:
             engine.fit(x, seed=seed, warm_state=warm_state)
         seconds = time.perf_counter() - start
-        n = x.shape[0]
+        n = engine.resp_values_.shape[0]   # all rows, over every rank
         weights = engine.weights_.cpu().numpy()
         return ClusterResult(
             labels=engine.labels_.cpu().numpy(),

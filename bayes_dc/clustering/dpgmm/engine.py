@@ -233,6 +233,16 @@ class DPGMM(VariationalMixture):
         data-dependent choice made from the result is the same on every rank."""
         return rows
 
+    def _global_rows(self, positions: torch.Tensor) -> torch.Tensor:
+        """Rows ``positions`` (M,) of the points of all ranks in rank order, in the order given, on every rank
+        (``x[positions]`` in one process): a random subsample drawn from the global ids is the one process's."""
+        return self._x[positions.to(self._x.device)]
+
+    def _top_rows(self, scores: torch.Tensor, k: int, rows) -> torch.Tensor:
+        """``rows(ids)`` (k, ...) of the k points with the largest ``scores`` (N,) over all ranks, largest first, on
+        every rank; ``rows`` maps local row ids (m,) to the rows (m, ...) wanted for them."""
+        return rows(torch.topk(scores, min(k, scores.shape[0])).indices)
+
     # -- setup -------------------------------------------------------------------------------------------------
     def _options(self) -> dict:
         return dict(truncation=self.truncation, covariance=self.covariance, alpha=self.alpha,
@@ -307,6 +317,7 @@ class DPGMM(VariationalMixture):
             self._setup(x)
             self._initialize_warm(warm_state)
             return
+        n = int(self._allreduce(torch.tensor([float(n)], dtype=torch.float64, device=x.device)).item())  # all ranks'
         if n < self.truncation:
             raise ValueError(f"a cold start seeds T={self.truncation} components from distinct points but N={n}; "
                              f"lower --truncation to at most {n} or cluster more points")
@@ -421,14 +432,13 @@ class DPGMM(VariationalMixture):
         the overfitted covariances of small ones) look N / M times better supported than the data support, so
         merges would never be accepted there. Fewer points support fewer components, so the subsample phase
         errs towards a small K; splits and births on the full data add what the full data support.
-        The subsample is drawn on every rank from its own points and gathered, so every rank seeds identically.
+        The subsample is drawn from the global row ids (:meth:`_global_rows`), so every rank of a multi-process
+        fit seeds identically, and as one process does.
         """
-        x, n = self._x, self._x.shape[0]
+        x = self._x
         generator = torch.Generator().manual_seed(int(seed))
         m_total = min(self._n_total, self.init_subsample or max(20 * self.truncation, 5000))
-        m_local = min(n, max(1, round(m_total * n / self._n_total)))
-        subset = torch.randperm(n, generator=generator)[:m_local].to(x.device)
-        x_sub = self._gather_rows(x[subset])
+        x_sub = self._global_rows(torch.randperm(self._n_total, generator=generator)[:m_total])
         centred = x_sub - self._shift
         # seeding needs a few points per component, not the whole subsample (the subsample is in random order)
         seeds = kmeanspp_seeds(centred[: max(10 * self.truncation, 2000)], self.truncation, generator)  # (T,)

@@ -28,7 +28,7 @@ So the ELBO stays monotone through moves.
 
 Identity: a merge keeps the larger component's slot (the other becomes empty, its id lost); a split keeps the
 parent's slot for one child and gives the other none; births have none (``DPGMM.permutation_``).
-All sums over points go through the engine's ``_allreduce``; the birth seed points go through ``_gather_rows``.
+All sums over points go through the engine's ``_allreduce``; the birth seed points are the engine's ``_top_rows``.
 """
 from __future__ import annotations
 
@@ -481,12 +481,13 @@ class MoveRunner:
         grown component raises the ELBO is kept."""
         engine = self.engine
         state, sweeper = engine._state, engine._sweeper
-        n_local, d = engine._x.shape
+        d = engine._x.shape[1]
         n_total = engine._n_total
         wanted = min(n_total, max(20 * (d + 1), n_total // 25))
-        worst = torch.topk(-state.log_norm, min(n_local, max(1, round(wanted * n_local / n_total)))).indices
-        # each seed point with the component it belongs to now (ids are exact in float32 below 2^24)
-        seeds = engine._gather_rows(torch.cat([sweeper.centred(worst), state.index[worst, :1].float()], 1))
+        # the worst-fit points over all ranks, each with the component it belongs to now (ids are exact in float32
+        # below 2^24)
+        seeds = engine._top_rows(-state.log_norm, wanted,
+                                 lambda worst: torch.cat([sweeper.centred(worst), state.index[worst, :1].float()], 1))
         generator = torch.Generator().manual_seed(engine._seed * 1_000_003 + round_id)
         groups = lloyd(seeds[:, :d], min(BIRTH_GROUPS, seeds.shape[0]), generator)
         sizes = torch.bincount(groups)
