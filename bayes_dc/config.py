@@ -142,7 +142,7 @@ class ClusterConfig:
     prior_scale_update: bool = field(default=False, metadata=DP)  # re-estimate --prior-scale between sweeps (max ELBO)
     topk: int = field(default=8, metadata=DP)  # responsibilities kept per point (soft targets, warm starts)
     max_iter: int = field(default=100, metadata=DP)  # most coordinate-ascent iterations per round
-    tol: float = field(default=1e-4, metadata=DP)  # converged when the relative ELBO change is below this
+    tol: float = field(default=1e-2, metadata=DP)  # converged when an E-step moved less than this share of the responsibility mass (mean total variation per point, in (0, 1))
     min_size: float = field(default=1.0, metadata=DP)  # expected count below which a component is reset to the prior
     moves: str = field(default="all", metadata=DP)  # moves between sweeps: all, none, or a comma list of merge,split,birth,delete
     move_every: int = field(default=5, metadata=DP)  # CAVI iterations between move rounds (plus one round before stopping)

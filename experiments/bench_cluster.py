@@ -34,7 +34,7 @@ from sklearn.metrics import normalized_mutual_info_score
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bayes_dc.clustering.base import active_mask  # noqa: E402
-from bayes_dc.clustering.dpgmm import DPGMM, DPGMMBackend  # noqa: E402
+from bayes_dc.clustering.dpgmm import DEFAULT_TOL, DPGMM, DPGMMBackend  # noqa: E402
 from bayes_dc.clustering.kmeans import KMeansBackend  # noqa: E402
 
 DATA = ("synthetic", "fashion-mnist", "fmnist-umap")
@@ -292,7 +292,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--prior-scale", type=float, default=DPGMM().prior_scale)
     parser.add_argument("--moves", default="all")
     parser.add_argument("--topk", type=int, default=8)
-    parser.add_argument("--tol", type=float, default=1e-4)
+    parser.add_argument("--tol", type=float, default=DEFAULT_TOL,
+                        help="DP-GMM convergence: share of the responsibility mass an E-step may still move")
     parser.add_argument("--max-iter", type=int, default=100)
     parser.add_argument("--warm-noise", type=float, default=0.05,
                         help="the warm start's previous fit sees X plus Gaussian noise of this many feature stds")

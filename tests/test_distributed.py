@@ -101,7 +101,7 @@ def test_ddp_with_synchronised_batch_norm_gives_the_one_process_gradients(two_ra
 def test_sharded_dp_fit_equals_the_one_process_fit(two_ranks, one_thread_here, covariance):
     """Each rank fits its half of the points (ShardedDPGMM): a cold start (global subsample, merges, births tried)
     and a warm start that must split a component. Both ranks hold the one-process posterior: the same moves tried
-    and accepted, the same labels and top-k ids, sufficient statistics and weights equal to float32 summation
+    and accepted, the same labels and top-k ids (where their mass is above 1e-6), sufficient statistics and weights equal to float32 summation
     order (the E-step runs in float32 over differently cut chunks; sums are float64), the ELBO to 1e-5 relative
     (its responsibility entropy adds N float32 terms per chunk; measured 3e-6)."""
     expected = single_dp()[covariance]
@@ -109,7 +109,11 @@ def test_sharded_dp_fit_equals_the_one_process_fit(two_ranks, one_thread_here, c
     for rank in two_ranks:
         for got, want in zip(rank["dp"][covariance], expected):
             assert got["moves"] == want["moves"] and got["n_iter"] == want["n_iter"]
-            assert torch.equal(got["labels"], want["labels"]) and torch.equal(got["resp_index"], want["resp_index"])
+            assert torch.equal(got["labels"], want["labels"])
+            # empty components all equal the prior, so their (negligible) responsibilities tie and top-k may order them
+            # differently over differently cut chunks: the ids are compared where the mass is not negligible
+            held = want["resp_values"] > 1e-6
+            assert torch.equal(got["resp_index"][held], want["resp_index"][held])
             assert torch.equal(got["permutation"], want["permutation"])
             torch.testing.assert_close(got["resp_values"], want["resp_values"], rtol=0, atol=1e-5)
             torch.testing.assert_close(got["counts"], want["counts"], rtol=1e-6, atol=1e-4)
@@ -151,7 +155,9 @@ def torchrun(cfg, tmp_path: Path, processes: int = 2) -> subprocess.CompletedPro
     return out
 
 
-DP_RUN = {"cluster": {"prior": "dp", "truncation": 20, "max_iter": 30, "warm_start": "init"},
+# a tight tol: the two runs are compared at the fixed point, where float-order differences do not grow with the stop
+DP_RUN = {"cluster": {"prior": "dp", "truncation": 20, "max_iter": 30, "tol": 1e-6,
+                      "warm_start": "init"},
           "targets": {"targets": "soft", "head": "keep"}, "features": {"pca_dim": 8}}
 
 

@@ -9,6 +9,7 @@ from bayes_dc.clustering import stick
 from bayes_dc.clustering.dpgmm import math as nw
 from bayes_dc.clustering.dpgmm.families import Components, make_family
 from bayes_dc.clustering.dpgmm.prior import build_prior, updated_scale
+from bayes_dc.clustering.dpgmm.sweep import moved_mass
 
 DT = torch.float64
 
@@ -123,6 +124,28 @@ def test_normal_wishart_posterior_is_bishop_and_prior_when_empty():
 
 
 @pytest.mark.parametrize("covariance", ["full", "diag", "spherical"])
+def test_terms_on_occupied_rows_equal_the_terms_of_every_row(covariance):
+    """The M-step computes q and the bound's component terms on occupied rows only; empty rows are the prior, whose
+    KL is 0, so the sum matches the all-rows formula."""
+    g = torch.Generator().manual_seed(8)
+    d, t = 3, 6
+    family = make_family(covariance, d)
+    x = torch.randn(80, d, generator=g, dtype=DT)
+    prior = build_prior(family, x.mean(0), torch.cov(x.T), t, prior_scale=0.3).components
+    resp = torch.softmax(torch.randn(80, t, generator=g, dtype=DT), 1)
+    resp[:, [1, 4]] = 0.0
+    stats = family.stats_from_dense(x, resp / resp.sum(1, keepdim=True))
+    q = family.posterior(stats, prior)
+    every_row = family._posterior(stats, prior)
+    for name in ("m", "kappa", "dof", "scale"):
+        torch.testing.assert_close(getattr(q, name)[[0, 2, 3, 5]], getattr(every_row, name)[[0, 2, 3, 5]])
+        assert torch.equal(getattr(q, name)[[1, 4]], getattr(prior, name)[[1, 4]])
+    terms = family.posterior_terms(stats, q, prior)
+    torch.testing.assert_close(terms, family.component_terms(stats, q, prior), rtol=1e-12, atol=1e-9)
+    assert float(terms[1]) == float(terms[4]) == 0.0 and bool((terms[[0, 2, 3, 5]] != 0).all())
+
+
+@pytest.mark.parametrize("covariance", ["full", "diag", "spherical"])
 def test_estep_logits_equal_the_bound_per_point(covariance):
     """The chunked E-step's float32 GEMM gives, per point and component, exactly the bound's expected log-likelihood
     of that point alone plus E[log pi] (checked against the float64 formula used in the ELBO)."""
@@ -181,6 +204,26 @@ def test_empirical_bayes_scale_maximises_the_bound(covariance):
     assert best != pytest.approx(0.5)
     for factor in (0.9, 1.1, 0.5, 2.0):
         assert bound(best) > bound(best * factor)
+
+
+def test_moved_mass_is_the_total_variation_between_top_k_rows():
+    g = torch.Generator().manual_seed(9)
+    n, t = 40, 7
+    old_index = torch.stack([torch.randperm(t, generator=g)[:3] for _ in range(n)])          # (n, 3)
+    new_index = torch.stack([torch.randperm(t, generator=g)[:4] for _ in range(n)])          # (n, 4)
+    old_values = torch.softmax(torch.randn(n, 3, generator=g) * 2, 1)
+    new_values = torch.softmax(torch.randn(n, 4, generator=g) * 2, 1)
+    new_values[:5, 2:] = 0.0                                                                  # zero-valued padding
+    new_values = new_values / new_values.sum(1, keepdim=True)
+    new_index[0], new_values[0] = torch.cat([old_index[0], new_index[0, 3:]]), torch.cat([old_values[0], torch.zeros(1)])
+
+    def dense(values, index):
+        return torch.zeros(n, t, dtype=DT).scatter_add_(1, index, values.double())
+
+    reference = 0.5 * (dense(old_values, old_index) - dense(new_values, new_index)).abs().sum(1)
+    torch.testing.assert_close(moved_mass(old_values, old_index, new_values, new_index).double(), reference,
+                               rtol=1e-5, atol=1e-6)
+    assert float(moved_mass(old_values, old_index, new_values, new_index)[0]) < 1e-6   # the same row moved nothing
 
 
 def test_stick_elbo_matches_monte_carlo_with_random_alpha():

@@ -7,7 +7,7 @@ delete), ``sharded`` (:class:`ShardedDPGMM`, the engine on one rank's rows under
 (:class:`DPGMMBackend`).
 """
 from .backend import INFERENCES, DPGMMBackend
-from .engine import (COVARIANCES, MOVES, WARM_STARTS, ClusterCountWarning, ConvergenceWarning, DPGMM,
+from .engine import (COVARIANCES, DEFAULT_TOL, MOVES, WARM_STARTS, ClusterCountWarning, ConvergenceWarning, DPGMM,
                      VariationalMixture)
 from .families import Components, SuffStats, make_family
 from .prior import DEFAULT_KAPPA0, DEFAULT_PRIOR_DOF, DEFAULT_PRIOR_SCALE, DPGMMPrior, build_prior
@@ -16,6 +16,6 @@ from .sharded import ShardedDPGMM
 from .variational import DPGMMParams, elbo, m_step
 
 __all__ = ["COVARIANCES", "Components", "ClusterCountWarning", "ConvergenceWarning", "DEFAULT_KAPPA0",
-           "DEFAULT_PRIOR_DOF", "DEFAULT_PRIOR_SCALE", "DPGMM", "DPGMMBackend", "DPGMMParams", "DPGMMPrior",
+           "DEFAULT_PRIOR_DOF", "DEFAULT_PRIOR_SCALE", "DEFAULT_TOL", "DPGMM", "DPGMMBackend", "DPGMMParams", "DPGMMPrior",
            "INFERENCES", "MOVES", "ShardedDPGMM", "SuffStats", "VariationalMixture", "WARM_STARTS", "build_prior",
            "elbo", "kmeanspp_seeds", "m_step", "make_family"]

@@ -36,10 +36,11 @@ MOVES = ("merge", "split", "birth", "delete")
 STATE_VERSION = 1
 INIT_MERGE_ROUNDS = 10      # merge rounds on the hard seeding partition of a cold start
 GROWING_MOVE_EVERY = 2      # iterations between move rounds while the previous round accepted a move
+DEFAULT_TOL = 1e-2          # converged when less than this share of the responsibility mass moved in an E-step
 
 
 class ConvergenceWarning(UserWarning):
-    """The iteration cap was hit before the relative ELBO change fell below ``tol``."""
+    """The iteration cap was hit before the responsibilities settled (mean change per point below ``tol``)."""
 
 
 class ClusterCountWarning(UserWarning):
@@ -70,51 +71,57 @@ def parse_moves(moves: bool | str | Iterable[str] | None) -> tuple[str, ...]:
 class VariationalMixture:
     """Iteration loop shared by variational mixtures (in the style of scikit-learn's ``BaseMixture``).
 
-    ``fit`` runs ``_initialize`` (which may return the ELBO of its initial state), then iterations of
-    E-step -> M-step -> ELBO -> ``_after_iteration`` (moves) until the relative ELBO change ``|L_t - L_{t-1}| / |L_t|``
-    is below ``tol`` with nothing changed by ``_after_iteration``, or ``max_iter`` iterations ran (then a
-    :class:`ConvergenceWarning`), then ``_finalize``. Subclasses hold only the math. Fitted attributes:
+    ``fit`` runs ``_initialize``, then iterations of E-step -> M-step -> ELBO -> ``_after_iteration`` (moves) until
+    the E-step changed the responsibilities by at most ``tol`` per point (``_change``) and ``_after_iteration``
+    changed nothing, or ``max_iter`` iterations ran (then a :class:`ConvergenceWarning`), then ``_finalize``.
+    Subclasses hold only the math. Fitted attributes:
     ``history_`` (ELBO after each iteration), ``lower_bound_`` (final ELBO), ``converged_``, ``n_iter_``,
     ``fit_seconds_``.
     """
 
-    def __init__(self, *, max_iter: int = 100, tol: float = 1e-4, verbose: bool = False):
+    def __init__(self, *, max_iter: int = 100, tol: float = DEFAULT_TOL, verbose: bool = False):
         if max_iter < 1:
             raise ValueError(f"max_iter must be >= 1, got {max_iter} (--max-iter)")
-        if not tol > 0:
-            raise ValueError(f"tol must be > 0, got {tol} (--tol)")
+        if not 0 < tol < 1:
+            raise ValueError(f"tol is a share of the responsibility mass and must be in (0, 1), got {tol} (--tol)")
         self.max_iter, self.tol, self.verbose = int(max_iter), float(tol), verbose
 
     def fit(self, x: torch.Tensor, *, seed: int = 0, warm_state: Any = None) -> "VariationalMixture":
         x = check_features(x)
         start = time.perf_counter()
-        previous = self._initialize(x, seed, warm_state)
-        history, converged = self._iterate(previous, self.max_iter)
+        self._initialize(x, seed, warm_state)
+        history, converged = self._iterate(self.max_iter)
         if not converged:
-            warnings.warn(ConvergenceWarning(f"{type(self).__name__} hit max_iter={self.max_iter} before the relative "
-                                             f"ELBO change fell below tol={self.tol}; raise --max-iter or --tol"))
+            warnings.warn(ConvergenceWarning(f"{type(self).__name__} hit max_iter={self.max_iter} before the mean change "
+                                             f"of the responsibilities per point fell below tol={self.tol}; raise "
+                                             "--max-iter or --tol"))
         self.history_, self.n_iter_, self.converged_ = history, len(history), converged
         self.lower_bound_ = self._finalize()
         self.fit_seconds_ = time.perf_counter() - start
         return self
 
-    def _iterate(self, previous: float | None, max_iter: int) -> tuple[list[float], bool]:
+    def _iterate(self, max_iter: int) -> tuple[list[float], bool]:
         history: list[float] = []
         for iteration in range(1, max_iter + 1):
             self._e_step()
             self._m_step()
             value = self._elbo()
-            small = previous is not None and abs(value - previous) <= self.tol * abs(value)
+            change = self._change()
+            small = change is not None and change <= self.tol
             value, changed = self._after_iteration(iteration, value, small)
             history.append(value)
             if self.verbose:
-                print(f"iter {iteration}: ELBO {value:.6f}{' (moves)' if changed else ''}")
+                print(f"iter {iteration}: ELBO {value:.6f}, change {change}{' (moves)' if changed else ''}")
             if small and not changed:
                 return history, True
-            previous = value
         return history, False
 
-    def _initialize(self, x: torch.Tensor, seed: int, warm_state: Any) -> float | None:
+    def _initialize(self, x: torch.Tensor, seed: int, warm_state: Any) -> None:
+        raise NotImplementedError
+
+    def _change(self) -> float | None:
+        """How much the last E-step changed the responsibilities, per point (compared with ``tol``); None when
+        there is nothing to compare with."""
         raise NotImplementedError
 
     def _e_step(self) -> None:
@@ -150,13 +157,16 @@ class DPGMM(VariationalMixture):
         kappa0: prior mean precision factor (None: :data:`.prior.DEFAULT_KAPPA0`).
         prior_scale_update: re-estimate prior_scale between sweeps by maximising the ELBO (empirical Bayes).
         topk: responsibilities kept per point (>= 1, at most T; topk >= T is exact CAVI over the live set).
+        max_iter: most iterations on the full data.
+        tol: converged when an E-step moved at most this share of the responsibility mass (the mean total-variation
+            distance between each point's old and new responsibilities, in (0, 1); see :meth:`_change`).
         min_size: components whose expected count N_k ends below this are reset to the prior (see ``_finalize``).
         warm_start: "none" | "init" | "prior" (what ``fit(..., warm_state=...)`` does with a previous state).
         prior_decay: rho in (0, 1], weight of the previous posterior's pseudo-counts for warm_start="prior".
         moves: which of "merge", "split", "birth", "delete" run between sweeps (True/"all", False/"none", a
             comma-separated string or a list); each is kept only when the full ELBO rises.
         move_every: iterations between move rounds (2 while the last round accepted a move; moves also run when
-            the ELBO change falls below ``tol``, and the fit stops only after a round that accepts nothing).
+            the responsibilities settle (``tol``), and the fit stops only after a round that accepts nothing).
         init_subsample: points used for the cold-start seeding phase (None: max(20 T, 5000), at most N).
         init_iter: CAVI iterations on that subsample before the full data (cold start only).
         chunk_size: maximum points per E-step chunk (None: 8192 on CPU, 65536 on CUDA; chunks also shrink so their
@@ -178,7 +188,7 @@ class DPGMM(VariationalMixture):
     def __init__(self, truncation: int = 300, *, covariance: str = "full", alpha: float = 1.0,
                  alpha_prior: tuple[float, float] | None = None, prior_scale: float | torch.Tensor = DEFAULT_PRIOR_SCALE,
                  prior_dof: float | None = None, kappa0: float | None = None, prior_scale_update: bool = False,
-                 topk: int = 8, max_iter: int = 100, tol: float = 1e-4, min_size: float = 1.0,
+                 topk: int = 8, max_iter: int = 100, tol: float = DEFAULT_TOL, min_size: float = 1.0,
                  warm_start: str = "init", prior_decay: float = 0.5, moves: bool | str | Iterable[str] = True,
                  move_every: int = 5, init_subsample: int | None = None, init_iter: int = 20,
                  chunk_size: int | None = None, profile_gemm: bool = False, memory_limit: int | None = None,
@@ -297,7 +307,7 @@ class DPGMM(VariationalMixture):
             raise ValueError(f"warm_state has truncation T={warm_state['truncation']} but this model has "
                              f"T={self.truncation}; keep --truncation fixed across rounds")
 
-    def _initialize(self, x: torch.Tensor, seed: int, warm_state: Any) -> float | None:
+    def _initialize(self, x: torch.Tensor, seed: int, warm_state: Any) -> None:
         n, d = x.shape
         self._seed = int(seed)
         self.gemm_seconds_ = 0.0
@@ -305,7 +315,8 @@ class DPGMM(VariationalMixture):
         if warm_state is not None and self.warm_start != "none":
             self.check_warm_state(warm_state, n, d)
             self._setup(x)
-            return self._initialize_warm(warm_state)
+            self._initialize_warm(warm_state)
+            return
         n = int(self._allreduce(torch.tensor([float(n)], dtype=torch.float64, device=x.device)).item())  # all ranks'
         if n < self.truncation:
             raise ValueError(f"a cold start seeds T={self.truncation} components from distinct points but N={n}; "
@@ -313,7 +324,6 @@ class DPGMM(VariationalMixture):
         self._setup(x)
         self._initialize_cold(seed)
         self.init_elbo_ = None
-        return None
 
     # -- state bookkeeping -------------------------------------------------------------------------------------
     def _reduce_stats(self, raw: torch.Tensor, entropy: torch.Tensor) -> SuffStats:
@@ -325,7 +335,7 @@ class DPGMM(VariationalMixture):
     def _evaluate(self, stats: SuffStats, q_old: DPGMMParams | None) -> Candidate:
         """Full M-step and ELBO for new statistics (every component recomputed)."""
         q = m_step(self.family, stats, self._prior, q_old)
-        terms = self.family.component_terms(stats, q.components, self._prior.components)
+        terms = self.family.posterior_terms(stats, q.components, self._prior.components)
         value = float(terms.sum() + global_terms(stats, q, self._prior)) + float(stats.entropy)
         return Candidate(stats, q, terms, value, None)
 
@@ -390,7 +400,7 @@ class DPGMM(VariationalMixture):
         self.elbo_trace_.append(cand.value)
         return cand.value
 
-    def _initialize_warm(self, state: dict) -> float:
+    def _initialize_warm(self, state: dict) -> None:
         """M-step of the previous responsibilities on the new features (and, for "prior", the pseudo-count prior).
 
         ``warm_start="prior"`` adds the previous posterior, re-expressed on the new features, to the prior as
@@ -412,7 +422,6 @@ class DPGMM(VariationalMixture):
             self._prior = replace(self._base_prior, components=pseudo, unit=None)
             self.elbo_comparable_ = False
         self.init_elbo_ = self._start(values, index, q_old)
-        return self.init_elbo_
 
     def _initialize_cold(self, seed: int) -> None:
         """k-means++ seeds on a random subsample of M points, hard assignment, then ``init_iter`` CAVI iterations
@@ -446,7 +455,7 @@ class DPGMM(VariationalMixture):
             if not sub.move_round(cheap):
                 break
         if self.init_iter > 0:
-            sub._iterate(None, self.init_iter)
+            sub._iterate(self.init_iter)
         self._state = FitState(sub._state.stats, sub._state.q, sub._state.terms, sub._state.value,
                                torch.empty(0), torch.empty(0, dtype=torch.int64), None,
                                torch.arange(self.truncation, device=x.device))
@@ -469,9 +478,15 @@ class DPGMM(VariationalMixture):
 
     def _e_step(self, live: torch.Tensor | None = None) -> None:
         live = self.live_components() if live is None else live
-        result = self._sweeper.estep(self.logit_operator(live), live, self.topk)
-        stats = self._reduce_stats(result.raw, result.entropy)
         state = self._state
+        # the responsibilities this E-step replaces, if they belong to these points (the cold start's full-data phase
+        # begins with those of the subsample only)
+        known = state.values is not None and state.values.shape[0] == self._x.shape[0]
+        result = self._sweeper.estep(self.logit_operator(live), live, self.topk,
+                                     (state.values, state.index) if known else None)
+        stats = self._reduce_stats(result.raw, result.entropy)
+        moved = self._allreduce(result.moved.reshape(1)) if known else None
+        self._moved_share = None if moved is None else float(moved[0]) / self._n_total
         origin = torch.where(stats.counts > 0, state.origin, -1)
         self._state = FitState(stats, state.q, state.terms, state.value, result.values, result.index,
                                result.log_norm, origin)
@@ -489,6 +504,13 @@ class DPGMM(VariationalMixture):
 
     def _elbo(self) -> float:
         return self._state.value
+
+    def _change(self) -> float | None:
+        """Mean total-variation distance between each point's responsibilities before and after the last E-step:
+        the share of the assignment mass that moved (0: nothing changed, 1: every point changed completely). It is
+        a property of the partition, so it means the same on every data set, unlike a change of the ELBO, whose
+        size per point depends on the units of the features and on d."""
+        return self._moved_share
 
     def _after_iteration(self, iteration: int, value: float, converging: bool) -> tuple[float, bool]:
         if not self.moves:

@@ -172,8 +172,13 @@ class CovarianceFamily(ABC):
                                              prior.dof, prior.scale))
 
     def posterior(self, stats: SuffStats, prior: Components) -> Components:
-        """Closed-form q(mu, Sigma) per component (exactly the prior where N_k = 0)."""
-        return self._posterior(stats, prior).where(stats.counts > 0, prior)
+        """Closed-form q(mu, Sigma) per component (exactly the prior where N_k = 0). Only occupied rows are
+        computed: most of T components are empty, and for full covariance each row costs O(d^3)."""
+        occupied = stats.counts > 0
+        if bool(occupied.all()):
+            return self._posterior(stats, prior)
+        rows = occupied.nonzero()[:, 0]
+        return prior.put_rows(rows, self._posterior(stats.rows(rows), prior.rows(rows)))
 
     def expected_loglik(self, stats: SuffStats, q: Components) -> torch.Tensor:
         """sum_n r_nk E_q[log N(x_n | mu_k, Sigma_k)] per component, (T,)."""
@@ -186,6 +191,14 @@ class CovarianceFamily(ABC):
     def component_terms(self, stats: SuffStats, q: Components, prior: Components) -> torch.Tensor:
         """The component part of the ELBO, expected log-likelihood minus KL, per component (T,)."""
         return self.expected_loglik(stats, q) - self.kl(q, prior)
+
+    def posterior_terms(self, stats: SuffStats, q: Components, prior: Components) -> torch.Tensor:
+        """:meth:`component_terms` (T,) for q = :meth:`posterior` (stats, prior), computed on occupied rows only: an
+        empty component's q is its prior, so it has no likelihood term and KL 0."""
+        rows = (stats.counts > 0).nonzero()[:, 0]
+        terms = torch.zeros_like(stats.counts)
+        terms[rows] = self.component_terms(stats.rows(rows), q.rows(rows), prior.rows(rows))
+        return terms
 
     # -- E-step ----------------------------------------------------------------------------------------------
     @abstractmethod

@@ -25,17 +25,28 @@ from .families import CovarianceFamily
 CHUNK_BYTES = 256 * 2 ** 20   # bound on one chunk's logits + design temporaries
 
 
+def moved_mass(old_values: torch.Tensor, old_index: torch.Tensor, new_values: torch.Tensor,
+               new_index: torch.Tensor) -> torch.Tensor:
+    """Total-variation distance (c,) between two top-k responsibility rows of the same points, (c, k) and (c, k'):
+    1 - sum_j min(r_old_j, r_new_j) over the components both rows hold (each row holds distinct components)."""
+    same = old_index[:, :, None] == new_index[:, None, :]                               # (c, k, k')
+    overlap = (torch.minimum(old_values[:, :, None], new_values[:, None, :]) * same).sum((1, 2))   # (c,)
+    return (1.0 - overlap).clamp_min(0.0)
+
+
 @dataclass
 class SweepResult:
     """values, index (N, k): top-k responsibilities (rows sorted descending, zero-padded); raw (T, D) float64
     statistics R^T A; entropy (0-d float64); log_norm (N,) float32 log sum_{top k} exp(logits) per point (the
-    point's share of the bound with its entropy; None when the responsibilities were given)."""
+    point's share of the bound with its entropy; None when the responsibilities were given); moved (0-d float64)
+    the summed :func:`moved_mass` from the responsibilities the E-step replaced (None when none were given)."""
 
     values: torch.Tensor
     index: torch.Tensor
     raw: torch.Tensor
     entropy: torch.Tensor
     log_norm: torch.Tensor | None = None
+    moved: torch.Tensor | None = None
 
 
 class Sweeper:
@@ -69,9 +80,10 @@ class Sweeper:
         return out
 
     # -- passes --------------------------------------------------------------------------------------------
-    def estep(self, op, live: torch.Tensor, topk: int) -> SweepResult:
+    def estep(self, op, live: torch.Tensor, topk: int,
+              previous: tuple[torch.Tensor, torch.Tensor] | None = None) -> SweepResult:
         """Top-k E-step over the live components (ids (K,)) with the operator ``op`` built for them, and the
-        statistics of the new responsibilities."""
+        statistics of the new responsibilities; with ``previous`` (values, index) (N, k), how far they moved."""
         n, t, device = self.n, self.truncation, self.x.device
         k_live = int(live.shape[0])
         k_eff = min(topk, k_live)
@@ -85,6 +97,7 @@ class Sweeper:
         log_norm = torch.empty(n, dtype=torch.float32, device=device)
         raw = torch.zeros(t, self.family.width, dtype=torch.float64, device=device)
         entropy = torch.zeros((), dtype=torch.float64, device=device)
+        moved = None if previous is None else torch.zeros((), dtype=torch.float64, device=device)
         rows = self.rows_per_chunk(k_live)
         for start in range(0, n, rows):
             stop = min(start + rows, n)
@@ -98,7 +111,10 @@ class Sweeper:
             log_norm[start:stop] = norm
             entropy -= torch.special.xlogy(r, r).sum(dtype=torch.float64)
             raw += self.family.weighted_sums(values[start:stop], index[start:stop], xc, t, design)
-        return SweepResult(values, index, raw, entropy, log_norm)
+            if moved is not None:
+                moved += moved_mass(previous[0][start:stop], previous[1][start:stop], values[start:stop],
+                                    index[start:stop]).sum(dtype=torch.float64)
+        return SweepResult(values, index, raw, entropy, log_norm, moved)
 
     def statistics(self, values: torch.Tensor, index: torch.Tensor, rows: torch.Tensor | None = None,
                    n_components: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
