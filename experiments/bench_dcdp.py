@@ -55,6 +55,7 @@ VARIANTS: dict[str, list[str]] = {
     "dp-pca-two-views": ["--reduce", "pca", "--pca-dim", "16", "--two-views"],
     "dp-projection": ["--cluster-on", "projection", "--reduce", "none"],
     "dp-diag": ["--covariance", "diag"],
+    "dp-scale1": ["--prior-scale", "1"],
 }
 CPU_GRID = list(VARIANTS)
 
@@ -149,11 +150,14 @@ def main(argv=None) -> int:
     rows = [] if args.no_anchors else anchors(args)
     summaries = {v: [s for s in (summarize_run(Path(args.out_dir) / run_name(args, v, seed)) for seed in args.seeds)
                      if s] for v in variants}
-    trained = [s for v in variants for s in summaries[v] if not v.startswith("km-")]
-    if trained:
-        rows.append({"variant": "random-init trunk (round 0 of the DP runs)", "seeds": len(trained), "epochs": 0,
-                     "nmi": mean_spread([s["nmi0"] for s in trained]), "acc": mean_spread([s["acc0"] for s in trained]),
-                     "knn": mean_spread([s["knn0"] for s in trained if s["knn0"] is not None])})
+    # the random-init trunk, clustered as each baseline clusters it: round 0 of its runs (same seeds, no training)
+    for variant, how in (("dp-default", "UMAP-10 + DP-GMM"), ("km-k10", "PCA-256 + k-means k=10")):
+        zero = summaries.get(variant, [])
+        if zero:
+            rows.append({"variant": f"random-init trunk, {how} (round 0 of {variant})", "seeds": len(zero),
+                         "epochs": 0, "nmi": mean_spread([s["nmi0"] for s in zero]),
+                         "acc": mean_spread([s["acc0"] for s in zero]),
+                         "knn": mean_spread([s["knn0"] for s in zero if s["knn0"] is not None])})
     for v in variants:
         sums = summaries[v]
         row = {"variant": v, "seeds": len(sums), "epochs": min((s["epochs_done"] for s in sums), default=0)}

@@ -42,7 +42,7 @@ LABEL_FIELDS = [("cluster", "truncation", "T={}"), ("cluster", "alpha", "α={:g}
                 ("train", "relabel", "relabel={}"), ("train", "relabel_every", "relabel every {} ep"),
                 ("targets", "head", "head={}"), ("cluster", "inference", "{}"), ("features", "pca_dim", "PCA {}"),
                 ("features", "whiten", "whiten={}"), ("features", "reduce", "{}"), ("features", "cluster_on", "on {}"),
-                ("train", "augment", "{}"), ("train", "two_views", "two views={}")]
+                ("train", "augment", "{}"), ("train", "two_views", "two views")]
 MAX_SERIES = 8
 
 
@@ -167,7 +167,8 @@ def labels(groups: list[Group]) -> list[str]:
         if not g.is_dp:
             text = f"k-means k={g.get('cluster', 'k')}"
         else:
-            parts = [f.format(g.get(s, k)) for s, k, f in varying if g.get(s, k) is not None]
+            # a flag is named when set, not spelled out as "=False" on every other series
+            parts = [f.format(g.get(s, k)) for s, k, f in varying if g.get(s, k) not in (None, False)]
             text = "DP " + (", ".join(parts) if parts else
                             f"T={g.get('cluster', 'truncation')}, α={g.get('cluster', 'alpha'):g}")
         n = len(g.runs)

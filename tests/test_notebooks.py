@@ -63,7 +63,7 @@ def test_family_is_the_largest_ablation_of_the_varied_options(tiny_sweep):
     from bayes_dc.report import curve, family, load_runs
 
     runs = load_runs(tiny_sweep)
-    assert {r["name"] for r in family(runs, ["warm_start"])} == {"dp_T20_warm-init", "dp_T20_warm-none"}
-    assert [r["name"] for r in family(runs, ["truncation"])] == ["dp_T10_warm-init", "dp_T20_warm-init"]
+    assert {r["name"] for r in family(runs, ["warm_start"])} == {"dp_T20_warm-init_r1", "dp_T20_warm-none_r1"}
+    assert [r["name"] for r in family(runs, ["truncation"])] == ["dp_T10_warm-init_r1", "dp_T20_warm-init_r1"]
     run = next(r for r in runs if r["name"] == "dp_T20_warm-init_r2")  # relabels every 2 of 2 epochs + final
     assert curve(run, "k_active")[0] == (0, 2)

@@ -51,7 +51,7 @@ def test_missing_runs_skip_figures_with_a_note(tiny_sweep, tmp_path, capsys, mon
     assert make_all.make_all(tmp_path / "nothing", tmp_path / "f0") == []
     assert "no run directories" in capsys.readouterr().out
     only_km = tmp_path / "km"
-    shutil.copytree(tiny_sweep / "kmeans_k10", only_km / "kmeans_k10")
+    shutil.copytree(tiny_sweep / "kmeans_k10_r1", only_km / "kmeans_k10_r1")
     written = make_all.make_all(only_km, tmp_path / "f1")
     out = capsys.readouterr().out
     assert "skipped fig1 active clusters" in out and "skipped fig4 warm start" in out
@@ -67,12 +67,12 @@ def test_fig1_with_one_dp_setting_is_one_panel_with_the_number(tiny_sweep, tmp_p
 
     monkeypatch.setattr(make_all, "FIGURES", make_all.FIGURES[:1])
     one = tmp_path / "one"
-    shutil.copytree(tiny_sweep / "dp_T20_warm-init", one / "dp_T20_warm-init")
+    shutil.copytree(tiny_sweep / "dp_T20_warm-init_r1", one / "dp_T20_warm-init_r1")
     texts = []
     real_text = make_all.S.plt.Axes.text
     monkeypatch.setattr(make_all.S.plt.Axes, "text", lambda ax, *a, **k: texts.append(a[2]) or real_text(ax, *a, **k))
     [png, _] = make_all.make_all(one, tmp_path / "f1", verbose=False)
-    k_final = json.loads((one / "dp_T20_warm-init" / "metrics.jsonl").read_text().splitlines()[-1])["k_active"]
+    k_final = json.loads((one / "dp_T20_warm-init_r1" / "metrics.jsonl").read_text().splitlines()[-1])["k_active"]
     assert any(f"K_active = {k_final} of T = 20" in t for t in texts), texts
     [several, _] = make_all.make_all(tiny_sweep, tmp_path / "f2", verbose=False)
     assert imread(png).shape[1] < 0.8 * imread(several).shape[1]  # one panel instead of two

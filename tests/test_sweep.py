@@ -131,7 +131,7 @@ def test_interrupted_sweep_restarts_without_redoing_finished_runs(tmp_path):
 
 def test_real_run_resumes_and_finished_runs_are_untouched(tiny_sweep):
     """Losing a run's final record (killed at the end) redoes only that: other runs' files keep their mtimes."""
-    victim = "dp_T20_warm-init"
+    victim = "dp_T20_warm-init_r1"
     metrics = tiny_sweep / victim / "metrics.jsonl"
     lines = metrics.read_text().splitlines(keepends=True)
     assert json.loads(lines[-1])["phase"] == "final"
