@@ -22,7 +22,7 @@ def run_script(*args, timeout=300):
 def test_run_py_dp_tiny_writes_run_dir(tmp_path):
     out = run_script("experiments/run.py", "--dataset", "synthetic", "--subset", "300", "--eval-subset", "100",
                      "--prior", "dp", "--truncation", "30", "--width", "4", "--epochs", "2", "--pca-dim", "16",
-                     "--threads", "1", "--out-dir", tmp_path, "--name", "smoke", "--no-progress")
+                     "--reduce", "pca", "--threads", "1", "--out-dir", tmp_path, "--name", "smoke", "--no-progress")
     assert out.returncode == 0, out.stderr
     final = json.loads(out.stdout.strip().splitlines()[-1])
     d = tmp_path / "smoke"
@@ -47,7 +47,7 @@ def test_bench_cluster_tiny_prints_table(tmp_path):
 def test_bench_dcdp_and_baseline_tiny(tmp_path):
     common = ["--epochs", "1", "--subset", "300", "--width", "4", "--threads", "1", "--out-dir", tmp_path]
     out = run_script("experiments/bench_dcdp.py", "--variants", "km-k10", "dp-adaptive", "--truncation", "20",
-                     *common, "--markdown", tmp_path / "dcdp.md")
+                     *common, "--markdown", tmp_path / "dcdp.md", "--extra", "--reduce", "pca")  # no UMAP fit per round
     assert out.returncode == 0, out.stderr
     lines = (tmp_path / "dcdp.md").read_text().splitlines()
     rows = [l for l in lines if l.startswith("| km-") or l.startswith("| dp-")]
