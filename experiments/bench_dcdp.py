@@ -42,6 +42,7 @@ KMEANS = ["--prior", "kmeans", "--targets", "hard", "--head", "reset", "--reduce
 VARIANTS: dict[str, list[str]] = {
     "km-k10": KMEANS + ["--k", "10"],
     "km-k100": KMEANS + ["--k", "100"],
+    "km-k10-resized-crop": KMEANS + ["--k", "10", "--augment", "resized-crop"],
     "dp-default": [],
     "dp-soft": ["--targets", "soft"],
     "dp-multilabel": ["--targets", "multilabel"],
