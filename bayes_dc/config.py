@@ -98,7 +98,7 @@ class FeatureConfig:
     """From trunk features to the space that is clustered (refitted every round)."""
 
     cluster_on: ClusterOn = "trunk"  # what is clustered: trunk features, or a projection head trained with the head on top
-    pca_dim: int | None = None  # PCA dimension before clustering (capped by F and N-1); None: PCA_DEFAULTS[--prior], 50 before UMAP
+    pca_dim: int | None = None  # PCA dimension before clustering (capped by F and N-1); None: PRIOR_DEFAULTS["pca_dim"][--prior], 50 before UMAP
     whiten: bool = field(default=True, metadata=PCA_ONLY)  # whiten the PCA components (unit variance each)
     l2: bool = field(default=True, metadata=PCA_ONLY)  # L2-normalise each point after PCA
     extract_batch: int = 1024  # images per forward pass when extracting features (memory only)
@@ -109,18 +109,19 @@ class FeatureConfig:
     umap_min_dist: float = field(default=0.0, metadata=UMAP_ONLY)  # UMAP min_dist; 0 packs clusters tightly (clustering)
 
 
-# k-means keeps DeepCluster's 256; the DP-GMM collapses to 1-3 components on 256 whitened dimensions of
-# random-init features, so 64. Small demo datasets get a small trunk so they run in a minute on a CPU.
-PCA_DEFAULTS = {"kmeans": 256, "dp": 64}
-# Options whose default depends on --prior (bench_dcdp, BENCHMARKS.md section 6). k-means keeps DeepCluster's
-# whitened PCA-256, relabelled every epoch. The DP-GMM models its space with Gaussians, and whitened PCA of
-# ConvNet features is a thin shell on a sphere that Gaussians tile; UMAP-10 packs each group into a compact blob
-# that one full-covariance Gaussian fits. Its rounds cost a UMAP fit, and a warm-started posterior changes little
-# from one epoch to the next, so it relabels every 2 epochs.
+# Options whose default depends on --prior (BENCHMARKS.md sections 6-7). k-means keeps DeepCluster's whitened
+# PCA-256, relabelled every epoch. The DP-GMM models its space with Gaussians: whitened PCA of ConvNet features
+# makes it tile each class with many components (K 82 on PCA-16 in the loop), UMAP-10 packs each group into a
+# compact blob that one full-covariance Gaussian fits (K 12-16). Its rounds cost a UMAP fit, and relabelling every
+# epoch scored the same as every 2 (one seed) at a larger clustering share, so it relabels every 2 epochs. With
+# --reduce pca the DP gets PCA-64: on 256 whitened dimensions of random-init features it collapses to 1-3
+# components.
 PRIOR_DEFAULTS: dict[str, dict[str, Any]] = {"reduce": {"kmeans": "pca", "dp": "umap"},
-                                             "relabel_every": {"kmeans": 1, "dp": 2}}
+                                             "relabel_every": {"kmeans": 1, "dp": 2},
+                                             "pca_dim": {"kmeans": 256, "dp": 64}}
 # PCA dimension before UMAP (as in N2D / the eval protocol's UMAP baseline); UMAP then reduces to reduce_dim.
 UMAP_PCA_DEFAULT = 50
+# Small demo datasets get a small trunk so they run in a minute on a CPU.
 WIDTH_DEFAULTS = {"digits": 16, "synthetic": 16}
 
 
@@ -246,7 +247,7 @@ class Config:
             return self.features.pca_dim
         if self.reduce == "umap":
             return UMAP_PCA_DEFAULT
-        return PCA_DEFAULTS.get(self.cluster.prior, 256)
+        return resolve_prior_default("pca_dim", None, self.cluster.prior)
 
     @property
     def width(self) -> int:

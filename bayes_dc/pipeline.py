@@ -53,9 +53,10 @@ RELABEL_RULES = typing.get_args(RelabelRule)
 def relabel_due(cfg: Config, epoch: int, last_relabel: int | None, agreement: float | None) -> bool:
     """Whether epoch ``epoch`` starts with a new clustering.
 
-    ``fixed``: every ``relabel_every`` epochs (``cfg.relabel_every``: DeepCluster's 1 for k-means, 2 for the DP). ``adaptive``: once the head agreed with its
-    targets on at least ``relabel_agreement`` of the previous epoch's samples (the targets are learned, so
-    they teach nothing new), and at the latest ``relabel_max_gap`` epochs after the last relabel.
+    ``fixed``: every ``cfg.relabel_every`` epochs (unset: DeepCluster's 1 for k-means, 2 for the DP).
+    ``adaptive``: once the head agreed with its targets on at least ``relabel_agreement`` of the previous epoch's
+    samples (the targets are learned, so they teach nothing new), and at the latest ``relabel_max_gap`` epochs
+    after the last relabel.
     """
     if last_relabel is None:
         return True

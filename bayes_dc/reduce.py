@@ -210,8 +210,8 @@ REDUCERS: dict[str, Callable[..., Reducer]] = {
 
 def make_reducer(cfg: Any, *, allreduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
                  device: torch.device | None = None) -> Reducer:
-    """The reducer named by ``cfg.reduce`` (``--reduce``, else the prior's default) for a :class:`bayes_dc.config.Config` (its ``pca_dim``
-    property resolves the PCA dimension in force). ``allreduce`` and ``device``: see :class:`PCAReducer` (the
+    """The reducer named by ``cfg.reduce`` (``--reduce``, else the prior's default) for a
+    :class:`bayes_dc.config.Config` (its ``pca_dim`` property resolves the PCA dimension in force). ``allreduce`` and ``device``: see :class:`PCAReducer` (the
     other reducers need neither)."""
     name = cfg.reduce
     if name not in REDUCERS:
