@@ -42,7 +42,7 @@ KMEANS = ["--prior", "kmeans", "--targets", "hard", "--head", "reset", "--reduce
 VARIANTS: dict[str, list[str]] = {
     "km-k10": KMEANS + ["--k", "10"],
     "km-k100": KMEANS + ["--k", "100"],
-    "km-k10-resized-crop": KMEANS + ["--k", "10", "--augment", "resized-crop"],
+    "km-k10-crop-flip": KMEANS + ["--k", "10", "--augment", "crop-flip"],
     "dp-default": [],
     "dp-soft": ["--targets", "soft"],
     "dp-multilabel": ["--targets", "multilabel"],
@@ -51,7 +51,7 @@ VARIANTS: dict[str, list[str]] = {
     "dp-adaptive": ["--relabel", "adaptive"],
     "dp-keep": ["--head", "keep"],
     "dp-cold": ["--warm-start", "none"],
-    "dp-resized-crop": ["--augment", "resized-crop"],
+    "dp-crop-flip": ["--augment", "crop-flip"],
     "dp-pca": ["--reduce", "pca", "--pca-dim", "16"],
     "dp-pca-two-views": ["--reduce", "pca", "--pca-dim", "16", "--two-views"],
     "dp-projection": ["--cluster-on", "projection", "--reduce", "none"],
