@@ -178,7 +178,7 @@ class TrainConfig:
     momentum: float = 0.9  # momentum of the SGD updates
     weight_decay: float = 1e-5  # SGD weight decay (L2)
     head_lr: float | None = None  # learning rate of the classifier head; None: --lr
-    augment: Augment = "crop-flip"  # none, crop-flip (DeepCluster: pad, random crop, flip) or resized-crop (SwAV-style)
+    augment: Augment = "resized-crop"  # none, crop-flip (DeepCluster: pad, random crop, flip) or resized-crop (SwAV-style)
     crop_padding: int = field(default=4, metadata=CROP_FLIP)  # zero padding (pixels) before the random crop
     crop_scale: tuple[float, float] = field(default=(0.3, 1.0), metadata=RESIZED_CROP)  # area share range of the crops
     two_views: bool = False  # swapped prediction: each of two views learns the DP responsibilities of the other view
