@@ -23,6 +23,7 @@ References: PyTorch DDP notes (``torch.nn.parallel.DistributedDataParallel``), t
 from __future__ import annotations
 
 import datetime
+import gc
 import os
 import warnings
 from dataclasses import dataclass
@@ -211,14 +212,38 @@ def init_from_env(device_name: str) -> tuple[Distributed, torch.device]:
     if not dist.is_initialized():
         if device.type == "cuda":
             torch.cuda.set_device(device)
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=TIMEOUT)
+        join_group("nccl" if device.type == "cuda" else "gloo", timeout=TIMEOUT)
     return Distributed(rank=rank, world=world, local_rank=local_rank), device
 
 
+def join_group(backend: str, **kwargs: Any) -> None:
+    """``dist.init_process_group(backend, **kwargs)``, in a way that lets :func:`shutdown` free the group.
+
+    ``torch.distributed.nn.functional`` binds the default group as the default argument of its functions when it is
+    first imported, which DDP does when it is built; imported after the group exists, it would hold the group for
+    the rest of the process. Imported here, before, it binds None.
+    """
+    import torch.distributed.nn  # noqa: F401
+
+    dist.init_process_group(backend, **kwargs)
+
+
 def shutdown() -> None:
-    """Leave the process group (a no-op in one process)."""
-    if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
+    """Leave the process group and free it (a no-op in one process). Drop the DDP wrappers first: they hold it.
+
+    Freeing the group joins its worker threads here, while the interpreter is alive. Left to interpreter exit, a
+    gloo worker still releasing the tensors of the last collective (on rank 1 the broadcast of the final kNN score)
+    waits for the GIL into finalisation, which ends the thread inside a C++ destructor: ``terminate called without
+    an active exception``, SIGABRT after a finished run. A barrier would not do: the worker releases a collective's
+    tensors after the collective has completed. (:func:`join_group` keeps torch from pinning the group.)
+    """
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    group = dist.group.WORLD
+    dist.destroy_process_group()
+    gc.collect()   # DDP wrappers (one per head) are reference cycles that hold the group until collected
+    # the last reference: its binding releases the GIL while gloo's destructor joins the worker threads
+    del group
 
 
 # ---- the model ----------------------------------------------------------------------------------------------
@@ -299,4 +324,4 @@ def wrap_ddp(model: nn.Module, device: torch.device) -> nn.Module:
 
 
 __all__ = ["CPUSyncBatchNorm", "Distributed", "check_batch_size", "convert_sync_batchnorm", "env_world",
-           "init_from_env", "resolve_device", "shutdown", "wrap_ddp"]
+           "init_from_env", "join_group", "resolve_device", "shutdown", "wrap_ddp"]

@@ -392,6 +392,7 @@ def run(cfg: Config) -> dict:
         for source in (ctx.train_source, ctx.eval_source):
             if source is not None:
                 source.remove_features()
+        ctx.ddp = None   # DDP holds the process group: shutdown() can free the group only without it
         shutdown()
 
 

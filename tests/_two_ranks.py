@@ -12,11 +12,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from bayes_dc.clustering.dpgmm import DPGMM, ShardedDPGMM
-from bayes_dc.distributed import CPUSyncBatchNorm, Distributed, convert_sync_batchnorm, wrap_ddp
+from bayes_dc.distributed import CPUSyncBatchNorm, Distributed, convert_sync_batchnorm, join_group, shutdown, wrap_ddp
 
 COVARIANCES = ("diag", "full")
 DP_OPTIONS = dict(truncation=20, max_iter=40)
@@ -103,7 +102,7 @@ def single_small() -> dict:
 def _rank(rank: int, world: int, port: int, out: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=world)
+    join_group("gloo", rank=rank, world_size=world)
     ranks = Distributed(rank=rank, world=world)
     model = wrap_ddp(convert_sync_batchnorm(small_model(), torch.device("cpu")), torch.device("cpu"))
     converted = sum(isinstance(m, CPUSyncBatchNorm) for m in model.modules())
@@ -116,8 +115,22 @@ def _rank(rank: int, world: int, port: int, out: str) -> None:
 
     fits = dp_rounds(sharded, slice(lo, hi))
     small = small_fit(sharded, slice(*ranks.shard(SMALL)))
-    torch.save({"converted": converted, "step": step, "dp": fits, "small": small}, f"{out}.{rank}")
-    dist.destroy_process_group()
+    ranks.broadcast_object(converted)   # a run's last collective (its final kNN score)
+    del model
+    shutdown()
+    torch.save({"converted": converted, "step": step, "dp": fits, "small": small,
+                "gloo_threads_after_shutdown": gloo_threads()}, f"{out}.{rank}")
+
+
+def gloo_threads() -> list[str]:
+    """Names of this process's threads that belong to gloo (``pt_gloo_runloop``, ``gloo_tcp_loop``; Linux)."""
+    names = []
+    for task in Path("/proc/self/task").iterdir():
+        try:
+            names.append((task / "comm").read_text().strip())
+        except OSError:   # the thread ended meanwhile
+            pass
+    return [name for name in names if "gloo" in name]
 
 
 def run_two_ranks(folder: Path) -> list[dict]:
