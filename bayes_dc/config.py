@@ -188,6 +188,7 @@ class TrainConfig:
     crop_padding: int = field(default=4, metadata=CROP_FLIP)  # zero padding (pixels) before the random crop
     crop_scale: tuple[float, float] = field(default=(0.3, 1.0), metadata=RESIZED_CROP)  # area share range of the crops
     two_views: bool = False  # swapped prediction: each of two views learns the DP responsibilities of the other view
+    space_weight: float = field(default=0.0, metadata={"only_if": {"two_views": [True]}})  # weight of the clustering space's UMAP loss on the two views (--reduce pumap): the trunk also learns to keep an image's views close in that space and random pairs apart; 0: off
     epoch_samples: int | None = None  # images the balanced sampler draws per epoch; None: N, as DeepCluster
 
 

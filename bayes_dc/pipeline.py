@@ -113,6 +113,11 @@ def validate(cfg: Config) -> None:
         raise ValueError("--two-views assigns augmented views to the round's clusters on the fly, which needs the DP "
                          "posterior (--prior dp) and a clustering space new points can be mapped into (--reduce pumap, "
                          "pca or none, not umap)")
+    if not (math.isfinite(tr.space_weight) and tr.space_weight >= 0):
+        raise ValueError(f"--space-weight must be a finite number >= 0, got {tr.space_weight}")
+    if tr.space_weight > 0 and not (tr.two_views and cfg.reduce == "pumap"):
+        raise ValueError("--space-weight trains the trunk with the parametric space's loss on two views of each image; "
+                         "it needs --two-views and --reduce pumap (or set --space-weight 0)")
     if cfg.data.num_workers < 0:
         raise ValueError(f"--num-workers must be >= 0 (0: decode in the main process), got {cfg.data.num_workers}")
 

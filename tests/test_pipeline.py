@@ -154,6 +154,9 @@ def test_existing_run_directory_is_never_overwritten(tiny_config):
     ({"cluster": {"prior": "kmeans"}, "train": {"two_views": True}}, "--two-views"),
     ({"features": {"reduce": "umap"}, "train": {"two_views": True}}, "--two-views"),
     ({"targets": {"head": "keep"}}, "identities"),
+    ({"cluster": {"prior": "dp"}, "train": {"two_views": True, "space_weight": 1.0}}, "--reduce pumap"),
+    ({"cluster": {"prior": "dp"}, "features": {"reduce": "pumap"}, "train": {"space_weight": float("nan")}},
+     "--space-weight"),
     ({"targets": {"targets": "soft"}}, "responsibilities"),
     ({"train": {"relabel_every": 0}}, "relabel-every"),
     ({"model": {"arch": "resnet"}}, "choose one of"),
@@ -363,6 +366,28 @@ def test_two_views_on_the_parametric_space_learn_the_other_views_responsibilitie
     pipeline.run(merge(tiny_config, {**DP_PUMAP, "targets": {"targets": "soft"},
                                      "train": {"epochs": 1, "two_views": True, "augment": "resized-crop"}}))
     assert seen and any(not torch.equal(a[:, 0], b[:, 0]) for a, b, _ in seen)
+
+
+def test_the_space_loss_rewards_close_views_and_reaches_the_trunk(tiny_config):
+    """--space-weight: in the round's parametric space two views of the same images score a lower UMAP loss than
+    unrelated images, and the loss has a gradient on the trunk's weights (it trains the ConvNet, not the encoder)."""
+    from bayes_dc import train
+    cfg = merge(tiny_config, {**DP_PUMAP, "train": {"two_views": True, "space_weight": 1.0}})
+    ctx = pipeline.setup(merge(cfg, {"run": {"name": "space"}}))
+    images = ctx.train_source.train_batches(torch.arange(64), 64)
+    _, batch = next(iter(images))
+    x = train.standardize(batch.float() / 255, ctx.mean, ctx.std)
+    with torch.no_grad():
+        feats = ctx.model.trunk(x)
+    reduction = ctx.reducer.reduce(feats, seed=0)
+    views = train.SwappedViews(predictor={}, reduce_state=reduction.state)
+    z = ctx.model.embed(x)
+    generator = torch.Generator().manual_seed(0)
+    same = train.space_loss(ctx, z, z + 1e-3 * torch.randn_like(z), views, generator)
+    other = train.space_loss(ctx, z, z.roll(7, 0), views, generator)
+    assert same < other
+    same.backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in ctx.model.trunk.parameters())
 
 
 def test_a_2000_image_dp_run_with_the_defaults_keeps_its_clusters(tmp_path):
