@@ -40,6 +40,8 @@ import torch
 from .preprocess import Whitener
 from .reduction import Reducer, Reduction
 
+#: Share of an encoder fit's steps over which the learning rate warms up (:func:`train_encoder`).
+WARMUP_SHARE = 0.05
 #: log2(k) calibration of UMAP's smooth kNN distances is solved to this relative tolerance (bisection).
 SIGMA_BISECTION_STEPS = 64
 
@@ -189,11 +191,19 @@ def train_encoder(encoder: torch.nn.Module, inputs: torch.Tensor, sampler: EdgeS
                   a: float, b: float, negative_rate: int, batch_size: int, lr: float, generator: torch.Generator,
                   edges_per_epoch: int | None = None) -> list[float]:
     """Adam on :func:`umap_loss` over ``epochs`` passes of ``edges_per_epoch`` sampled edges (default: the number
-    of edges). ``inputs`` (N, p) lie on the encoder's device. Returns the mean loss of each epoch."""
+    of edges). ``inputs`` (N, p) lie on the encoder's device. Returns the mean loss of each epoch.
+
+    The learning rate warms up linearly over the first ``WARMUP_SHARE`` of the steps and then decays linearly to 0
+    (UMAP's own SGD decays linearly too): a fresh Adam takes steps of about ``lr`` per weight whatever the gradient,
+    which on a warm encoder silenced ReLUs wholesale and left the embedding of rank < d.
+    """
     device = inputs.device
     optimizer = torch.optim.Adam(encoder.parameters(), lr=lr)
     per_epoch = edges_per_epoch or len(sampler)
     steps = max(1, per_epoch // batch_size)
+    total_steps, warmup = steps * epochs, max(1, int(WARMUP_SHARE * steps * epochs))
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda t: min((t + 1) / warmup, max(0.0, (total_steps - t) / max(1, total_steps - warmup))))
     history = []
     for _ in range(epochs):
         total = 0.0
@@ -204,6 +214,7 @@ def train_encoder(encoder: torch.nn.Module, inputs: torch.Tensor, sampler: EdgeS
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+            schedule.step()
             total += loss.item()
         history.append(total / steps)
     return history
@@ -222,7 +233,7 @@ class ParametricUMAPReducer(Reducer):
 
     def __init__(self, dim: int = 10, pca_dim: int = 50, n_neighbors: int = 20, min_dist: float = 0.0, *,
                  hidden: int = 128, epochs: int = 10, warm_epochs: int = 3, negative_rate: int = 5,
-                 batch_size: int = 2048, lr: float = 1e-3, device: torch.device | None = None):
+                 batch_size: int = 2048, lr: float = 3e-3, device: torch.device | None = None):
         if dim < 1 or pca_dim < 1:
             raise ValueError(f"--reduce pumap needs --reduce-dim >= 1 and --pca-dim >= 1, got {dim} and {pca_dim}")
         if n_neighbors < 2:
