@@ -258,6 +258,11 @@ class ParametricUMAPReducer(Reducer):
         whitener = Whitener(dim=self.pca_dim, whiten=False, l2=False)
         pcs = whitener.fit_transform(features, device)                                   # (N, p)
         mean, basis = whitener.folded_projection(torch.device("cpu"))                    # (F,), (F, p)
+        # one scale for all components (not whitening, which would blow up the noise directions): inputs of unit
+        # mean variance per component whatever the trunk's feature scale (a random-init vgg-small's are ~0.02, which
+        # left the first layer's biases in charge and the encoder's output of rank < d)
+        scale = pcs.pow(2).sum(1).mean().div(pcs.shape[1]).sqrt().clamp_min(1e-12)
+        pcs, basis = pcs / scale, basis / scale.cpu()
         distances, indices = knn_search(pcs, self.n_neighbors)
         sampler = EdgeSampler(fuzzy_graph(distances, indices))
 
@@ -279,6 +284,7 @@ class ParametricUMAPReducer(Reducer):
         if not torch.isfinite(points).all():
             raise ValueError("the parametric UMAP encoder produced non-finite coordinates; check the features "
                              "(NaN/inf rows) or use --reduce umap / pca")
+        check_full_rank(points)
         info = {"reduce_dim": self.dim, "pumap_warm": warm, "pumap_epochs": epochs, "pumap_edges": len(sampler),
                 "pumap_loss": history[-1] if history else None}
         return Reduction(points.to(features.device), state, time.perf_counter() - start, info)
@@ -290,17 +296,29 @@ class ParametricUMAPReducer(Reducer):
         return encode(state["encoder"], pcs)
 
 
+def check_full_rank(points: torch.Tensor) -> None:
+    """ValueError when the points (N, d) span fewer than d dimensions (a full-covariance DP-GMM needs all d)."""
+    centred = (points - points.mean(0)).double()
+    singular = torch.linalg.svdvals(centred)
+    if singular[-1] <= 1e-6 * singular[0]:
+        raise ValueError(f"the parametric UMAP encoder's output spans fewer than its {points.shape[1]} dimensions "
+                         f"(singular values {singular[0]:.3g} ... {singular[-1]:.3g}); lower --reduce-dim or raise "
+                         "--pumap-hidden")
+
+
 def rebase_first_layer(previous: dict, mean: torch.Tensor, basis: torch.Tensor) -> dict[str, torch.Tensor]:
     """The previous encoder's weights with its first layer re-expressed for inputs in a new PCA frame.
 
-    Old input ``U_old^T (f - mu_old)``, new input ``z = U_new^T (f - mu_new)``; on the new span
-    ``f - mu_old = U_new z + (mu_new - mu_old)``, so ``W1' = W1 U_old^T U_new`` and
-    ``b1' = b1 + W1 U_old^T (mu_new - mu_old)`` give the old encoder's output for every point of that span.
+    Old input ``U_old^T (f - mu_old)``, new input ``z = U_new^T (f - mu_new)`` (the bases are scaled orthonormal
+    ones, see :meth:`ParametricUMAPReducer.reduce`); on the new span ``f - mu_new = U_new (U_new^T U_new)^-1 z``, so
+    ``W1' = W1 U_old^T U_new (U_new^T U_new)^-1`` and ``b1' = b1 + W1 U_old^T (mu_new - mu_old)`` give the old
+    encoder's output for every point of that span.
     """
     weights = {k: v.clone() for k, v in previous["encoder"].items()}
     w1 = weights["0.weight"].double()                                                   # (h, p)
-    old_basis = previous["basis"].double()                                              # (F, p)
-    weights["0.weight"] = (w1 @ old_basis.T @ basis.double()).float()
+    old_basis, new_basis = previous["basis"].double(), basis.double()                   # (F, p)
+    back = new_basis @ torch.linalg.inv(new_basis.T @ new_basis)                        # (F, p): z -> f - mu_new
+    weights["0.weight"] = (w1 @ old_basis.T @ back).float()
     weights["0.bias"] = (weights["0.bias"].double() + w1 @ (old_basis.T @ (mean - previous["mean"]).double())).float()
     return weights
 
