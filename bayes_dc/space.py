@@ -125,19 +125,21 @@ def fuzzy_graph(distances: torch.Tensor, indices: torch.Tensor) -> scipy.sparse.
 
 
 def umap_loss(head: torch.Tensor, tail: torch.Tensor, a: float, b: float, negative_rate: int,
-              generator: torch.Generator) -> torch.Tensor:
+              generator: torch.Generator, negatives: torch.Tensor | None = None) -> torch.Tensor:
     """UMAP's fuzzy-set cross-entropy on a batch of sampled edges (B, d) -> scalar.
 
     Each edge (head_i, tail_i) is a positive pair (target similarity 1); ``negative_rate`` shuffles of the tails
-    give negative pairs (target 0), as parametric UMAP does. With ``t = a * d^(2b)`` the similarity is ``1/(1+t)``,
+    give negative pairs (target 0), as parametric UMAP does; or, with ``negatives`` (M, d), embeddings of points
+    drawn uniformly (UMAP's own negative sampling), ``negative_rate`` random ones per edge. With ``t = a * d^(2b)`` the similarity is ``1/(1+t)``,
     so ``-log q = softplus(log t)`` and ``-log(1-q) = softplus(-log t)``, stable at d -> 0 and d -> inf.
     """
     def log_t(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return math.log(a) + b * torch.log((x - y).pow(2).sum(1) + 1e-6)
 
     attract = torch.nn.functional.softplus(log_t(head, tail))                          # (B,)
-    shuffled = torch.cat([torch.randperm(len(tail), generator=generator) for _ in range(negative_rate)])
-    repel = torch.nn.functional.softplus(-log_t(head.repeat(negative_rate, 1), tail[shuffled]))   # (rB,)
+    pool = tail if negatives is None else negatives
+    shuffled = torch.cat([torch.randperm(len(pool), generator=generator)[:len(head)] for _ in range(negative_rate)])
+    repel = torch.nn.functional.softplus(-log_t(head.repeat(negative_rate, 1), pool[shuffled]))   # (rB,)
     return (attract.sum() + repel.sum()) / len(head)
 
 
@@ -189,7 +191,7 @@ class EdgeSampler:
 
 def train_encoder(encoder: torch.nn.Module, inputs: torch.Tensor, sampler: EdgeSampler, *, epochs: int,
                   a: float, b: float, negative_rate: int, batch_size: int, lr: float, generator: torch.Generator,
-                  edges_per_epoch: int | None = None) -> list[float]:
+                  edges_per_epoch: int | None = None, uniform_negatives: bool = False) -> list[float]:
     """Adam on :func:`umap_loss` over ``epochs`` passes of ``edges_per_epoch`` sampled edges (default: the number
     of edges). ``inputs`` (N, p) lie on the encoder's device. Returns the mean loss of each epoch.
 
@@ -209,8 +211,11 @@ def train_encoder(encoder: torch.nn.Module, inputs: torch.Tensor, sampler: EdgeS
         total = 0.0
         for _ in range(steps):
             head, tail = sampler.sample(batch_size, generator)
-            both = encoder(inputs[torch.cat([head, tail]).to(device)])
-            loss = umap_loss(both[:batch_size], both[batch_size:], a, b, negative_rate, generator)
+            rows = [head, tail]
+            if uniform_negatives:
+                rows.append(torch.randint(len(inputs), (batch_size,), generator=generator))
+            out = encoder(inputs[torch.cat(rows).to(device)]).split(batch_size)
+            loss = umap_loss(out[0], out[1], a, b, negative_rate, generator, out[2] if uniform_negatives else None)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
