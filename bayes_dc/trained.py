@@ -153,6 +153,18 @@ class TrainedRun:
                 "means": (rows["m"] + pred["shift"].double()).numpy(), "covariances": cov.numpy()}
 
 
+def trunk_architecture(config: Config, channels: int) -> dict:
+    """What :func:`bayes_dc.trunk_loader.build_trunk` needs to rebuild a run's trunk (trunk.json's
+    ``architecture``)."""
+    m = config.model
+    return {"arch": m.arch, "in_channels": int(channels), "sobel": bool(m.sobel), "width": int(config.width)}
+
+
+def trunk_state(model_state: dict) -> dict:
+    """The trunk's entries of a model state dict, without the ``trunk.`` prefix."""
+    return {k[len("trunk."):]: v for k, v in model_state.items() if k.startswith("trunk.")}
+
+
 def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> TrainedRun:
     """The finished run in ``run_dir`` (its ``final.pt``, verified), on ``device`` ("auto": CUDA if present).
 
@@ -183,4 +195,4 @@ def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> Trained
     return TrainedRun(checkpoint, config, resolve_device(str(device)))
 
 
-__all__ = ["Novelty", "RunLoadError", "TrainedRun", "load_run"]
+__all__ = ["Novelty", "RunLoadError", "TrainedRun", "load_run", "trunk_architecture", "trunk_state"]
