@@ -28,6 +28,7 @@ from .clustering import ClusterBackend, make_backend
 from .config import Config
 from .data.transforms import centre_crop_resize
 from .features import normalize
+from .jsonl import read_jsonl
 from .pipeline import FINAL_CHECKPOINT, FINAL_FORMAT, _build_model, resolve_device
 from .reduce import Reducer, make_reducer
 from .runlog import CheckpointError, load_checkpoint
@@ -176,10 +177,13 @@ def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> Trained
     run_dir = Path(run_dir)
     path = run_dir / FINAL_CHECKPOINT
     if not path.exists():
-        why = "no run there" if not (run_dir / "config.json").exists() else "the run has not finished"
-        raise RunLoadError(f"{path} not found ({why}): load_run needs a run directory whose training ended (the final "
-                           f"clustering writes final.pt); finish it with experiments/run.py --resume --name "
-                           f"{run_dir.name}")
+        if not (run_dir / "config.json").exists():
+            raise RunLoadError(f"{run_dir} is not a run directory (no config.json); pass the folder of a finished run")
+        if any(r.get("phase") == "final" for r in read_jsonl(run_dir / "metrics.jsonl")):
+            raise RunLoadError(f"{path} not found: the run finished before runs saved their final clustering; train it "
+                               f"again with this version of bayes_dc")
+        raise RunLoadError(f"{path} not found: the run has not finished (the final clustering writes final.pt); "
+                           f"finish it with experiments/run.py --config {run_dir / 'config.json'} --resume")
     checkpoint = load_checkpoint(path)
     if checkpoint is None:
         raise CheckpointError(f"{path}: no usable checkpoint")

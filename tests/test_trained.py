@@ -154,6 +154,8 @@ def test_assign_script_bad_input_is_one_line_and_exit_2(runs, tmp_path, capsys):
     unfinished.mkdir()
     (unfinished / "config.json").write_text(json.dumps(Config().to_dict()))
     _one_line_exit_2(capsys, [str(unfinished), "--images", str(good), *common], "has not finished")
+    (unfinished / "metrics.jsonl").write_text(json.dumps({"epoch": 1, "phase": "final"}) + "\n")
+    _one_line_exit_2(capsys, [str(unfinished), "--images", str(good), *common], "train it again")
     # an unreadable image, named
     broken = tmp_path / "broken"
     _write_folder(broken, images)
