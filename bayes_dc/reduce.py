@@ -129,6 +129,10 @@ class UMAPReducer(Reducer):
     """
 
     name = "umap"
+    #: :meth:`transform` interpolates between training points' embeddings, so a new point lands among or between
+    #: them, never away from them: novelty in this space misses images unlike the training images (a held-out
+    #: synthetic cluster: 1 % flagged, BENCHMARKS.md section 9)
+    maps_novel_points_apart = False
 
     def __init__(self, dim: int = 10, pca_dim: int = 50, n_neighbors: int = 20, min_dist: float = 0.0):
         if dim < 1 or pca_dim < 1:

@@ -43,12 +43,14 @@ class RunLoadError(ValueError):
 class Novelty:
     """Novelty of B images. ``score`` (B,) float64; ``kind``: ``"probability"`` (DP: P(the image starts a new
     component), flagged above ``threshold``) or ``"distance"`` (k-means: Euclidean distance to the nearest
-    centroid in the clustering space; not a probability, ``flag`` is None)."""
+    centroid in the clustering space; not a probability, ``flag`` is None). ``warning``: why the scores may mean
+    little in this run's space (a reducer with ``maps_novel_points_apart = False``, e.g. a UMAP layout)."""
 
     score: np.ndarray
     flag: np.ndarray | None
     kind: str
     threshold: float | None
+    warning: str | None = None
 
 
 class TrainedRun:
@@ -128,7 +130,13 @@ class TrainedRun:
         """:meth:`novelty` for points already in the clustering space (B, d)."""
         score = self.backend.novelty(self.predictor, points).cpu().numpy()
         threshold = self.backend.novelty_threshold
-        return Novelty(score, None if threshold is None else score > threshold, self.backend.novelty_kind, threshold)
+        warning = None
+        if not getattr(self.reducer, "maps_novel_points_apart", True):
+            warning = (f"this run clusters in a --reduce {self.reducer.name} space, which places new images among or "
+                       f"between the training images' embeddings, never away from them: novelty misses many images "
+                       f"unlike the training images there (BENCHMARKS.md section 9)")
+        return Novelty(score, None if threshold is None else score > threshold, self.backend.novelty_kind, threshold,
+                       warning)
 
     @property
     def posterior(self) -> dict:

@@ -125,6 +125,8 @@ def assign_folder(run: TrainedRun, folder: StreamingImageFolder, out: Path, *, b
                 points = run.points(batch)
                 labels, values, index = run.assign_points(points)
                 nov = run.novelty_points(points)
+                if nov.warning and n == 0:
+                    print(f"warning: {nov.warning}", file=sys.stderr)
                 for i in range(len(labels)):
                     top = " ".join(f"{c}:{v:.4f}" for c, v in zip(index[i, :TOP], values[i, :TOP]) if v > 0)
                     row = [os.fsdecode(folder.listing.relpaths[n + i]), int(labels[i]), f"{values[i, 0]:.6f}", top]
