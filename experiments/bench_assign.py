@@ -7,7 +7,9 @@ of ``--batch-size`` with ``--threads`` threads:
 
 * ``extract``: the trunk's features alone (the run's own feature extraction, the floor of any assignment);
 * ``assign``: features -> clustering space (``Reducer.transform``) -> top-k responsibilities and novelty;
-* ``assign.py``: ``experiments/assign.py`` streaming the same images from a folder of PNG files (decoding included).
+* ``assign.py``: ``experiments/assign.py`` streaming the same images from a folder of PNG files (decoding included);
+* ``agree``: the share of the run's training images that ``assign`` puts in their final cluster (the last
+  snapshot, ``clusters/round_*.npz``).
 
 Part 2, novelty end to end (``--part novelty``): the ``synthetic`` images written as an image folder without
 cluster 9, a short DP run on it (``--reduce pca``), then ``assign.py`` on a folder of test images of all 10
@@ -97,6 +99,7 @@ def throughput(args) -> None:
 
     from bayes_dc import load_run
     from bayes_dc.data import load_dataset
+    from bayes_dc.pipeline import load_split
 
     torch.set_num_threads(args.threads)
     faiss.omp_set_num_threads(args.threads)
@@ -109,8 +112,9 @@ def throughput(args) -> None:
     n, b = len(test), args.batch_size
     print(f"\nFashion-MNIST test ({n} images), CPU, {args.threads} thread(s), batch {b}, vgg-small width {args.width}; "
           f"images/s (fastest of {args.repeats})\n")
-    print("| run | space | extract (img/s) | assign + novelty (img/s) | ratio | assign.py from PNGs (img/s) | ratio |")
-    print("|---|---|---|---|---|---|---|")
+    print("| run | space | extract (img/s) | assign + novelty (img/s) | ratio | assign.py from PNGs (img/s) | ratio "
+          "| agree |")
+    print("|---|---|---|---|---|---|---|---|")
     for v in args.variants:
         run_dir = Path(args.out_dir) / f"{v}-w{args.width}-n{args.subset}-e{args.epochs}"
         run = load_run(run_dir)
@@ -127,8 +131,12 @@ def throughput(args) -> None:
 
         t_extract, t_assign = _fastest(extract, args.repeats), _fastest(assign, args.repeats)
         t_cli = _assign_py(run_dir, folder, Path(args.out_dir) / f"{v}-test.csv", args)
+        train = load_split(run.config, "train", run.config.data.subset)
+        labels = np.concatenate([run.assign(train.images[s:s + b])[0] for s in range(0, len(train), b)])
+        with np.load(sorted((run_dir / "clusters").glob("round_*.npz"))[-1]) as snapshot:
+            agree = float((labels == snapshot["labels"]).mean())
         print(f"| {v} | {run.config.reduce} | {n / t_extract:,.0f} | {n / t_assign:,.0f} | {t_extract / t_assign:.2f} "
-              f"| {n / t_cli:,.0f} | {t_extract / t_cli:.2f} |", flush=True)
+              f"| {n / t_cli:,.0f} | {t_extract / t_cli:.2f} | {agree:.4f} |", flush=True)
 
 
 def novelty(args) -> None:
