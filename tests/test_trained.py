@@ -1,4 +1,5 @@
 """Using a trained run: load_run, assign / novelty, experiments/assign.py and export.py, the standalone loader."""
+import csv
 import importlib.util
 import json
 import os
@@ -88,6 +89,15 @@ def test_posterior_of_a_dp_run_is_a_distribution_over_components_and_a_new_one(r
     assert post["covariances"].shape == (k, d) and (post["covariances"] > 0).all()   # diag: E[sigma^2] per dim
 
 
+def test_novelty_warns_where_the_space_cannot_place_new_points_apart(runs, train_images):
+    """A reducer that interpolates between training points (the UMAP layout's out-of-sample map) says so by its
+    own attribute; load_run passes the warning on without knowing the reducer."""
+    loaded = bayes_dc.load_run(runs["dp"])
+    assert loaded.novelty(train_images[:5]).warning is None
+    loaded.reducer.maps_novel_points_apart = False
+    assert "novelty misses" in loaded.novelty(train_images[:5]).warning
+
+
 def test_kmeans_novelty_is_the_distance_to_the_nearest_centroid(runs, train_images):
     loaded = bayes_dc.load_run(runs["kmeans"])
     nov = loaded.novelty(train_images[:50])
@@ -136,7 +146,7 @@ def test_assign_script_streams_a_folder_into_the_csv(runs, tmp_path):
     out, montage = tmp_path / "a.csv", tmp_path / "m.png"
     assert _script("assign").main([str(runs["dp"]), "--images", str(tmp_path / "imgs"), "--out", str(out),
                                    "--montage", str(montage), "--no-progress", "--batch-size", "16"]) == 0
-    rows = list(__import__("csv").DictReader(out.open()))
+    rows = list(csv.DictReader(out.open()))
     labels, values, _ = bayes_dc.load_run(runs["dp"]).assign(images)
     assert [r["path"] for r in rows] == [f"sub/{i:03d}.png" for i in range(40)]
     assert [int(r["cluster"]) for r in rows] == labels.tolist()
