@@ -109,10 +109,9 @@ def validate(cfg: Config) -> None:
         raise ValueError(f"--batch-size must be >= 2 (batch norm), got {tr.batch_size}")
     if tr.lr <= 0:
         raise ValueError(f"--lr must be > 0, got {tr.lr}")
-    if tr.two_views and (c.prior != "dp" or cfg.reduce == "umap"):
+    if tr.two_views and c.prior != "dp":
         raise ValueError("--two-views assigns augmented views to the round's clusters on the fly, which needs the DP "
-                         "posterior (--prior dp) and a clustering space new points can be mapped into (--reduce pumap, "
-                         "pca or none, not umap)")
+                         "posterior: use --prior dp")
     if not (math.isfinite(tr.space_weight) and tr.space_weight >= 0):
         raise ValueError(f"--space-weight must be a finite number >= 0, got {tr.space_weight}")
     if tr.space_weight > 0 and not (tr.two_views and cfg.reduce == "pumap"):
