@@ -253,7 +253,8 @@ def run(args: argparse.Namespace) -> str:
                    note=f"converged={bgm.converged_}; ELBO = its responsibilities under our model")
 
     if "svi" not in skip:
-        cavi_seconds = {r["name"].rsplit(", ", 1)[1]: r["seconds"] for r in rows if r["name"].startswith("DP-GMM CAVI cold")}
+        cavi_seconds = {r["name"].rsplit(", ", 1)[1]: r["seconds"] for r in rows
+                        if r["name"].startswith("DP-GMM CAVI cold")}
         for covariance in args.covariances.split(","):
             svi = DPGMMBackend(t, inference="svi", svi_steps=args.svi_steps, svi_batch=args.svi_batch,
                                svi_lr=args.svi_lr, topk=args.topk, tol=args.tol, device=args.device,

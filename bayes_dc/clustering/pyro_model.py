@@ -39,7 +39,8 @@ Design of the SVI engine (``fit_svi``; issue 19):
 * **z summed out, analytically, over each point's top-k live components** (k = ``topk``): the data term is
   log sum_{k in top-k} pi_k N(x_n | mu_k, Lambda_k^{-1}) through ``pyro.factor``, so no enumeration machinery is
   needed, and for fixed globals it equals the best top-k q(z) (the engine's E-step) in closed form. The ELBO is
-  Pyro's Trace_ELBO of that model; by Jensen it is >= the CAVI bound at the same q(globals).
+  Pyro's Trace_ELBO of that model; by Jensen it is >= the CAVI bound at the same q(globals) over the same live
+  components.
 * **Minibatches**: ``pyro.plate("data", N, subsample_size=B)`` scales the data term by N / B. Adam, with its step
   size divided by 10 at each plateau of the probe's objective (below) down to 1 % of ``--svi-lr``: at a fixed
   step size the ELBO is limited by Adam's steady jitter, not by the optimum.
@@ -51,6 +52,8 @@ Design of the SVI engine (``fit_svi``; issue 19):
   ``ConvergenceWarning`` at the end of ``--svi-steps``. A non-finite ELBO raises one ValueError naming
   --svi-lr. The posterior is then finished by the engine (``DPGMM.svi_finish``): one top-k E-step over all T,
   the closed-form M-step, sort/prune, as a CAVI fit ends.
+* **Limit**: SVI has no merge/split/birth moves, so it cannot add components its start lacks; where the full data
+  support more components than the start's subsample, it ends with fewer than CAVI (BENCHMARKS.md section 11.2).
 """
 from __future__ import annotations
 
@@ -350,7 +353,8 @@ def _plugin_responsibilities(x: torch.Tensor, spec: ModelSpec) -> torch.Tensor:
         if spec.full:
             # E[Lambda] = nu Psi^{-1}: its root sqrt(nu) L^{-T} is upper triangular
             eye = torch.eye(x.shape[1], dtype=x.dtype, device=x.device)
-            lam = torch.linalg.solve_triangular(q.scale.transpose(-1, -2), eye, upper=True) * q.dof.sqrt()[:, None, None]
+            root = torch.linalg.solve_triangular(q.scale.transpose(-1, -2), eye, upper=True)
+            lam = root * q.dof.sqrt()[:, None, None]
         else:
             lam = q.dof / q.scale
         joint = log_likelihood(x, q.m, lam, spec.full) + log_weights(g1 / (g1 + g2))[spec.live]
@@ -376,9 +380,10 @@ def fit_svi(engine: "DPGMM", x: torch.Tensor, *, seed: int, steps: int, batch_si
             warm_state=None, check_every: int | None = None) -> "DPGMM":
     """Fit the DP-GMM by minibatch Pyro SVI (see the module docstring), then finish through the engine.
 
-    ``engine.history_`` holds -loss of every step (a minibatch estimate of the full-data ELBO, in nats);
-    ``engine.svi_steps_`` the steps run; ``engine.converged_`` whether the probe's responsibilities settled
-    (``engine.tol``) before ``steps``. Full covariance runs in float64, the others in float32.
+    ``engine.history_`` holds -loss of every step run (a one-draw minibatch estimate of the full-data ELBO, in
+    nats); ``engine.converged_`` whether SVI stopped on its criterion before ``steps``; ``engine.svi_elbo_`` the
+    mean estimate over the last ``check_every`` steps; ``engine.svi_spec_`` / ``svi_shift_`` what
+    :func:`svi_objective` needs. Full covariance runs in float64, the others in float32.
     """
     n, d = x.shape
     pyro.set_rng_seed(seed)
