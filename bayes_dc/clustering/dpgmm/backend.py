@@ -78,7 +78,7 @@ class DPGMMBackend(ClusterBackend):
         if self.inference == "svi":
             from ..pyro_model import fit_svi
             engine = fit_svi(engine, check_features(x), seed=seed, steps=self.svi_steps, batch_size=self.svi_batch,
-                             lr=self.svi_lr)
+                             lr=self.svi_lr, warm_state=warm_state)
         else:
             engine.fit(x, seed=seed, warm_state=warm_state)
         predictor = engine.predictor()
@@ -114,5 +114,7 @@ class DPGMMBackend(ClusterBackend):
                   "warm_start": self.engine_kwargs.get("warm_start", "init") if warm_state is not None else "none",
                   "moves": {name: dict(counts) for name, counts in engine.moves_.items()},
                   "move_seconds": engine.move_seconds_,
-                  "gemm_seconds": engine.gemm_seconds_},
+                  "gemm_seconds": engine.gemm_seconds_,
+                  # SVI's own (z-collapsed, Monte Carlo) ELBO estimate at its end, before the closed-form finish
+                  "svi_elbo": engine.svi_elbo_ / n if self.inference == "svi" else None},
         ).validate()
