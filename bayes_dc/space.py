@@ -229,7 +229,8 @@ class ParametricUMAPReducer(Reducer):
     """``--reduce pumap``: see the module docstring.
 
     State (checkpointable, and what :meth:`transform` needs): ``{"mean": (F,), "basis": (F, p), "encoder":
-    {name: tensor}, "loss": [per-epoch loss]}``. Under torchrun the pipeline gathers every row to every process
+    {name: tensor}, "out_mean": (d,), "out_whiten": (d, d), "loss": [per-epoch loss]}``: the points are the
+    encoder's outputs, whitened (:func:`output_whitening`). Under torchrun the pipeline gathers every row to every process
     (``shardable = False``): each builds the same graph and trains the same encoder from the same seed, so a
     multi-process round equals the one-process round, and each process keeps its own rows' points.
     """
@@ -283,32 +284,45 @@ class ParametricUMAPReducer(Reducer):
                                     negative_rate=self.negative_rate, batch_size=min(self.batch_size, len(sampler)),
                                     lr=self.lr, generator=generator)
         weights = {k: v.detach().cpu().clone() for k, v in encoder.state_dict().items()}
-        state = {"mean": mean, "basis": basis, "encoder": weights, "loss": history}
-        with torch.no_grad():   # the same map as for new points, so a training image is assigned as it was clustered
-            points = self.transform(features.to(device), state)
-        if not torch.isfinite(points).all():
+        with torch.no_grad():
+            raw = encode(weights, pcs)                                                    # (N, dim)
+        if not torch.isfinite(raw).all():
             raise ValueError("the parametric UMAP encoder produced non-finite coordinates; check the features "
                              "(NaN/inf rows) or use --reduce umap / pca")
-        check_full_rank(points)
-        info = {"reduce_dim": self.dim, "pumap_warm": warm, "pumap_epochs": epochs, "pumap_edges": len(sampler),
+        out_mean, out_whiten = output_whitening(raw)
+        state = {"mean": mean, "basis": basis, "encoder": weights, "out_mean": out_mean, "out_whiten": out_whiten,
+                 "loss": history}
+        with torch.no_grad():   # the same map as for new points, so a training image is assigned as it was clustered
+            points = self.transform(features.to(device), state)
+        info = {"reduce_dim": int(points.shape[1]), "pumap_warm": warm, "pumap_epochs": epochs, "pumap_edges": len(sampler),
                 "pumap_loss": history[-1] if history else None}
         return Reduction(points.to(features.device), state, time.perf_counter() - start, info)
 
     def transform(self, features: torch.Tensor, state: dict | None) -> torch.Tensor:
         if state is None:
             raise ValueError("--reduce pumap has no fitted encoder yet (transform before the first round)")
-        pcs = (features.float() - state["mean"].to(features.device)) @ state["basis"].to(features.device)
-        return encode(state["encoder"], pcs)
+        device = features.device
+        pcs = (features.float() - state["mean"].to(device)) @ state["basis"].to(device)
+        return (encode(state["encoder"], pcs) - state["out_mean"].to(device)) @ state["out_whiten"].to(device)
 
 
-def check_full_rank(points: torch.Tensor) -> None:
-    """ValueError when the points (N, d) span fewer than d dimensions (a full-covariance DP-GMM needs all d)."""
-    centred = (points - points.mean(0)).double()
-    singular = torch.linalg.svdvals(centred)
-    if singular[-1] <= 1e-6 * singular[0]:
-        raise ValueError(f"the parametric UMAP encoder's output spans fewer than its {points.shape[1]} dimensions "
-                         f"(singular values {singular[0]:.3g} ... {singular[-1]:.3g}); lower --reduce-dim or raise "
-                         "--pumap-hidden")
+def output_whitening(points: torch.Tensor, floor: float = 1e-6) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mean (d,), W (d, d')) with ``(points - mean) @ W`` of identity covariance: PCA whitening onto the d' <= d
+    directions whose variance exceeds ``floor`` x the largest.
+
+    With min_dist 0, UMAP's loss rewards pulling a cluster onto a point; a parametric encoder can do that exactly
+    (saturated ReLUs), and its output then spans fewer than d directions: the DP's data covariance, which scales
+    its prior, stopped being positive definite in a CIFAR-10 run (round 2). A full-covariance DP with a prior
+    scaled from the data covariance is affine-invariant, so whitening changes nothing in the model; dropping the
+    directions the encoder does not use keeps it well posed.
+    """
+    x = points.double()
+    mean = x.mean(0)
+    cov = torch.cov((x - mean).T).reshape(x.shape[1], x.shape[1])
+    eigvals, eigvecs = torch.linalg.eigh(cov)                                   # ascending
+    keep = eigvals > floor * float(eigvals.max().clamp_min(1e-300))
+    keep[-1] = True
+    return mean.float().cpu(), (eigvecs[:, keep] / eigvals[keep].sqrt()).flip(1).float().cpu()
 
 
 def rebase_first_layer(previous: dict, mean: torch.Tensor, basis: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -164,3 +164,17 @@ def test_bad_pumap_options_are_named(kwargs, match):
 def test_transform_before_a_fit_is_refused_clearly():
     with pytest.raises(ValueError, match="no fitted encoder"):
         ParametricUMAPReducer().transform(torch.zeros(2, 3), None)
+
+
+def test_output_whitening_gives_identity_covariance_and_drops_collapsed_directions():
+    """An encoder output that collapsed onto fewer than d directions (clusters pulled onto points) gives points on
+    the directions it uses, with identity covariance (positive definite, as the DP's prior needs)."""
+    from bayes_dc.space import output_whitening
+    generator = torch.Generator().manual_seed(0)
+    full = torch.randn(500, 4, generator=generator) @ torch.randn(4, 4, generator=generator)
+    mean, whiten = output_whitening(full)
+    torch.testing.assert_close(torch.cov(((full - mean) @ whiten).T), torch.eye(4), atol=1e-4, rtol=0)
+    collapsed = torch.cat([full[:, :2], full[:, :1] * 2, torch.zeros(500, 1)], 1)    # rank 2 in 4 dimensions
+    mean, whiten = output_whitening(collapsed)
+    assert whiten.shape == (4, 2)
+    torch.testing.assert_close(torch.cov(((collapsed - mean) @ whiten).T), torch.eye(2), atol=1e-4, rtol=0)
