@@ -44,6 +44,7 @@ from .models import ARCHS, build_model, new_head
 from .reduce import Reduction, make_reducer
 from .runlog import ReadOnlyRunDir, RunDir, graceful_interrupt, run_path
 from .targets import TARGET_KINDS, Targets, build_targets, sample_epoch
+from .threads import set_threads
 from .train import SwappedViews, train_epoch
 
 HEAD_POLICIES = typing.get_args(HeadPolicy)
@@ -177,10 +178,7 @@ def setup(cfg: Config) -> RunContext:
     dist, device = init_from_env(cfg.run.device)
     if dist.active:
         check_distributed(cfg, dist.world)
-    if cfg.run.threads:  # parallel runs on one machine must not each grab every core
-        torch.set_num_threads(cfg.run.threads)
-        import faiss
-        faiss.omp_set_num_threads(cfg.run.threads)
+    set_threads(cfg.run.threads)  # parallel runs on one machine must not each grab every core
     train_set, eval_set = _load_data(cfg)
     check_sizes(cfg, train_set, eval_set, dist.world)
     if cfg.run.tensorboard:
