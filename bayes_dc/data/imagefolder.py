@@ -314,7 +314,7 @@ def _ignore_sigint(worker_id: int) -> None:
     """DataLoader worker start: leave Ctrl-C to the main process.
 
     A terminal's Ctrl-C signals the whole process group; a worker that died of it would fail the epoch
-    that ``runlog.graceful_interrupt`` is letting finish. The main process stops its workers itself.
+    that ``interrupts.graceful_interrupt`` is letting finish. The main process stops its workers itself.
     """
     del worker_id
     signal.signal(signal.SIGINT, signal.SIG_IGN)
