@@ -42,8 +42,7 @@ from .distributed import Distributed, check_batch_size, convert_sync_batchnorm, 
 from .lineage import round_lineage
 from .models import ARCHS, build_model, new_head
 from .reduce import Reduction, make_reducer
-from .interrupts import graceful_interrupt
-from .runlog import ReadOnlyRunDir, RunDir, run_path
+from .runlog import ReadOnlyRunDir, RunDir, graceful_interrupt, run_path
 from .targets import TARGET_KINDS, Targets, build_targets, sample_epoch
 from .threads import set_threads
 from .train import SwappedViews, train_epoch

@@ -89,8 +89,12 @@ class RunDir:
         return cls(path)
 
     def start(self, cfg: Config, device: torch.device, **environment_extra: Any) -> None:
-        """The run's first writes: the directory, config.json and environment.json (plus ``environment_extra``)."""
+        """The run's first writes: the directory, config.json and environment.json (plus ``environment_extra``);
+        on ``--resume`` the temporary files of writes that a killed process left are deleted first."""
         self.path.mkdir(parents=True, exist_ok=True)
+        if cfg.run.resume:
+            for folder in (self.path, self.path / "clusters"):
+                remove_stale_temps(folder)
         atomic_write_text(self.path / "config.json", json.dumps(cfg.to_dict(), indent=2, sort_keys=True) + "\n")
         env = {**environment(device), **environment_extra}
         atomic_write_text(self.path / "environment.json", json.dumps(env, indent=2) + "\n")
