@@ -1,6 +1,9 @@
 """``experiments/run.py`` killed with SIGKILL at a chosen point of a chosen epoch (for tests/test_faults.py).
 
-    python tests/_kill_at.py POINT EPOCH [run.py options...]
+    python tests/_kill_at.py [--repo DIR] POINT EPOCH [run.py options...]
+
+``--repo``: the checkout whose ``bayes_dc`` and ``experiments/run.py`` run (default: this one), so that
+``experiments/bench_resume.py`` can kill an older commit at the same points.
 
 POINT is where the process kills itself (nothing after it runs: no ``finally``, no cleanup, as after ``kill -9``):
 
@@ -23,7 +26,7 @@ import sys
 from pathlib import Path
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")   # as experiments/run.py, before torch loads
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(sys.argv[2] if sys.argv[1:2] == ["--repo"] else Path(__file__).resolve().parent.parent).resolve()
 sys.path.insert(0, str(ROOT))
 
 from bayes_dc import pipeline  # noqa: E402
@@ -91,6 +94,8 @@ def arm(point: str, epoch: int) -> None:
 
 
 def main(argv: list[str]) -> int:
+    if argv[:1] == ["--repo"]:   # read before the imports above
+        argv = argv[2:]
     point, epoch, *run_args = argv
     arm(point, int(epoch))
     spec = importlib.util.spec_from_file_location("run_py", ROOT / "experiments" / "run.py")
