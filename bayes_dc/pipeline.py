@@ -41,6 +41,7 @@ from .distributed import Distributed, check_batch_size, convert_sync_batchnorm, 
     shutdown, wrap_ddp
 from .lineage import round_lineage
 from .models import ARCHS, build_model, new_head
+from .option_ranges import check_ranges
 from .reduce import Reduction, make_reducer
 from .runlog import ReadOnlyRunDir, RunDir, graceful_interrupt, run_path
 from .targets import TARGET_KINDS, Targets, build_targets, sample_epoch
@@ -86,6 +87,7 @@ class RunDiverged(FloatingPointError):
 def validate(cfg: Config) -> None:
     """Reject a bad configuration before anything is written (clear message naming the option)."""
     c, t, tr = cfg.cluster, cfg.targets, cfg.train
+    check_ranges(cfg)   # every numeric option: finite and in range
     if cfg.model.arch not in ARCHS:
         raise ValueError(f"unknown --arch {cfg.model.arch!r}; choose one of {sorted(ARCHS)}")
     if c.prior not in BACKENDS:
@@ -102,20 +104,10 @@ def validate(cfg: Config) -> None:
                          "Use --targets hard with --prior kmeans, or --prior dp")
     if tr.relabel not in RELABEL_RULES:
         raise ValueError(f"unknown --relabel {tr.relabel!r}; choose one of {list(RELABEL_RULES)}")
-    if not 0 < tr.relabel_agreement <= 1 or tr.relabel_max_gap < 1:
-        raise ValueError("--relabel-agreement must be in (0, 1] and --relabel-max-gap >= 1")
-    if tr.epochs < 1 or cfg.relabel_every < 1:
-        raise ValueError(f"--epochs ({tr.epochs}) and --relabel-every ({cfg.relabel_every}) must be >= 1")
-    if tr.batch_size < 2:
-        raise ValueError(f"--batch-size must be >= 2 (batch norm), got {tr.batch_size}")
-    if tr.lr <= 0:
-        raise ValueError(f"--lr must be > 0, got {tr.lr}")
     if tr.two_views and (c.prior != "dp" or cfg.reduce == "umap"):
         raise ValueError("--two-views assigns augmented views to the round's clusters on the fly, which needs the DP "
                          "posterior (--prior dp) and a clustering space new points can be mapped into (--reduce pca "
                          "or none, not umap)")
-    if cfg.data.num_workers < 0:
-        raise ValueError(f"--num-workers must be >= 0 (0: decode in the main process), got {cfg.data.num_workers}")
 
 
 def _head_outputs(cfg: Config) -> int:
