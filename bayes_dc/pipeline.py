@@ -307,7 +307,7 @@ def load_split(cfg: Config, split: str, subset: int | None):
         raise ValueError(f"--memory-budget-gb must be > 0 (or None: 8), got {d.memory_budget_gb}")
     return load_dataset(d.dataset, split, root=d.data_root, subset=subset, seed=cfg.run.seed,
                         image_size=d.image_size, download=d.download, streaming=d.streaming, memory_budget=budget,
-                        num_workers=d.num_workers)
+                        num_workers=d.num_workers, progress=cfg.run.progress)
 
 
 def _load_data(cfg: Config):

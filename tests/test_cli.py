@@ -8,6 +8,7 @@ import sys
 import typing
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from bayes_dc import config as C
@@ -268,3 +269,31 @@ def test_a_numeric_option_outside_its_range_is_refused_by_validate_naming_it(nam
     for value in outside(name):
         with pytest.raises(ValueError, match=f"^--{name.replace('_', '-')} must be "):
             validate(C.merge(Config(), {section: {name: value}}))
+
+
+# ---- --no-progress -----------------------------------------------------------------------------------------------
+
+TQDM_BAR = re.compile(r"\d+%\||\d+/\d+ \[|it/s\]|s/it\]")   # "40%|", "3/5 [", rates
+
+
+def test_no_progress_silences_every_bar_including_the_image_loading_one(tmp_path, capsys, monkeypatch):
+    """A short run on an image folder: with --progress it shows bars (loading, epochs, steps), with --no-progress
+    none at all. The folder is small, so the loading bar's size threshold is lowered to show it."""
+    from PIL import Image
+
+    from bayes_dc.data import imagefolder
+    from test_errors import run_py
+
+    rng = np.random.default_rng(0)
+    for i in range(24):
+        Image.fromarray(rng.integers(0, 256, (16, 16), dtype=np.uint8)).save(tmp_path / f"{i:02d}.png")
+    monkeypatch.setattr(imagefolder, "_PROGRESS_THRESHOLD", 0)
+    argv = ["--dataset", "imagefolder", "--data-root", str(tmp_path), "--image-size", "16", "--eval-split", "none",
+            "--width", "4", "--epochs", "1", "--batch-size", "8", "--prior", "kmeans", "--k", "3", "--pca-dim", "4",
+            "--no-figures", "--threads", "1", "--out-dir", str(tmp_path / "runs")]
+    assert run_py.main([*argv, "--name", "bars", "--progress"]) == 0
+    shown = capsys.readouterr().err
+    assert f"loading {tmp_path}" in shown and TQDM_BAR.search(shown)      # the check below can fail
+    assert run_py.main([*argv, "--name", "quiet", "--no-progress"]) == 0
+    quiet = capsys.readouterr().err
+    assert not TQDM_BAR.search(quiet) and "loading" not in quiet, quiet
