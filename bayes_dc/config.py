@@ -44,7 +44,7 @@ WarmStart = Literal["none", "init", "prior"]
 TargetKind = Literal["hard", "soft", "multilabel"]
 HeadPolicy = Literal["reset", "keep"]
 RelabelRule = Literal["fixed", "adaptive"]
-Reduce = Literal["pca", "umap", "none"]
+Reduce = Literal["pca", "umap", "pumap", "none"]
 ClusterOn = Literal["trunk", "projection"]
 Augment = Literal["none", "crop-flip", "resized-crop"]
 Streaming = Literal["auto", "always", "never"]
@@ -58,7 +58,8 @@ ADAPTIVE = {"only_if": {"relabel": ["adaptive"]}}
 DP_PRIOR = {**DP, "only_if": {"warm_start": ["prior"]}}
 SOFT = {"only_if": {"targets": ["soft", "multilabel"]}}
 PCA_ONLY = {"only_if": {"reduce": ["pca"]}}
-UMAP_ONLY = {"only_if": {"reduce": ["umap"]}}
+UMAP_ONLY = {"only_if": {"reduce": ["umap", "pumap"]}}
+PUMAP_ONLY = {"only_if": {"reduce": ["pumap"]}}
 PROJECTION = {"only_if": {"cluster_on": ["projection"]}}
 CROP_FLIP = {"only_if": {"augment": ["crop-flip"]}}
 RESIZED_CROP = {"only_if": {"augment": ["resized-crop"]}}
@@ -103,10 +104,13 @@ class FeatureConfig:
     l2: bool = field(default=True, metadata=PCA_ONLY)  # L2-normalise each point after PCA
     extract_batch: int = 1024  # images per forward pass when extracting features (memory only)
     memmap_dtype: MemmapDtype = field(default="float32", metadata=IMAGEFOLDER)  # float32 or float16 (half the disk) features of a streamed set on disk
-    reduce: Reduce | None = None  # clustering space: pca (whitened PCA + L2, DeepCluster), umap (PCA, then UMAP to --reduce-dim) or none; None: PRIOR_DEFAULTS (umap for dp, pca for kmeans)
+    reduce: Reduce | None = None  # clustering space: pca (whitened PCA + L2, DeepCluster), umap (PCA, then UMAP to --reduce-dim), pumap (PCA, then an encoder trained with UMAP's loss, warm across rounds) or none; None: PRIOR_DEFAULTS (umap for dp, pca for kmeans)
     reduce_dim: int = field(default=10, metadata=UMAP_ONLY)  # UMAP output dimension
     umap_neighbors: int = field(default=20, metadata=UMAP_ONLY)  # UMAP n_neighbors: the size of a local neighbourhood
     umap_min_dist: float = field(default=0.0, metadata=UMAP_ONLY)  # UMAP min_dist; 0 packs clusters tightly (clustering)
+    pumap_hidden: int = field(default=128, metadata=PUMAP_ONLY)  # hidden width of the parametric UMAP encoder (an MLP on the PCA of the features)
+    pumap_epochs: int = field(default=10, metadata=PUMAP_ONLY)  # encoder epochs (passes over the graph's edges) of a cold round
+    pumap_warm_epochs: int = field(default=3, metadata=PUMAP_ONLY)  # encoder epochs of a warm round (the encoder keeps its weights; only the graph is new)
 
 
 # Options whose default depends on --prior (BENCHMARKS.md sections 6-7). k-means keeps DeepCluster's whitened
@@ -184,6 +188,7 @@ class TrainConfig:
     crop_padding: int = field(default=4, metadata=CROP_FLIP)  # zero padding (pixels) before the random crop
     crop_scale: tuple[float, float] = field(default=(0.3, 1.0), metadata=RESIZED_CROP)  # area share range of the crops
     two_views: bool = False  # swapped prediction: each of two views learns the DP responsibilities of the other view
+    space_weight: float = field(default=0.0, metadata={"only_if": {"two_views": [True]}})  # weight of the clustering space's UMAP loss on the two views (--reduce pumap): the trunk also learns to keep an image's views close in that space and random pairs apart; 0: off
     epoch_samples: int | None = None  # images the balanced sampler draws per epoch; None: N, as DeepCluster
 
 
@@ -247,7 +252,7 @@ class Config:
         """The PCA dimension in force: ``features.pca_dim``, else the backend's default."""
         if self.features.pca_dim is not None:
             return self.features.pca_dim
-        if self.reduce == "umap":
+        if self.reduce in ("umap", "pumap"):
             return UMAP_PCA_DEFAULT
         return resolve_prior_default("pca_dim", None, self.cluster.prior)
 

@@ -23,7 +23,8 @@ RANGES: dict[str, str] = {
     "width": "[1, inf)", "projection_dim": "[1, inf)", "projection_hidden": "[1, inf)",
     # features
     "pca_dim": "[1, inf)", "extract_batch": "[1, inf)", "reduce_dim": "[1, inf)", "umap_neighbors": "[2, inf)",
-    "umap_min_dist": "[0, inf)",
+    "umap_min_dist": "[0, inf)", "pumap_hidden": "[1, inf)", "pumap_epochs": "[1, inf)",
+    "pumap_warm_epochs": "[1, inf)",
     # clustering
     "k": "[2, inf)", "truncation": "[2, inf)", "kmeans_niter": "[1, inf)", "alpha": "(0, inf)",
     "alpha_prior": "(0, inf)", "prior_scale": "(0, inf)", "prior_dof": "(2, inf)", "kappa0": "(0, inf)",
@@ -34,7 +35,8 @@ RANGES: dict[str, str] = {
     # training
     "epochs": "[1, inf)", "relabel_every": "[1, inf)", "relabel_agreement": "(0, 1]", "relabel_max_gap": "[1, inf)",
     "batch_size": "[2, inf)", "lr": "(0, inf)", "momentum": "[0, 1)", "weight_decay": "[0, inf)",
-    "head_lr": "(0, inf)", "crop_padding": "[0, inf)", "crop_scale": "(0, 1]", "epoch_samples": "[1, inf)",
+    "head_lr": "(0, inf)", "crop_padding": "[0, inf)", "crop_scale": "(0, 1]", "space_weight": "[0, inf)",
+    "epoch_samples": "[1, inf)",
     # run
     "seed": "[0, inf)", "threads": "[1, inf)", "knn_every": "[0, inf)", "knn_k": "[1, inf)",
 }

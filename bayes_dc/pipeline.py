@@ -106,8 +106,11 @@ def validate(cfg: Config) -> None:
         raise ValueError(f"unknown --relabel {tr.relabel!r}; choose one of {list(RELABEL_RULES)}")
     if tr.two_views and (c.prior != "dp" or cfg.reduce == "umap"):
         raise ValueError("--two-views assigns augmented views to the round's clusters on the fly, which needs the DP "
-                         "posterior (--prior dp) and a clustering space new points can be mapped into (--reduce pca "
-                         "or none, not umap)")
+                         "posterior (--prior dp) and a clustering space new points can be mapped into (--reduce pumap, "
+                         "pca or none, not umap)")
+    if tr.space_weight > 0 and not (tr.two_views and cfg.reduce == "pumap"):
+        raise ValueError("--space-weight trains the trunk with the parametric space's loss on two views of each image; "
+                         "it needs --two-views and --reduce pumap (or set --space-weight 0)")
 
 
 def _head_outputs(cfg: Config) -> int:
@@ -268,7 +271,7 @@ def check_sizes(cfg: Config, train_set, eval_set, world: int = 1) -> None:
     if tr.batch_size > samples:
         raise ValueError(f"--batch-size {tr.batch_size} is larger than the {samples} images an epoch draws "
                          f"({'--epoch-samples' if tr.epoch_samples else 'the training set'}); lower --batch-size")
-    if cfg.reduce == "umap":
+    if cfg.reduce in ("umap", "pumap"):
         f = cfg.features
         if n <= f.umap_neighbors + 1:
             raise ValueError(f"--umap-neighbors {f.umap_neighbors} needs more than {f.umap_neighbors + 1} training "

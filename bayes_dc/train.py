@@ -9,6 +9,7 @@ from tqdm.auto import tqdm
 
 from .augment import standardize
 from .context import RunContext
+from .space import umap_loss
 from .targets import ClusterLoss, Targets, swapped_targets
 
 
@@ -29,6 +30,16 @@ def view_responsibilities(ctx: RunContext, embeddings: torch.Tensor, views: Swap
     forward pass (batch-norm batch statistics), which saves a second forward pass."""
     points = ctx.reducer.transform(embeddings.detach(), views.reduce_state)
     return ctx.backend.responsibilities(views.predictor, points, allowed=used)
+
+
+def space_loss(ctx: RunContext, z_a: torch.Tensor, z_b: torch.Tensor, views: SwappedViews,
+               generator: torch.Generator) -> torch.Tensor:
+    """``--space-weight``: UMAP's cross-entropy in the round's parametric space (encoder fixed) with the two views of
+    an image as the positive pair and shuffled pairs as negatives; its gradient reaches the trunk through the
+    embeddings (B, P), so the ConvNet learns the neighbourhood structure the space is built from."""
+    y_a = ctx.reducer.transform(z_a, views.reduce_state)
+    y_b = ctx.reducer.transform(z_b, views.reduce_state)
+    return umap_loss(y_a, y_b, ctx.reducer.a, ctx.reducer.b, ctx.reducer.negative_rate, generator)
 
 
 def train_epoch(ctx: RunContext, targets: Targets, indices: torch.Tensor, *, generator: torch.Generator,
@@ -78,6 +89,8 @@ def train_epoch(ctx: RunContext, targets: Targets, indices: torch.Tensor, *, gen
                                                  *view_responsibilities(ctx, z_b, views, used), targets.num_outputs,
                                                  ctx.cfg.targets.sharpen)
             loss = 0.5 * (loss_fn(logits, target_a, used) + loss_fn(logits_b, target_b, used))
+            if tr.space_weight > 0:
+                loss = loss + tr.space_weight * space_loss(ctx, z_a, z_b, views, generator)
         if dist.active:
             # DDP averages the ranks' gradients; weighting each rank's mean by its share of the batch makes that
             # average the gradient of the global batch's mean loss (shares differ only in a last, shorter batch)

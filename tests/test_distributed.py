@@ -243,3 +243,24 @@ def test_a_ctrl_c_delivered_twice_at_once_is_one_stop_request():
         with pytest.raises(KeyboardInterrupt):
             os.kill(os.getpid(), signal.SIGINT)
             time.sleep(0.5)
+
+
+def test_two_process_round_zero_on_the_parametric_space_equals_the_one_process_round(tiny_config, tmp_path,
+                                                                                      one_thread):
+    """--reduce pumap under torchrun: every rank gathers the features, builds the same kNN graph and trains the same
+    encoder from the same seed, keeps its own rows, and the DP is fitted on the shards with all-reduced statistics,
+    so round 0 gives the one-process labels (the clustered points are the same to the last bit on one thread)."""
+    cfg = merge(tiny_config, {"cluster": {"prior": "dp", "truncation": 20, "max_iter": 30, "tol": 1e-6},
+                              "features": {"reduce": "pumap", "reduce_dim": 3, "pca_dim": 8, "umap_neighbors": 10,
+                                           "pumap_hidden": 16, "pumap_epochs": 2},
+                              "targets": {"targets": "soft"},
+                              "train": {"epochs": 1, "batch_size": 300},
+                              "run": {"threads": 1, "knn_every": 0, "device": "cpu"}})
+    pipeline.run(merge(cfg, {"run": {"name": "one"}}))
+    torchrun(merge(cfg, {"run": {"name": "two"}}), tmp_path)
+    runs = tmp_path / "runs"
+    a, b = (np.load(runs / n / "clusters" / "round_0000.npz") for n in ("one", "two"))
+    assert np.array_equal(a["labels"], b["labels"]) and np.array_equal(a["resp_index"], b["resp_index"])
+    one, two = read_jsonl(runs / "one" / "metrics.jsonl"), read_jsonl(runs / "two" / "metrics.jsonl")
+    assert two[0]["reduce_info"] == one[0]["reduce_info"]                   # the same encoder loss, to the bit
+    assert two[0]["objective"] == pytest.approx(one[0]["objective"], rel=1e-5)

@@ -91,6 +91,11 @@ DP_UMAP = {"cluster": {"prior": "dp", "truncation": 20, "max_iter": 30},
            "features": {"reduce": "umap", "reduce_dim": 3, "pca_dim": 8, "umap_neighbors": 10}}
 
 
+DP_PUMAP = {"cluster": {"prior": "dp", "truncation": 20, "max_iter": 30},
+            "features": {"reduce": "pumap", "reduce_dim": 3, "pca_dim": 8, "umap_neighbors": 10, "pumap_hidden": 16,
+                         "pumap_epochs": 2, "pumap_warm_epochs": 1}}
+
+
 DP_PROJECTION = {"cluster": {"prior": "dp", "truncation": 20, "max_iter": 30},
                  "features": {"cluster_on": "projection", "reduce": "none"},
                  "model": {"projection_dim": 6, "projection_hidden": 16}, "train": {"augment": "resized-crop"}}
@@ -99,9 +104,12 @@ DP_PROJECTION = {"cluster": {"prior": "dp", "truncation": 20, "max_iter": 30},
 DP_TWO_VIEWS = {**DP_PROJECTION, "targets": {"targets": "soft"}, "train": {"augment": "resized-crop", "two_views": True}}
 
 
-@pytest.mark.parametrize("overrides", [{}, DP_TINY, DP_UMAP, DP_PROJECTION, DP_TWO_VIEWS],
+DP_PUMAP_TWO_VIEWS = {**DP_PUMAP, "targets": {"targets": "soft"}, "train": {"augment": "resized-crop", "two_views": True}}
+
+
+@pytest.mark.parametrize("overrides", [{}, DP_TINY, DP_UMAP, DP_PROJECTION, DP_TWO_VIEWS, DP_PUMAP_TWO_VIEWS],
                          ids=["kmeans", "dp-soft-keep-warm", "dp-umap-warm", "dp-projection-resized-crop",
-                              "dp-two-views"])
+                              "dp-two-views", "dp-pumap-two-views"])
 def test_resume_after_interruption_matches_uninterrupted_run(tiny_config, tmp_path, monkeypatch, overrides):
     cfg = merge(merge(tiny_config, {"train": {"epochs": 4, "relabel_every": 2}}), overrides)
     pipeline.run(merge(cfg, {"run": {"name": "full"}}))
@@ -146,6 +154,9 @@ def test_existing_run_directory_is_never_overwritten(tiny_config):
     ({"cluster": {"prior": "kmeans"}, "train": {"two_views": True}}, "--two-views"),
     ({"features": {"reduce": "umap"}, "train": {"two_views": True}}, "--two-views"),
     ({"targets": {"head": "keep"}}, "identities"),
+    ({"cluster": {"prior": "dp"}, "train": {"two_views": True, "space_weight": 1.0}}, "--reduce pumap"),
+    ({"cluster": {"prior": "dp"}, "features": {"reduce": "pumap"}, "train": {"space_weight": float("nan")}},
+     "--space-weight"),
     ({"targets": {"targets": "soft"}}, "responsibilities"),
     ({"train": {"relabel_every": 0}}, "relabel-every"),
     ({"model": {"arch": "resnet"}}, "choose one of"),
@@ -327,6 +338,56 @@ def test_two_views_learn_the_other_views_responsibilities(tiny_config, tmp_path,
     assert seen and all(a.shape == b.shape for a, b in seen)
     # the two views of an image are assigned differently for some images (else the swap would teach nothing new)
     assert any(not torch.equal(a[:, 0], b[:, 0]) for a, b in seen)
+
+
+def test_two_views_on_the_parametric_space_learn_the_other_views_responsibilities(tiny_config, tmp_path,
+                                                                                   monkeypatch):
+    """--two-views on --reduce pumap: each augmented view is mapped by the round's encoder and assigned by the DP
+    posterior, and the loss of one view targets the other view's responsibilities (checked against the same maps
+    computed here from the views' embeddings)."""
+    from bayes_dc import train
+    seen = []
+    real_targets, real_resp = train.swapped_targets, train.view_responsibilities
+
+    def spy_resp(ctx, embeddings, views, used):
+        values, index = real_resp(ctx, embeddings, views, used)
+        points = ctx.reducer.transform(embeddings.detach(), views.reduce_state)
+        expected_values, expected_index = ctx.backend.responsibilities(views.predictor, points, allowed=used)
+        assert torch.equal(index, expected_index) and torch.equal(values, expected_values)
+        return values, index
+
+    def spy_targets(kind, values_a, index_a, values_b, index_b, *args):
+        out = real_targets(kind, values_a, index_a, values_b, index_b, *args)
+        seen.append((index_a.clone(), index_b.clone(), out))
+        return out
+
+    monkeypatch.setattr(train, "view_responsibilities", spy_resp)
+    monkeypatch.setattr(train, "swapped_targets", spy_targets)
+    pipeline.run(merge(tiny_config, {**DP_PUMAP, "targets": {"targets": "soft"},
+                                     "train": {"epochs": 1, "two_views": True, "augment": "resized-crop"}}))
+    assert seen and any(not torch.equal(a[:, 0], b[:, 0]) for a, b, _ in seen)
+
+
+def test_the_space_loss_rewards_close_views_and_reaches_the_trunk(tiny_config):
+    """--space-weight: in the round's parametric space two views of the same images score a lower UMAP loss than
+    unrelated images, and the loss has a gradient on the trunk's weights (it trains the ConvNet, not the encoder)."""
+    from bayes_dc import train
+    cfg = merge(tiny_config, {**DP_PUMAP, "train": {"two_views": True, "space_weight": 1.0}})
+    ctx = pipeline.setup(merge(cfg, {"run": {"name": "space"}}))
+    images = ctx.train_source.train_batches(torch.arange(64), 64)
+    _, batch = next(iter(images))
+    x = train.standardize(batch.float() / 255, ctx.mean, ctx.std)
+    with torch.no_grad():
+        feats = ctx.model.trunk(x)
+    reduction = ctx.reducer.reduce(feats, seed=0)
+    views = train.SwappedViews(predictor={}, reduce_state=reduction.state)
+    z = ctx.model.embed(x)
+    generator = torch.Generator().manual_seed(0)
+    same = train.space_loss(ctx, z, z + 1e-3 * torch.randn_like(z), views, generator)
+    other = train.space_loss(ctx, z, z.roll(7, 0), views, generator)
+    assert same < other
+    same.backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in ctx.model.trunk.parameters())
 
 
 def test_a_2000_image_dp_run_with_the_defaults_keeps_its_clusters(tmp_path):

@@ -1,0 +1,137 @@
+#!/usr/bin/env python
+"""Benchmark: the clustering step per round in each space, on the same features, against k-means DeepCluster's.
+
+One set of features (Fashion-MNIST training images through a vgg-small trunk: random-init, or a trained run's
+``--trunk RUN_DIR``; or the raw pixels with ``--pixels``), then for each space a cold round and ``--warm-rounds``
+warm rounds on the same features, as the loop does when the trunk has not moved much:
+
+- ``kmeans``: DeepCluster's step, whitened PCA-256 + L2 and faiss k-means (k = 10, 20 iterations): the baseline
+  whose seconds every other row is divided by;
+- ``umap + DP``: umap-learn's layout (PCA-50 -> 10-d; warm rounds start from the previous layout) + the DP-GMM;
+- ``pumap + DP``: the parametric space (``bayes_dc.space``; warm rounds keep the encoder) + the DP-GMM;
+and, for the spaces that map new points, the time to map and assign ``--new`` new images' features (one encoder
+forward pass + one E-step).
+
+    python experiments/bench_space.py --subset 20000 --threads 1            # CPU, random-init trunk
+    python experiments/bench_space.py --trunk runs/bench_dcdp/dp-pumap-w16-n20000-s0 --threads 1
+    python experiments/bench_space.py --synthetic 1281167 --dim 256 --device cuda --spaces pumap   # GPU at scale
+
+Prints a Markdown table: seconds of the space and of the fit per round, their sum as a ratio to k-means', K_active,
+NMI and ACC against the classes (none for synthetic features).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bayes_dc import metrics  # noqa: E402
+from bayes_dc.clustering.dpgmm import DPGMMBackend  # noqa: E402
+from bayes_dc.clustering.kmeans import KMeansBackend  # noqa: E402
+from bayes_dc.reduce import PCAReducer, UMAPReducer  # noqa: E402
+from bayes_dc.report import fmt  # noqa: E402
+from bayes_dc.space import ParametricUMAPReducer  # noqa: E402
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--subset", type=int, default=20000, help="Fashion-MNIST training images")
+    p.add_argument("--width", type=int, default=16, help="vgg-small width of the trunk")
+    p.add_argument("--trunk", default=None, help="a run directory whose last.pt trunk gives the features")
+    p.add_argument("--pixels", action="store_true", help="cluster the raw pixels instead of trunk features")
+    p.add_argument("--synthetic", type=int, default=None, help="N synthetic features (a 10-blob mixture) instead")
+    p.add_argument("--dim", type=int, default=256, help="feature dimension of --synthetic")
+    p.add_argument("--spaces", nargs="+", default=["kmeans", "umap", "pumap"], choices=["kmeans", "umap", "pumap"])
+    p.add_argument("--warm-rounds", type=int, default=2, help="warm rounds after the cold one")
+    p.add_argument("--truncation", type=int, default=300)
+    p.add_argument("--new", type=int, default=10000, help="new points mapped and assigned (the spaces that can)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--seed", type=int, default=0)
+    return p.parse_args(argv)
+
+
+def features(args) -> tuple[torch.Tensor, np.ndarray | None]:
+    """(N, F) float32 features on ``args.device`` and their class labels (None for synthetic features)."""
+    if args.synthetic:
+        generator = torch.Generator().manual_seed(args.seed)
+        centres = torch.randn(10, args.dim, generator=generator) * 3
+        labels = torch.randint(0, 10, (args.synthetic,), generator=generator)
+        return (centres[labels] + torch.randn(args.synthetic, args.dim, generator=generator)).to(args.device), \
+            labels.numpy()
+    from benchlib import fmnist_trunk_features
+    from bayes_dc.data import load_dataset
+    if args.pixels:
+        data = load_dataset("fashion-mnist", "train", subset=args.subset, seed=args.seed)
+        return (data.images.reshape(len(data), -1).float() / 255).to(args.device), data.labels
+    state = None
+    if args.trunk:
+        model = torch.load(Path(args.trunk) / "last.pt", weights_only=False)["model"]
+        state = {k.removeprefix("trunk."): v for k, v in model.items() if k.startswith("trunk.")}
+    feats, data = fmnist_trunk_features(subset=args.subset, width=args.width, device=args.device, seed=args.seed,
+                                        trunk_state=state)
+    return feats, data.labels
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+        import faiss
+        faiss.omp_set_num_threads(args.threads)
+    warnings.simplefilter("ignore")
+    x, labels = features(args)
+    device = torch.device(args.device)
+    rows, baseline = [], None
+    for space in args.spaces:
+        if space == "kmeans":
+            reducer, backend = PCAReducer(256, device=device), KMeansBackend(k=10)
+        elif space == "umap":
+            reducer, backend = UMAPReducer(10, 50, 20), DPGMMBackend(args.truncation, device=device)
+        else:
+            reducer, backend = ParametricUMAPReducer(device=device), DPGMMBackend(args.truncation, device=device)
+        reduce_state, warm = None, None
+        for round_idx in range(1 + (0 if space == "kmeans" else args.warm_rounds)):
+            t0 = time.perf_counter()
+            reduction = reducer.reduce(x, seed=args.seed + round_idx, warm_state=reduce_state)
+            t1 = time.perf_counter()
+            result = backend.fit(reduction.points, seed=args.seed + round_idx, warm_state=warm)
+            t2 = time.perf_counter()
+            reduce_state, warm = reduction.state, result.state
+            row = {"space": space, "round": "cold" if round_idx == 0 else f"warm {round_idx}",
+                   "reduce_s": t1 - t0, "fit_s": t2 - t1, "k": result.k_active}
+            if labels is not None:
+                scores = metrics.cluster_metrics(labels, result.labels, result.weights)
+                row.update(nmi=scores["nmi"], acc=scores["acc"])
+            if space == "kmeans":
+                baseline = t2 - t0
+            rows.append(row)
+        if space == "pumap" and args.new and result.predictor is not None:
+            new = x[: args.new]
+            t0 = time.perf_counter()
+            points = reducer.transform(new, reduce_state)
+            backend.responsibilities(result.predictor, points)
+            rows[-1]["new_s"] = time.perf_counter() - t0
+    lines = ["| space | round | space s | fit s | step / k-means step | K_active | NMI | ACC | map + assign "
+             f"{args.new} new s |", "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        ratio = (r["reduce_s"] + r["fit_s"]) / baseline if baseline else None
+        lines.append(f"| {r['space']} | {r['round']} | {fmt(r['reduce_s'], 2)} | {fmt(r['fit_s'], 2)} | "
+                     f"{fmt(ratio, 1)} | {r['k']} | {fmt(r.get('nmi'), 3)} | {fmt(r.get('acc'), 3)} | "
+                     f"{fmt(r.get('new_s'), 3)} |")
+    what = (f"synthetic N={args.synthetic} d={args.dim}" if args.synthetic else
+            f"Fashion-MNIST {args.subset} {'pixels' if args.pixels else ('trunk ' + (args.trunk or 'random-init'))}")
+    print(f"bench_space: {what} device={args.device} threads={args.threads} T={args.truncation}\n")
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

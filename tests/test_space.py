@@ -1,0 +1,166 @@
+"""The parametric UMAP space (``--reduce pumap``): UMAP's graph maths against umap-learn, the encoder's warm start,
+the map of new points, seeding."""
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+from bayes_dc.config import Config, merge
+from bayes_dc.reduce import make_reducer
+from bayes_dc.space import EdgeSampler, ParametricUMAPReducer, fit_ab, fuzzy_graph, knn_search, new_encoder, \
+    rebase_first_layer, encode, smooth_knn, train_encoder
+
+
+def blobs(n_per: int = 60, k: int = 4, dim: int = 12, seed: int = 0) -> tuple[torch.Tensor, np.ndarray]:
+    generator = torch.Generator().manual_seed(seed)
+    centres = torch.randn(k, dim, generator=generator) * 6
+    labels = np.repeat(np.arange(k), n_per)
+    x = centres[labels] + torch.randn(len(labels), dim, generator=generator)
+    return x, labels
+
+
+def test_fuzzy_graph_equals_umap_learns():
+    """Same kNN input, same fuzzy simplicial set as umap-learn's ``fuzzy_simplicial_set`` (the reference)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from umap.umap_ import fuzzy_simplicial_set
+    x, _ = blobs()
+    distances, indices = knn_search(x, 10)
+    ours = fuzzy_graph(distances, indices).tocsr()
+    reference, _, _ = fuzzy_simplicial_set(x.numpy(), 10, np.random.RandomState(0), "euclidean",
+                                           knn_indices=indices.numpy(), knn_dists=distances.numpy())
+    reference = reference.tocsr()
+    assert abs(ours - reference).max() < 1e-4
+    assert (ours != ours.T).nnz == 0                                                   # symmetric
+
+
+def test_smooth_knn_calibrates_each_row_to_log2_k():
+    x, _ = blobs(dim=5)
+    distances, _ = knn_search(x, 15)
+    strengths = smooth_knn(distances)
+    np.testing.assert_allclose(strengths.sum(1).numpy(), np.log2(15), rtol=1e-4)
+    assert torch.all(strengths.max(1).values == 1.0)                                   # the nearest neighbour
+
+
+def test_knn_search_matches_brute_force_and_puts_each_point_first():
+    x, _ = blobs(n_per=20)
+    distances, indices = knn_search(x, 6)
+    brute = torch.cdist(x.double(), x.double())
+    expected = brute.topk(6, largest=False)
+    assert torch.equal(indices[:, 0], torch.arange(len(x)))
+    np.testing.assert_allclose(distances.numpy(), expected.values.numpy(), atol=1e-4)
+
+
+def test_fit_ab_equals_umap_learns():
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from umap.umap_ import find_ab_params
+    for min_dist in (0.0, 0.1):
+        np.testing.assert_allclose(fit_ab(min_dist), find_ab_params(1.0, min_dist), rtol=1e-3)
+
+
+def test_edges_are_drawn_in_proportion_to_their_weight():
+    import scipy.sparse
+    graph = scipy.sparse.coo_matrix((np.array([1.0, 3.0]), (np.array([0, 1]), np.array([1, 0]))), shape=(2, 2))
+    head, _ = EdgeSampler(graph).sample(40000, torch.Generator().manual_seed(0))
+    assert (head == 1).float().mean().item() == pytest.approx(0.75, abs=0.01)
+
+
+def test_rebased_first_layer_gives_the_same_outputs_in_a_rotated_frame():
+    """A new PCA frame of the same span (rotated basis, moved mean): the rebased encoder maps every feature as the
+    old one did."""
+    generator = torch.Generator().manual_seed(0)
+    features = torch.randn(50, 8, generator=generator, dtype=torch.float64).float()
+    basis, _ = torch.linalg.qr(torch.randn(8, 8, generator=generator, dtype=torch.float64))
+    old = {"mean": torch.zeros(8), "basis": basis.float(),
+           "encoder": new_encoder(8, 16, 3, generator).state_dict()}
+    rotation, _ = torch.linalg.qr(torch.randn(8, 8, generator=generator, dtype=torch.float64))
+    new_mean, new_basis = torch.ones(8), (basis @ rotation).float()
+    rebased = rebase_first_layer(old, new_mean, new_basis)
+    before = encode(old["encoder"], (features - old["mean"]) @ old["basis"])
+    after = encode(rebased, (features - new_mean) @ new_basis)
+    torch.testing.assert_close(after, before, atol=1e-4, rtol=1e-4)
+
+
+@pytest.fixture(scope="module")
+def pumap_round():
+    torch.set_num_threads(1)
+    x, labels = blobs(n_per=80, k=4, dim=20)
+    reducer = ParametricUMAPReducer(dim=2, pca_dim=8, n_neighbors=10, hidden=32, epochs=6, warm_epochs=6,
+                                    batch_size=256)
+    return x, labels, reducer, reducer.reduce(x, seed=3)
+
+
+def test_transform_of_the_training_features_is_what_the_round_clustered(pumap_round):
+    x, _, reducer, first = pumap_round
+    assert torch.equal(reducer.transform(x, first.state), first.points)
+    # and one new point is mapped on its own as it is within a batch
+    torch.testing.assert_close(reducer.transform(x[5:6], first.state), first.points[5:6])
+
+
+def test_the_encoder_separates_the_clusters_and_is_seeded(pumap_round):
+    from sklearn.metrics import adjusted_rand_score
+    from sklearn.cluster import KMeans
+    x, labels, reducer, first = pumap_round
+    found = KMeans(4, n_init=4, random_state=0).fit_predict(first.points.numpy())
+    assert adjusted_rand_score(labels, found) > 0.95
+    again = reducer.reduce(x, seed=3)
+    assert torch.equal(again.points, first.points)
+    assert not torch.equal(reducer.reduce(x, seed=4).points, first.points)
+
+
+def test_a_warm_encoder_reaches_the_cold_loss_in_fewer_epochs(pumap_round):
+    """Unchanged features: the warm start (the previous encoder, same graph) is at the cold run's final loss after
+    its first epoch; the cold run needed all of its epochs to get there."""
+    x, _, reducer, first = pumap_round
+    cold = first.state["loss"]
+    assert not first.info["pumap_warm"] and cold[-1] < cold[0]
+    warm = reducer.reduce(x, seed=5, warm_state=first.state)
+    assert warm.info["pumap_warm"]
+    epochs_to_cold_loss = next(i + 1 for i, loss in enumerate(warm.state["loss"] + [-np.inf])
+                               if loss <= cold[-1] * 1.02)
+    assert epochs_to_cold_loss < len(cold)
+    assert epochs_to_cold_loss <= 2, warm.state["loss"]
+
+
+def test_a_warm_start_follows_a_rotated_pca_frame():
+    """Features rotated between rounds (PCA refits a new basis): the rebased warm encoder starts at the loss the
+    cold run ended with, where a cold encoder starts far above it."""
+    x, _ = blobs(n_per=50, k=3, dim=10)
+    reducer = ParametricUMAPReducer(dim=2, pca_dim=6, n_neighbors=10, hidden=32, epochs=6, warm_epochs=1,
+                                    batch_size=256)
+    first = reducer.reduce(x, seed=0)
+    rotation, _ = torch.linalg.qr(torch.randn(10, 10, generator=torch.Generator().manual_seed(1)))
+    warm = reducer.reduce(x @ rotation, seed=1, warm_state=first.state)
+    assert warm.state["loss"][0] < first.state["loss"][0] * 0.8
+
+
+def test_train_encoder_lowers_the_loss():
+    x, _ = blobs(n_per=40, k=3, dim=6)
+    distances, indices = knn_search(x, 8)
+    generator = torch.Generator().manual_seed(0)
+    encoder = new_encoder(6, 16, 2, generator)
+    history = train_encoder(encoder, x, EdgeSampler(fuzzy_graph(distances, indices)), epochs=4, a=1.9, b=0.8,
+                            negative_rate=5, batch_size=128, lr=1e-2, generator=generator)
+    assert history[-1] < history[0]
+
+
+def test_make_reducer_builds_pumap_from_the_config():
+    cfg = merge(Config(), {"features": {"reduce": "pumap", "pumap_hidden": 24, "pumap_epochs": 2},
+                           "cluster": {"prior": "dp"}})
+    reducer = make_reducer(cfg)
+    assert isinstance(reducer, ParametricUMAPReducer)
+    assert (reducer.hidden, reducer.epochs, reducer.pca_dim) == (24, 2, 50)
+
+
+@pytest.mark.parametrize("kwargs,match", [({"dim": 0}, "reduce-dim"), ({"n_neighbors": 1}, "umap-neighbors"),
+                                          ({"epochs": 0}, "pumap-epochs"), ({"min_dist": -1.0}, "min-dist")])
+def test_bad_pumap_options_are_named(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        ParametricUMAPReducer(**kwargs)
+
+
+def test_transform_before_a_fit_is_refused_clearly():
+    with pytest.raises(ValueError, match="no fitted encoder"):
+        ParametricUMAPReducer().transform(torch.zeros(2, 3), None)
