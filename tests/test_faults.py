@@ -158,6 +158,19 @@ def test_the_default_configuration_killed_anywhere_resumes_to_the_uninterrupted_
     assert not list(run_dir.rglob("*.tmp"))            # the killed writes' temporary files were cleared
 
 
+def test_the_default_configuration_twice_with_the_default_threads_gives_the_same_run(default_tiny):
+    """The same configuration twice, on the libraries' thread counts (no --threads: torch on this process's count, 2
+    from conftest, so the float sums are split over threads): every number of metrics.jsonl and every weight equal.
+    The first run also pays numba's compilation of UMAP, so the two do not start from the same process state."""
+    cfg = merge(default_tiny, {"run": {"threads": None}})
+    assert torch.get_num_threads() > 1
+    runs = Path(cfg.run.out_dir)
+    for name in ("first", "second"):
+        pipeline.run(merge(cfg, {"run": {"name": name}}))
+    assert comparable(runs / "second") == comparable(runs / "first")
+    assert same_weights(runs / "second", runs / "first")
+
+
 def damage(path: Path) -> None:
     data = bytearray(path.read_bytes())
     data[len(data) // 2] ^= 0xFF
