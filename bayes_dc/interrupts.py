@@ -9,7 +9,7 @@ import sys
 import threading
 import time
 from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 
 @dataclasses.dataclass
@@ -18,11 +18,12 @@ class InterruptFlag:
 
     requested: bool = False
     signal_name: str | None = None
-    at: float | None = None     # time.monotonic() of the first signal
+    at: float | None = None     # the clock's time (time.monotonic()) of the first signal
 
 
 @contextmanager
-def graceful_interrupt(signals: tuple[int, ...] = (signal.SIGINT,), debounce: float = 0.0) -> Iterator[InterruptFlag]:
+def graceful_interrupt(signals: tuple[int, ...] = (signal.SIGINT,), debounce: float = 0.0,
+                       clock: Callable[[], float] = time.monotonic) -> Iterator[InterruptFlag]:
     """Turn the first SIGINT (Ctrl-C) into a flag; a second one raises KeyboardInterrupt at once.
 
     Usage (the loop checks the flag where stopping is safe, after its checkpoint)::
@@ -35,8 +36,9 @@ def graceful_interrupt(signals: tuple[int, ...] = (signal.SIGINT,), debounce: fl
 
     Pass ``signals=(signal.SIGINT, signal.SIGTERM)`` to treat a scheduler's SIGTERM the same way. A second signal
     within ``debounce`` seconds of the first counts as the same request: torchrun forwards the Ctrl-C it receives
-    to its workers, which the terminal has already sent the same Ctrl-C. The previous
-    handlers are restored on exit. Python installs signal handlers only in the main thread; elsewhere the
+    to its workers, which the terminal has already sent the same Ctrl-C (``clock``: where the seconds come from;
+    tests pass their own, so that a loaded machine cannot stretch the window). The previous handlers are restored
+    on exit. Python installs signal handlers only in the main thread; elsewhere the
     flag never trips and signals keep their behaviour. DataLoader workers started through
     ``bayes_dc.data`` ignore SIGINT, so Ctrl-C in a terminal (which signals the whole process group) does
     not kill them mid-epoch.
@@ -47,7 +49,7 @@ def graceful_interrupt(signals: tuple[int, ...] = (signal.SIGINT,), debounce: fl
         return
 
     def handler(signum: int, frame: Any) -> None:
-        now = time.monotonic()
+        now = clock()
         if flag.requested:
             if now - flag.at < debounce:
                 return
