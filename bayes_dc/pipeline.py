@@ -43,7 +43,7 @@ from .lineage import round_lineage
 from .models import ARCHS, build_model, new_head
 from .option_ranges import check_ranges
 from .reduce import Reduction, make_reducer
-from .runlog import ReadOnlyRunDir, RunDir, graceful_interrupt, run_path
+from .runlog import ReadOnlyRunDir, RunDir, graceful_interrupt, run_path, save_checkpoint
 from .targets import TARGET_KINDS, Targets, build_targets, sample_epoch
 from .threads import set_threads
 from .train import SwappedViews, train_epoch
@@ -568,12 +568,33 @@ def _final_record(ctx: RunContext, state: dict) -> dict:
     if done:
         return done[-1]
     epochs = ctx.cfg.train.epochs
-    feats, result, _, info = _cluster_round(ctx, dict(state))
+    feats, result, reduction, info = _cluster_round(ctx, dict(state))
     record = {"epoch": epochs, "phase": "final", **info}
     if ctx.eval_set is not None:
         record["knn"] = _knn(ctx, feats)
     _snapshot_and_lineage(ctx.rundir, state["round"], epochs, result)
+    _save_final(ctx, reduction, result)
     return ctx.rundir.log(record)
+
+
+# What bayes_dc.trained.load_run reads: the trained model, the final clustering space and posterior, and the input
+# the model expects. The format names the layout; a reader refuses another one (bump it when the layout changes).
+FINAL_CHECKPOINT = "final.pt"
+FINAL_FORMAT = "bayes_dc-final/1"
+
+
+def _save_final(ctx: RunContext, reduction: Reduction, result: ClusterResult) -> None:
+    """Write ``final.pt`` (verified checkpoint, sha256 manifest) before the final record is logged, so a run whose
+    final record exists always has it."""
+    if not ctx.dist.is_main:
+        return
+    from . import __version__
+    save_checkpoint({"format": FINAL_FORMAT, "bayes_dc_version": __version__, "config": ctx.cfg.to_dict(),
+                     "model": ctx.model.state_dict(), "reduce_state": reduction.state, "predictor": result.predictor,
+                     "labels": result.labels, "weights": result.weights,
+                     "input": {"channels": int(ctx.train_set.num_channels), "image_size": int(ctx.train_set.image_size),
+                               "mean": ctx.mean.cpu().float(), "std": ctx.std.cpu().float()}},
+                    ctx.rundir.path / FINAL_CHECKPOINT, keep_previous=False)
 
 
 __all__ = ["RunContext", "RunDiverged", "RunInterrupted", "run", "setup", "validate", "check_sizes", "load_split",

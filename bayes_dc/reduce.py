@@ -91,10 +91,16 @@ class UMAPReducer(Reducer):
     UMAP to ``dim`` dimensions with ``n_neighbors`` neighbours and ``min_dist`` (0: pack clusters tightly, the
     setting N2D uses for clustering).
 
-    Warm state: ``{"embedding": (N, dim) float32, "probe": (P,) int64, "probe_neighbors": (P, k) int64}``.
+    Warm state: ``{"embedding": (N, dim) float32, "probe": (P,) int64, "probe_neighbors": (P, k) int64}``, and
+    what :meth:`transform` maps new points with: ``"pca_mean"`` (F,), ``"pca_projection"`` (F, p) and the training
+    points' PCs ``"pcs"`` (N, p), all float32.
     """
 
     name = "umap"
+    #: :meth:`transform` interpolates between training points' embeddings, so a new point lands among or between
+    #: them, never away from them: novelty in this space misses images unlike the training images (a held-out
+    #: synthetic cluster: 1 % flagged, BENCHMARKS.md section 9)
+    maps_novel_points_apart = False
 
     def __init__(self, dim: int = 10, pca_dim: int = 50, n_neighbors: int = 20, min_dist: float = 0.0):
         if dim < 1 or pca_dim < 1:
@@ -118,7 +124,8 @@ class UMAPReducer(Reducer):
                              f"points, got N={n}; lower --umap-neighbors or use --reduce pca")
         if self.dim >= n - 1:
             raise ValueError(f"--reduce-dim {self.dim} must be below N - 1 = {n - 1}")
-        pcs = Whitener(dim=self.pca_dim, whiten=False, l2=False).fit_transform(features).cpu().numpy()  # (N, p)
+        pca = Whitener(dim=self.pca_dim, whiten=False, l2=False)
+        pcs = pca.fit_transform(features).cpu().numpy()                                           # (N, p)
         generator = np.random.default_rng(seed)
         probe = (torch.as_tensor(warm_state["probe"]).numpy() if warm_state is not None
                  else np.sort(generator.choice(n, size=min(UMAP_PROBE_POINTS, n), replace=False)))
@@ -139,11 +146,42 @@ class UMAPReducer(Reducer):
         if not np.isfinite(embedding).all():
             raise ValueError("UMAP returned non-finite coordinates; check the features (duplicate or constant rows) "
                              "or use --reduce pca")
+        pca_mean, pca_projection = pca.folded_projection(torch.device("cpu"))
         state = {"embedding": torch.from_numpy(embedding), "probe": torch.from_numpy(probe.astype(np.int64)),
-                 "probe_neighbors": torch.from_numpy(probe_neighbors.astype(np.int64))}
+                 "probe_neighbors": torch.from_numpy(probe_neighbors.astype(np.int64)), "pca_mean": pca_mean,
+                 "pca_projection": pca_projection, "pcs": torch.from_numpy(np.ascontiguousarray(pcs, dtype=np.float32))}
         points = torch.from_numpy(embedding).to(features.device)
         info = {"reduce_dim": self.dim, "umap_warm": not isinstance(init, str), "umap_neighbor_overlap": overlap}
         return Reduction(points, state, time.perf_counter() - start, info)
+
+    def transform(self, features: torch.Tensor, state: dict | None) -> torch.Tensor:
+        """Out-of-sample map of new features (B, F) into the round's layout (B, dim): the round's PCA, then the
+        inverse-distance weighted mean of the embeddings of the ``n_neighbors`` nearest training points in that
+        PCA space (:func:`knn_interpolate`). Cheaper than umap-learn's ``transform`` (no optimisation), and a
+        training point lands (nearly) on its own embedding. It interpolates the layout, so a point unlike every
+        training point still lands among them: novelty is better judged in a PCA or parametric space."""
+        if state is None or "pcs" not in state:
+            raise ValueError("this UMAP layout was fitted before layouts kept what maps new points (its PCA and the "
+                             "training PCs); refit it (a new run), or use --reduce pca")
+        pcs = (features.float() - state["pca_mean"].to(features.device)) @ state["pca_projection"].to(features.device)
+        return knn_interpolate(state["pcs"], state["embedding"], pcs.cpu(), self.n_neighbors).to(features.device)
+
+
+def knn_interpolate(reference: torch.Tensor, values: torch.Tensor, queries: torch.Tensor, k: int) -> torch.Tensor:
+    """Shepard interpolation: for each query (B, p), the mean of ``values`` (N, dim) at its k nearest ``reference``
+    points (N, p) (faiss, exact L2), weighted by 1 / (distance + a floor of 1e-3 x the k-th distance), so a
+    query equal to a reference point gets ~its value and the others a smooth blend. float32 (B, dim)."""
+    import faiss   # imported here, as the k-means backend does: `import bayes_dc` works without faiss
+
+    reference = np.ascontiguousarray(torch.as_tensor(reference).numpy(), dtype=np.float32)
+    index = faiss.IndexFlatL2(reference.shape[1])
+    index.add(reference)
+    k = min(int(k), reference.shape[0])
+    sq_dist, ids = index.search(np.ascontiguousarray(queries.numpy(), dtype=np.float32), k)      # (B, k) each
+    dist = torch.from_numpy(np.sqrt(np.maximum(sq_dist, 0.0)))
+    weights = 1.0 / (dist + 1e-3 * dist[:, -1:] + 1e-12)                                           # (B, k)
+    neighbours = torch.as_tensor(values, dtype=torch.float32)[torch.from_numpy(ids)]               # (B, k, dim)
+    return (weights[:, :, None] * neighbours).sum(1) / weights.sum(1, keepdim=True)
 
 
 def nearest_neighbors(x: np.ndarray, rows: np.ndarray, k: int) -> np.ndarray:

@@ -125,19 +125,21 @@ def fuzzy_graph(distances: torch.Tensor, indices: torch.Tensor) -> scipy.sparse.
 
 
 def umap_loss(head: torch.Tensor, tail: torch.Tensor, a: float, b: float, negative_rate: int,
-              generator: torch.Generator) -> torch.Tensor:
+              generator: torch.Generator, negatives: torch.Tensor | None = None) -> torch.Tensor:
     """UMAP's fuzzy-set cross-entropy on a batch of sampled edges (B, d) -> scalar.
 
     Each edge (head_i, tail_i) is a positive pair (target similarity 1); ``negative_rate`` shuffles of the tails
-    give negative pairs (target 0), as parametric UMAP does. With ``t = a * d^(2b)`` the similarity is ``1/(1+t)``,
+    give negative pairs (target 0), as parametric UMAP does; or, with ``negatives`` (M, d), embeddings of points
+    drawn uniformly (UMAP's own negative sampling), ``negative_rate`` random ones per edge. With ``t = a * d^(2b)`` the similarity is ``1/(1+t)``,
     so ``-log q = softplus(log t)`` and ``-log(1-q) = softplus(-log t)``, stable at d -> 0 and d -> inf.
     """
     def log_t(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return math.log(a) + b * torch.log((x - y).pow(2).sum(1) + 1e-6)
 
     attract = torch.nn.functional.softplus(log_t(head, tail))                          # (B,)
-    shuffled = torch.cat([torch.randperm(len(tail), generator=generator) for _ in range(negative_rate)])
-    repel = torch.nn.functional.softplus(-log_t(head.repeat(negative_rate, 1), tail[shuffled]))   # (rB,)
+    pool = tail if negatives is None else negatives
+    shuffled = torch.cat([torch.randperm(len(pool), generator=generator)[:len(head)] for _ in range(negative_rate)])
+    repel = torch.nn.functional.softplus(-log_t(head.repeat(negative_rate, 1), pool[shuffled]))   # (rB,)
     return (attract.sum() + repel.sum()) / len(head)
 
 
@@ -189,7 +191,7 @@ class EdgeSampler:
 
 def train_encoder(encoder: torch.nn.Module, inputs: torch.Tensor, sampler: EdgeSampler, *, epochs: int,
                   a: float, b: float, negative_rate: int, batch_size: int, lr: float, generator: torch.Generator,
-                  edges_per_epoch: int | None = None) -> list[float]:
+                  edges_per_epoch: int | None = None, uniform_negatives: bool = False) -> list[float]:
     """Adam on :func:`umap_loss` over ``epochs`` passes of ``edges_per_epoch`` sampled edges (default: the number
     of edges). ``inputs`` (N, p) lie on the encoder's device. Returns the mean loss of each epoch.
 
@@ -209,8 +211,11 @@ def train_encoder(encoder: torch.nn.Module, inputs: torch.Tensor, sampler: EdgeS
         total = 0.0
         for _ in range(steps):
             head, tail = sampler.sample(batch_size, generator)
-            both = encoder(inputs[torch.cat([head, tail]).to(device)])
-            loss = umap_loss(both[:batch_size], both[batch_size:], a, b, negative_rate, generator)
+            rows = [head, tail]
+            if uniform_negatives:
+                rows.append(torch.randint(len(inputs), (batch_size,), generator=generator))
+            out = encoder(inputs[torch.cat(rows).to(device)]).split(batch_size)
+            loss = umap_loss(out[0], out[1], a, b, negative_rate, generator, out[2] if uniform_negatives else None)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -258,6 +263,11 @@ class ParametricUMAPReducer(Reducer):
         whitener = Whitener(dim=self.pca_dim, whiten=False, l2=False)
         pcs = whitener.fit_transform(features, device)                                   # (N, p)
         mean, basis = whitener.folded_projection(torch.device("cpu"))                    # (F,), (F, p)
+        # one scale for all components (not whitening, which would blow up the noise directions): inputs of unit
+        # mean variance per component whatever the trunk's feature scale (a random-init vgg-small's are ~0.02, which
+        # left the first layer's biases in charge and the encoder's output of rank < d)
+        scale = pcs.pow(2).sum(1).mean().div(pcs.shape[1]).sqrt().clamp_min(1e-12)
+        pcs, basis = pcs / scale, basis / scale.cpu()
         distances, indices = knn_search(pcs, self.n_neighbors)
         sampler = EdgeSampler(fuzzy_graph(distances, indices))
 
@@ -279,6 +289,7 @@ class ParametricUMAPReducer(Reducer):
         if not torch.isfinite(points).all():
             raise ValueError("the parametric UMAP encoder produced non-finite coordinates; check the features "
                              "(NaN/inf rows) or use --reduce umap / pca")
+        check_full_rank(points)
         info = {"reduce_dim": self.dim, "pumap_warm": warm, "pumap_epochs": epochs, "pumap_edges": len(sampler),
                 "pumap_loss": history[-1] if history else None}
         return Reduction(points.to(features.device), state, time.perf_counter() - start, info)
@@ -290,17 +301,29 @@ class ParametricUMAPReducer(Reducer):
         return encode(state["encoder"], pcs)
 
 
+def check_full_rank(points: torch.Tensor) -> None:
+    """ValueError when the points (N, d) span fewer than d dimensions (a full-covariance DP-GMM needs all d)."""
+    centred = (points - points.mean(0)).double()
+    singular = torch.linalg.svdvals(centred)
+    if singular[-1] <= 1e-6 * singular[0]:
+        raise ValueError(f"the parametric UMAP encoder's output spans fewer than its {points.shape[1]} dimensions "
+                         f"(singular values {singular[0]:.3g} ... {singular[-1]:.3g}); lower --reduce-dim or raise "
+                         "--pumap-hidden")
+
+
 def rebase_first_layer(previous: dict, mean: torch.Tensor, basis: torch.Tensor) -> dict[str, torch.Tensor]:
     """The previous encoder's weights with its first layer re-expressed for inputs in a new PCA frame.
 
-    Old input ``U_old^T (f - mu_old)``, new input ``z = U_new^T (f - mu_new)``; on the new span
-    ``f - mu_old = U_new z + (mu_new - mu_old)``, so ``W1' = W1 U_old^T U_new`` and
-    ``b1' = b1 + W1 U_old^T (mu_new - mu_old)`` give the old encoder's output for every point of that span.
+    Old input ``U_old^T (f - mu_old)``, new input ``z = U_new^T (f - mu_new)`` (the bases are scaled orthonormal
+    ones, see :meth:`ParametricUMAPReducer.reduce`); on the new span ``f - mu_new = U_new (U_new^T U_new)^-1 z``, so
+    ``W1' = W1 U_old^T U_new (U_new^T U_new)^-1`` and ``b1' = b1 + W1 U_old^T (mu_new - mu_old)`` give the old
+    encoder's output for every point of that span.
     """
     weights = {k: v.clone() for k, v in previous["encoder"].items()}
     w1 = weights["0.weight"].double()                                                   # (h, p)
-    old_basis = previous["basis"].double()                                              # (F, p)
-    weights["0.weight"] = (w1 @ old_basis.T @ basis.double()).float()
+    old_basis, new_basis = previous["basis"].double(), basis.double()                   # (F, p)
+    back = new_basis @ torch.linalg.inv(new_basis.T @ new_basis)                        # (F, p): z -> f - mu_new
+    weights["0.weight"] = (w1 @ old_basis.T @ back).float()
     weights["0.bias"] = (weights["0.bias"].double() + w1 @ (old_basis.T @ (mean - previous["mean"]).double())).float()
     return weights
 

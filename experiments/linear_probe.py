@@ -23,9 +23,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bayes_dc import metrics  # noqa: E402
 from bayes_dc.config import Config  # noqa: E402
 from bayes_dc.batches import BatchSource  # noqa: E402
-from bayes_dc.models import build_model  # noqa: E402
 from bayes_dc.pipeline import derive_seed, load_split, resolve_device  # noqa: E402
 from bayes_dc.runlog import CheckpointError, atomic_write_text, load_checkpoint  # noqa: E402
+from bayes_dc.trained import trunk_architecture, trunk_state  # noqa: E402
+from bayes_dc.trunk_loader import build_trunk  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -56,16 +57,15 @@ def main(argv=None) -> int:
     train = load_split(cfg, "train", d.subset)   # streamed when the run streamed (--streaming, --memory-budget-gb)
     test = load_split(cfg, d.eval_split, d.eval_subset)
     torch.manual_seed(derive_seed(cfg.run.seed, "init"))  # the run's own initialisation
-    model = build_model(cfg.model.arch, train.num_channels, sobel=cfg.model.sobel, width=cfg.width)
-    if not args.init:
-        model.trunk.load_state_dict({k[len("trunk."):]: v for k, v in ckpt["model"].items() if k.startswith("trunk.")})
-    model.to(device)
+    # the loader of experiments/export.py's exports, so the probe scores the trunk that downstream code gets
+    trunk = build_trunk(trunk_architecture(cfg, train.num_channels),
+                        None if args.init else trunk_state(ckpt["model"])).to(device)
     mean, std = train.mean_std()
     scratch = Path(cfg.run.scratch_dir) if cfg.run.scratch_dir else args.run_dir / "scratch"
     feats = []
     for split, ds in (("train", train), ("test", test)):   # a streamed set's features pass through scratch files
         source = BatchSource(ds, device, scratch=scratch, tag=f"probe-{split}")
-        raw = source.features(model.trunk, mean, std, batch_size=cfg.features.extract_batch)
+        raw = source.features(trunk, mean, std, batch_size=cfg.features.extract_batch)
         feats.append(F.normalize(raw.to(device, torch.float32), dim=1).cpu())
         source.remove_features()
     acc = metrics.linear_probe(feats[0], train.labels, feats[1], test.labels, C=args.C, seed=cfg.run.seed)

@@ -6,7 +6,8 @@ from sklearn.cluster import KMeans
 from sklearn.metrics import normalized_mutual_info_score as nmi
 from sklearn.neighbors import NearestNeighbors
 
-from bayes_dc.config import Config, merge
+from bayes_dc.clustering import make_backend
+from bayes_dc.config import ClusterConfig, Config, merge
 from bayes_dc.preprocess import Whitener
 from bayes_dc.reduce import (UMAP_WARM_EPOCHS, IdentityReducer, PCAReducer, UMAPReducer, make_reducer, nearest_neighbors,
                              neighbor_overlap)
@@ -29,11 +30,11 @@ def test_pca_reducer_is_the_whitener_and_maps_new_points_the_same_way():
     assert torch.allclose(reducer.transform(x[:50], out.state), out.points[:50], atol=1e-5)
 
 
-def test_identity_reducer_and_umap_cannot_map_new_points():
+def test_identity_reducer_maps_points_as_they_are_and_umap_needs_a_fitted_state():
     x, _ = blobs(n=50)
     assert torch.equal(IdentityReducer().reduce(x, seed=0).points, x)
-    with pytest.raises(ValueError, match="cannot map new points"):
-        UMAPReducer().transform(x, None)
+    with pytest.raises(ValueError, match="refit"):
+        UMAPReducer().transform(x, {"embedding": torch.zeros(50, 2)})   # a state saved before transform existed
 
 
 def test_nearest_neighbors_match_scikit_learn():
@@ -66,6 +67,24 @@ def test_umap_embedding_keeps_the_clusters_and_is_seeded(umap_round):
     again = reducer.reduce(x, seed=3)
     assert torch.equal(again.points, first.points)
     assert not first.info["umap_warm"] and first.info["umap_neighbor_overlap"] is None
+
+
+def test_umap_transform_maps_training_points_onto_their_layout_and_keeps_their_clusters(umap_round):
+    """The out-of-sample map (PCA, then the inverse-distance mean of the nearest training points' embeddings):
+    training points land next to their own embedding, and a DP fitted on the layout assigns them (nearly) as it
+    labelled them; perturbed copies of training points land in their blob's cluster."""
+    x, labels, reducer, first = umap_round
+    mapped = reducer.transform(x, first.state)
+    spread = first.points.std(0).norm()
+    assert mapped.shape == first.points.shape and mapped.dtype == torch.float32
+    assert float((mapped - first.points).norm(dim=1).median()) < 0.05 * float(spread)
+    backend = make_backend(ClusterConfig(prior="dp", truncation=10), "cpu")
+    fit = backend.fit(first.points, seed=0)
+    again = backend.responsibilities(fit.predictor, mapped)[1][:, 0].numpy()
+    assert (again == fit.labels).mean() >= 0.95
+    fresh = x[:200] + 0.3 * torch.randn(200, x.shape[1], generator=torch.Generator().manual_seed(5))
+    found = backend.responsibilities(fit.predictor, reducer.transform(fresh, first.state))[1][:, 0].numpy()
+    assert nmi(labels[:200], found) > 0.95
 
 
 def test_umap_warm_starts_only_when_neighbourhoods_survive(umap_round, monkeypatch):

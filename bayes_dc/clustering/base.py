@@ -138,6 +138,16 @@ class ClusterBackend(ABC):
         raise ValueError(f"the {self.name} backend cannot assign new points to a fitted clustering "
                          "(needed by --two-views); use --prior dp")
 
+    #: what :meth:`novelty` returns: "probability" (in [0, 1], flag above ``novelty_threshold``) or "distance"
+    #: (>= 0, no probabilistic meaning, no flag)
+    novelty_kind: str = "distance"
+    novelty_threshold: float | None = None
+
+    def novelty(self, predictor: dict, x: torch.Tensor) -> torch.Tensor:
+        """How little the fit that produced ``predictor`` explains each new point x (B, d): (B,) float64, see
+        :attr:`novelty_kind`."""
+        raise ValueError(f"the {self.name} backend cannot score new points against a fitted clustering")
+
 
 def check_features(features: torch.Tensor | np.ndarray) -> torch.Tensor:
     """Return ``features`` as a float32 2-D tensor; clear errors for bad shape and NaN/inf rows."""

@@ -49,7 +49,7 @@ class KMeansBackend(ClusterBackend):
         if not sharded:
             km = self._train(_host(points), seed)
             dist, assign = km.index.search(_host(points), 1)
-            obj = km.obj
+            obj, centroids = km.obj, km.centroids
         else:
             trained = None
             if self.dist.is_main:
@@ -76,8 +76,23 @@ class KMeansBackend(ClusterBackend):
             seconds=seconds,
             permutation=None,
             state=None,
+            predictor={"centroids": torch.from_numpy(np.array(centroids, dtype=np.float32))},
             info={"empty_clusters": int((counts == 0).sum())},
         ).validate()
+
+    def responsibilities(self, predictor: dict, x: torch.Tensor,
+                         allowed: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The nearest centroid of each new point x (B, d), as top-1 "responsibilities" (B, 1) of value 1."""
+        centroids = predictor["centroids"].numpy()
+        ids = np.arange(len(centroids)) if allowed is None else np.flatnonzero(allowed.cpu().numpy())
+        _, nearest = _nearest(centroids[ids], _host(x))
+        index = torch.from_numpy(ids[nearest].astype(np.int64)).to(x.device)
+        return torch.ones(index.shape, dtype=torch.float32, device=x.device), index
+
+    def novelty(self, predictor: dict, x: torch.Tensor) -> torch.Tensor:
+        """Euclidean distance (B,) of each new point x (B, d) to its nearest centroid: not a probability."""
+        sq_dist, _ = _nearest(predictor["centroids"].numpy(), _host(x))
+        return torch.from_numpy(np.sqrt(np.maximum(sq_dist[:, 0], 0.0)).astype(np.float64))
 
     def _train(self, xs: np.ndarray, seed: int):
         """A trained ``faiss.Kmeans`` on xs (N, d) float32 (DeepCluster's settings, see the module docstring)."""

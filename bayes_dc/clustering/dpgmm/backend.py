@@ -9,6 +9,7 @@ import torch
 
 from ..base import ClusterBackend, ClusterResult, active_mask, check_features
 from .engine import DPGMM, check_choice, predict_responsibilities
+from .predictive import NOVELTY_THRESHOLD, new_component_probability
 from .sharded import ShardedDPGMM
 
 INFERENCES = ("cavi", "svi")
@@ -54,6 +55,17 @@ class DPGMMBackend(ClusterBackend):
                          allowed: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         topk = self.engine_kwargs.get("topk", 8)
         return predict_responsibilities(predictor, x, topk, allowed)
+
+    novelty_kind = "probability"
+    novelty_threshold = NOVELTY_THRESHOLD
+
+    def novelty(self, predictor: dict, x: torch.Tensor) -> torch.Tensor:
+        """P(x starts a new component | the fit) (B,): the Chinese-restaurant "new table" probability
+        (:mod:`.predictive`)."""
+        if "predictive" not in predictor:
+            raise ValueError("this DP fit was saved before fits kept their predictive distributions; it cannot "
+                             "score novelty (train the run again with this version)")
+        return new_component_probability(predictor, x)[0]
 
     def fit(self, features: torch.Tensor, *, seed: int, warm_state: Any = None) -> ClusterResult:
         # the engine runs check_features; convert only, so the (N, d) finiteness scan happens once

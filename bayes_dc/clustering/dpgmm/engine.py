@@ -600,7 +600,23 @@ class DPGMM(VariationalMixture):
         and the data shift. Small (K d^2 floats for full covariance) and checkpointable."""
         live = self.live_components()
         return {"covariance": self.covariance, "dim": int(self._x.shape[1]), "live": live.cpu(),
-                "shift": self._shift.cpu(), "operator": [t.cpu() for t in self.logit_operator(live)]}
+                "shift": self._shift.cpu(), "operator": [t.cpu() for t in self.logit_operator(live)],
+                "predictive": self._predictive(live)}
+
+    def _predictive(self, live: torch.Tensor) -> dict:
+        """What :func:`.predictive.new_component_probability` needs: the q rows (centred coordinates) and
+        log E[pi_k] of the live components, the prior row a new component starts from (the base prior, without the
+        pseudo-counts of ``warm_start="prior"``) and the log of the stick mass the live components leave over."""
+        def rows(c: Components, ids: torch.Tensor) -> dict:
+            return {key: getattr(c, key)[ids].cpu() for key in ("m", "kappa", "dof", "scale")}
+        weights = self.weights_.to(torch.float64)
+        prior = self._prior if self._prior.shared else self._base_prior
+        left = float(1.0 - weights[live].sum())
+        # a saturated truncation (every component live) leaves nothing; the last weight stands in for the tail
+        left = max(left, float(weights[-1]), 1e-300)
+        return {"components": rows(self._state.q.components, live), "log_weights": weights[live].log().cpu(),
+                "prior": rows(prior.components, torch.zeros(1, dtype=torch.int64, device=live.device)),
+                "log_new_weight": math.log(left)}
 
     def _warn_cluster_count(self) -> None:
         k_active = int(active_mask(self.weights_.cpu().numpy()).sum())
