@@ -35,8 +35,7 @@ def torch_threads_kept() -> Iterator[None]:
     try:
         yield
     finally:
-        if torch.get_num_threads() != threads:
-            torch.set_num_threads(threads)
+        torch.set_num_threads(threads)   # also MKL's count, which numba leaves alone
 
 
 __all__ = ["set_threads", "torch_threads_kept"]
