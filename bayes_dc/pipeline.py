@@ -104,10 +104,9 @@ def validate(cfg: Config) -> None:
                          "Use --targets hard with --prior kmeans, or --prior dp")
     if tr.relabel not in RELABEL_RULES:
         raise ValueError(f"unknown --relabel {tr.relabel!r}; choose one of {list(RELABEL_RULES)}")
-    if tr.two_views and (c.prior != "dp" or cfg.reduce == "umap"):
+    if tr.two_views and c.prior != "dp":
         raise ValueError("--two-views assigns augmented views to the round's clusters on the fly, which needs the DP "
-                         "posterior (--prior dp) and a clustering space new points can be mapped into (--reduce pumap, "
-                         "pca or none, not umap)")
+                         "posterior: use --prior dp")
     if tr.space_weight > 0 and not (tr.two_views and cfg.reduce == "pumap"):
         raise ValueError("--space-weight trains the trunk with the parametric space's loss on two views of each image; "
                          "it needs --two-views and --reduce pumap (or set --space-weight 0)")

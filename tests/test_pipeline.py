@@ -152,7 +152,6 @@ def test_existing_run_directory_is_never_overwritten(tiny_config):
 @pytest.mark.parametrize("overrides, message", [
     ({"cluster": {"prior": "gmm"}}, "choose one of"),
     ({"cluster": {"prior": "kmeans"}, "train": {"two_views": True}}, "--two-views"),
-    ({"features": {"reduce": "umap"}, "train": {"two_views": True}}, "--two-views"),
     ({"targets": {"head": "keep"}}, "identities"),
     ({"cluster": {"prior": "dp"}, "train": {"two_views": True, "space_weight": 1.0}}, "--reduce pumap"),
     ({"cluster": {"prior": "dp"}, "features": {"reduce": "pumap"}, "train": {"space_weight": float("nan")}},

@@ -91,3 +91,15 @@ def test_linear_probe_command_scores_a_run(tmp_path):
     assert result["linear_probe_acc"] > 0.8 and result["test_images"] == 100  # synthetic clusters are separable
     missing = run_script("experiments/linear_probe.py", tmp_path / "nope")
     assert missing.returncode == 2 and "last.pt" in missing.stderr
+
+
+def test_bench_space_tiny_rows_per_space_and_round():
+    out = run_script("experiments/bench_space.py", "--synthetic", "1500", "--dim", "16", "--spaces", "kmeans", "pumap",
+                     "--warm-rounds", "1", "--truncation", "20", "--new", "100", "--threads", "1")
+    assert out.returncode == 0, out.stderr
+    rows = [line.split("|")[1:-1] for line in out.stdout.splitlines() if line.startswith("| kmeans") or
+            line.startswith("| pumap")]
+    assert [(r[0].strip(), r[1].strip()) for r in rows] == [("kmeans", "cold"), ("pumap", "cold"),
+                                                            ("pumap", "warm 1")]
+    assert rows[0][4].strip() == "1.0"                            # k-means is the baseline of the ratio column
+    assert rows[-1][8].strip() != "–"                             # pumap maps and assigns new points

@@ -652,22 +652,37 @@ class DPGMM(VariationalMixture):
         """The ELBO of the current state."""
         return self._state.value
 
-    # -- entry for externally fitted posteriors (Pyro SVI) ---------------------------------------------------
-    def fit_from_params(self, x: torch.Tensor, q: DPGMMParams, history: list[float]) -> "DPGMM":
-        """Finish a posterior fitted elsewhere (means in input coordinates): one top-k E-step over all components
-        from ``q``, the closed-form M-step, then the same sort/prune as :meth:`fit`. ``history`` is stored as given."""
+    # -- entry for posteriors fitted elsewhere (Pyro SVI, ``pyro_model.fit_svi``) ----------------------------
+    def svi_start(self, x: torch.Tensor, *, seed: int = 0, warm_state: Any = None
+                  ) -> tuple[DPGMMParams, DPGMMPrior, torch.Tensor, torch.Tensor]:
+        """The start a CAVI fit would iterate from, for SVI: (q, prior, shift, live).
+
+        Runs :meth:`fit`'s initialisation (cold: k-means++ seeding and CAVI with moves on the subsample; warm: the
+        M-step of the previous responsibilities), scales the statistics to all N points (the cold start's come from
+        the subsample) and takes one closed-form M-step. q and the prior are in coordinates centred on ``shift``
+        (d,) (the data mean); ``live`` (K,) are the ids of the components holding any responsibility.
+        """
         x = check_features(x)
-        start = time.perf_counter()
-        self._setup(x)
-        self._seed, self.init_elbo_, self.gemm_seconds_, self.elbo_comparable_ = 0, None, 0.0, True
-        q = replace(q, components=replace(q.components, m=q.components.m.to(x.device, torch.float64) - self._shift))
-        # only q and the origins of this placeholder state are read by the first E-step
-        self._state = FitState(None, q, None, math.nan, None, None, None, torch.arange(self.truncation, device=x.device))
-        self._e_step(live=torch.arange(self.truncation, device=x.device))
+        self._fit_start = time.perf_counter()
+        self._initialize(x, seed, warm_state)
+        stats = self._state.stats
+        stats = stats.scaled(self._n_total / float(stats.counts.sum()))
+        q = m_step(self.family, stats, self._prior, self._state.q)
+        return q, self._prior, self._shift.double(), (stats.counts > 0).nonzero()[:, 0]
+
+    def svi_finish(self, q: DPGMMParams, history: list[float], converged: bool) -> "DPGMM":
+        """Finish from a posterior q fitted after :meth:`svi_start` (same coordinates): one top-k E-step over all
+        T components, the closed-form M-step, then the same sort/prune as :meth:`fit`. ``history`` is stored as
+        given (SVI's per-step ELBO estimates)."""
+        state = self._state
+        # only q and the origins of this state are read by the E-step; the responsibilities it replaces are those
+        # of the start, so the change is not a convergence signal here
+        self._state = FitState(None, q, None, math.nan, None, None, None, state.origin)
+        self._e_step(live=torch.arange(self.truncation, device=self._x.device))
         self._m_step()
-        self.history_, self.n_iter_, self.converged_ = list(history), len(history), True
+        self.history_, self.n_iter_, self.converged_ = list(history), len(history), bool(converged)
         self.lower_bound_ = self._finalize()
-        self.fit_seconds_ = time.perf_counter() - start
+        self.fit_seconds_ = time.perf_counter() - self._fit_start
         return self
 
     def params_in_input_coordinates(self) -> DPGMMParams:
