@@ -125,8 +125,9 @@ def test_the_default_configuration_killed_anywhere_resumes_to_the_uninterrupted_
     """A clean stop after epoch 0, then four SIGKILLs of the resumed run, each at another point: inside a non-relabel
     epoch (the first epoch after a resume that does not cluster), inside a checkpoint write (between its renames),
     between epochs, and inside a relabel's clustering. Every number of metrics.jsonl, the lineage and the final
-    weights equal the uninterrupted run's. On the commit before issue 18 the epoch-1 loss already differed (the
-    uninterrupted run trained it on umap-learn's thread count, the resumed one on --threads)."""
+    weights equal the uninterrupted run's. On f98c803 (before issue 18) it fails from the first loss on: a process's
+    first UMAP fit left torch on numba's thread count, so the runs trained on 1 or 2 threads depending on what the
+    process had done before (BENCHMARKS.md section 10)."""
     runs = tmp_path / "runs"
     pipeline.run(merge(default_tiny, {"run": {"name": "alone"}}))
     cfg = merge(default_tiny, {"run": {"name": "killed"}})
