@@ -41,9 +41,11 @@ from .distributed import Distributed, check_batch_size, convert_sync_batchnorm, 
     shutdown, wrap_ddp
 from .lineage import round_lineage
 from .models import ARCHS, build_model, new_head
+from .option_ranges import check_ranges
 from .reduce import Reduction, make_reducer
 from .runlog import ReadOnlyRunDir, RunDir, graceful_interrupt, run_path, save_checkpoint
 from .targets import TARGET_KINDS, Targets, build_targets, sample_epoch
+from .threads import set_threads
 from .train import SwappedViews, train_epoch
 
 HEAD_POLICIES = typing.get_args(HeadPolicy)
@@ -85,6 +87,7 @@ class RunDiverged(FloatingPointError):
 def validate(cfg: Config) -> None:
     """Reject a bad configuration before anything is written (clear message naming the option)."""
     c, t, tr = cfg.cluster, cfg.targets, cfg.train
+    check_ranges(cfg)   # every numeric option: finite and in range
     if cfg.model.arch not in ARCHS:
         raise ValueError(f"unknown --arch {cfg.model.arch!r}; choose one of {sorted(ARCHS)}")
     if c.prior not in BACKENDS:
@@ -101,24 +104,12 @@ def validate(cfg: Config) -> None:
                          "Use --targets hard with --prior kmeans, or --prior dp")
     if tr.relabel not in RELABEL_RULES:
         raise ValueError(f"unknown --relabel {tr.relabel!r}; choose one of {list(RELABEL_RULES)}")
-    if not 0 < tr.relabel_agreement <= 1 or tr.relabel_max_gap < 1:
-        raise ValueError("--relabel-agreement must be in (0, 1] and --relabel-max-gap >= 1")
-    if tr.epochs < 1 or cfg.relabel_every < 1:
-        raise ValueError(f"--epochs ({tr.epochs}) and --relabel-every ({cfg.relabel_every}) must be >= 1")
-    if tr.batch_size < 2:
-        raise ValueError(f"--batch-size must be >= 2 (batch norm), got {tr.batch_size}")
-    if tr.lr <= 0:
-        raise ValueError(f"--lr must be > 0, got {tr.lr}")
     if tr.two_views and c.prior != "dp":
         raise ValueError("--two-views assigns augmented views to the round's clusters on the fly, which needs the DP "
                          "posterior: use --prior dp")
-    if not (math.isfinite(tr.space_weight) and tr.space_weight >= 0):
-        raise ValueError(f"--space-weight must be a finite number >= 0, got {tr.space_weight}")
     if tr.space_weight > 0 and not (tr.two_views and cfg.reduce == "pumap"):
         raise ValueError("--space-weight trains the trunk with the parametric space's loss on two views of each image; "
                          "it needs --two-views and --reduce pumap (or set --space-weight 0)")
-    if cfg.data.num_workers < 0:
-        raise ValueError(f"--num-workers must be >= 0 (0: decode in the main process), got {cfg.data.num_workers}")
 
 
 def _head_outputs(cfg: Config) -> int:
@@ -181,10 +172,7 @@ def setup(cfg: Config) -> RunContext:
     dist, device = init_from_env(cfg.run.device)
     if dist.active:
         check_distributed(cfg, dist.world)
-    if cfg.run.threads:  # parallel runs on one machine must not each grab every core
-        torch.set_num_threads(cfg.run.threads)
-        import faiss
-        faiss.omp_set_num_threads(cfg.run.threads)
+    set_threads(cfg.run.threads)  # parallel runs on one machine must not each grab every core
     train_set, eval_set = _load_data(cfg)
     check_sizes(cfg, train_set, eval_set, dist.world)
     if cfg.run.tensorboard:
@@ -321,7 +309,7 @@ def load_split(cfg: Config, split: str, subset: int | None):
         raise ValueError(f"--memory-budget-gb must be > 0 (or None: 8), got {d.memory_budget_gb}")
     return load_dataset(d.dataset, split, root=d.data_root, subset=subset, seed=cfg.run.seed,
                         image_size=d.image_size, download=d.download, streaming=d.streaming, memory_budget=budget,
-                        num_workers=d.num_workers)
+                        num_workers=d.num_workers, progress=cfg.run.progress)
 
 
 def _load_data(cfg: Config):

@@ -34,6 +34,7 @@ import torch
 from .preprocess import Whitener
 from .reduction import Reducer, Reduction
 from .space import make_parametric_umap
+from .threads import torch_threads_kept
 
 # Share of sampled neighbours that must survive between rounds for UMAP to start from the previous layout.
 UMAP_WARM_OVERLAP = 0.5
@@ -138,7 +139,8 @@ class UMAPReducer(Reducer):
         model = umap.UMAP(n_components=self.dim, n_neighbors=self.n_neighbors, min_dist=self.min_dist,
                           init=init, n_epochs=n_epochs, random_state=int(seed) % (2**31 - 1), n_jobs=1,
                           verbose=False)
-        with warnings.catch_warnings():
+        # umap-learn's numba resets torch's thread count when it ends (bayes_dc.threads); give it back
+        with warnings.catch_warnings(), torch_threads_kept():
             warnings.filterwarnings("ignore", message=".*n_jobs.*")
             embedding = model.fit_transform(pcs).astype(np.float32)                                   # (N, dim)
         if not np.isfinite(embedding).all():

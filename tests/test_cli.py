@@ -8,11 +8,13 @@ import sys
 import typing
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from bayes_dc import config as C
 from bayes_dc.cli import CLIError, config_from_args, list_presets, one_line, to_args
 from bayes_dc.config import OPTIONS, Config
+from bayes_dc.option_ranges import RANGES, check_ranges, parse_interval
 
 ROOT = Path(__file__).resolve().parent.parent
 HINTS = {name: typing.get_type_hints(type(getattr(Config(), section)))[name] for name, (section, _) in OPTIONS.items()}
@@ -223,3 +225,75 @@ def test_unused_options_follow_backend_and_conditions():
 def test_flat_option_names_are_unique_across_sections():
     names = [f.name for s in dataclasses.fields(Config) for f in dataclasses.fields(s.default_factory)]
     assert len(names) == len(set(names)) == len(OPTIONS)
+
+
+# ---- numeric ranges (bayes_dc.option_ranges) -----------------------------------------------------------------
+
+
+def base_type(tp):
+    """``int | None`` -> int; ``tuple[float, float]`` stays as it is."""
+    return [a for a in typing.get_args(tp) if a is not type(None)][0] if optional(tp) else tp
+
+
+def numeric(tp) -> bool:
+    """int / float options, optional or not, and tuples of them (bool is not numeric here)."""
+    base = base_type(tp)
+    if typing.get_origin(base) is tuple:
+        return all(a in (int, float) for a in typing.get_args(base))
+    return base in (int, float)
+
+
+def test_every_numeric_option_has_a_range_and_every_default_lies_in_it():
+    assert set(RANGES) == {name for name in OPTIONS if numeric(HINTS[name])}
+    check_ranges(Config())
+
+
+def outside(name: str) -> list:
+    """Values of option ``name`` just outside its range, and NaN and infinity for floats (tuples: the first value)."""
+    low, high, low_in, high_in = parse_interval(RANGES[name])
+    base = base_type(HINTS[name])
+    is_tuple = typing.get_origin(base) is tuple
+    is_int = base is int
+    step = 1 if is_int else 1e-6
+    bad = [low - step if low_in else low] + ([high + step if high_in else high] if high != float("inf") else [])
+    if not is_int:
+        bad += [float("nan"), float("inf")]
+    return [(v, 0.5) if is_tuple else v for v in bad]
+
+
+@pytest.mark.parametrize("name", sorted(RANGES))
+def test_a_numeric_option_outside_its_range_is_refused_by_validate_naming_it(name):
+    from bayes_dc.pipeline import validate
+
+    section = OPTIONS[name][0]
+    for value in outside(name):
+        with pytest.raises(ValueError, match=f"^--{name.replace('_', '-')} must be "):
+            validate(C.merge(Config(), {section: {name: value}}))
+
+
+# ---- --no-progress -----------------------------------------------------------------------------------------------
+
+TQDM_BAR = re.compile(r"\d+%\||\d+/\d+ \[|it/s\]|s/it\]")   # "40%|", "3/5 [", rates
+
+
+def test_no_progress_silences_every_bar_including_the_image_loading_one(tmp_path, capsys, monkeypatch):
+    """A short run on an image folder: with --progress it shows bars (loading, epochs, steps), with --no-progress
+    none at all. The folder is small, so the loading bar's size threshold is lowered to show it."""
+    from PIL import Image
+
+    from bayes_dc.data import imagefolder
+    from test_errors import run_py
+
+    rng = np.random.default_rng(0)
+    for i in range(24):
+        Image.fromarray(rng.integers(0, 256, (16, 16), dtype=np.uint8)).save(tmp_path / f"{i:02d}.png")
+    monkeypatch.setattr(imagefolder, "_PROGRESS_THRESHOLD", 0)
+    argv = ["--dataset", "imagefolder", "--data-root", str(tmp_path), "--image-size", "16", "--eval-split", "none",
+            "--width", "4", "--epochs", "1", "--batch-size", "8", "--prior", "kmeans", "--k", "3", "--pca-dim", "4",
+            "--no-figures", "--threads", "1", "--out-dir", str(tmp_path / "runs")]
+    assert run_py.main([*argv, "--name", "bars", "--progress"]) == 0
+    shown = capsys.readouterr().err
+    assert f"loading {tmp_path}" in shown and TQDM_BAR.search(shown)      # the check below can fail
+    assert run_py.main([*argv, "--name", "quiet", "--no-progress"]) == 0
+    quiet = capsys.readouterr().err
+    assert not TQDM_BAR.search(quiet) and "loading" not in quiet, quiet

@@ -39,6 +39,19 @@ def run_main(capsys, argv: list[str]) -> tuple[int, str]:
     (["--reduce", "umap", "--reduce-dim", "59"], "--reduce-dim 59 must be below N - 1 = 59"),
     (["--num-workers", "-1"], "--num-workers must be >= 0"),
     (["--memory-budget-gb", "0"], "--memory-budget-gb must be > 0"),
+    # numeric options: not finite or out of range (bayes_dc.option_ranges), refused before the run directory
+    (["--lr", "nan"], "--lr must be > 0 (a finite number), got nan"),
+    (["--lr", "inf"], "--lr must be > 0 (a finite number), got inf"),
+    (["--lr", "0"], "--lr must be > 0 (a finite number), got 0.0"),
+    (["--head-lr", "-0.5"], "--head-lr must be > 0"),
+    (["--weight-decay", "-0.1"], "--weight-decay must be >= 0"),
+    (["--weight-decay", "nan"], "--weight-decay must be >= 0 (a finite number), got nan"),
+    (["--momentum", "1"], "--momentum must be >= 0 and < 1"),
+    (["--momentum", "-inf"], "--momentum must be >= 0 and < 1"),
+    (["--crop-scale", "0", "1"], "--crop-scale must be each value > 0 and <= 1 (a finite number), got 0.0 1.0"),
+    (["--prior", "dp", "--alpha", "nan"], "--alpha must be > 0"),
+    (["--seed", "-1"], "--seed must be >= 0 (an integer), got -1"),
+    (["--knn-k", "0"], "--knn-k must be >= 1"),
 ])
 def test_a_run_that_cannot_work_fails_before_writing(tmp_path, capsys, options, named):
     code, err = run_main(capsys, [*TINY, *options, "--out-dir", str(tmp_path / "runs"), "--name", "bad"])

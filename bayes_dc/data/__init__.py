@@ -113,7 +113,8 @@ STREAMABLE = ("imagefolder",)   # datasets read file by file, which can therefor
 
 def load_dataset(name: str, split: str = "train", *, root: str | None = None, subset: int | None = None,
                  seed: int = 0, image_size: int | None = None, download: bool = True, streaming: str = "auto",
-                 memory_budget: int | None = None, num_workers: int = 0) -> ImageDataset | StreamingImageFolder:
+                 memory_budget: int | None = None, num_workers: int = 0,
+                 progress: bool = True) -> ImageDataset | StreamingImageFolder:
     """Load a registered dataset into memory, or open it for streaming when it is too large.
 
     Args:
@@ -131,6 +132,7 @@ def load_dataset(name: str, split: str = "train", *, root: str | None = None, su
             others are always in memory (``"always"`` is an error for them).
         memory_budget: bytes for ``"auto"``; None = ``DEFAULT_MEMORY_BUDGET`` (8 GiB).
         num_workers: DataLoader worker processes that decode image files (imagefolder, both paths).
+        progress: a progress bar while a large image folder is decoded into memory (``--no-progress``: none).
 
     Returns:
         ImageDataset with ``images`` (N, C, H, W) uint8 and ``labels`` (N,) int64 or None; or a
@@ -161,4 +163,4 @@ def load_dataset(name: str, split: str = "train", *, root: str | None = None, su
     size = DEFAULT_IMAGE_SIZE if image_size is None else image_size
     if use_streaming(streaming, in_memory_nbytes(len(listing), size), memory_budget):
         return StreamingImageFolder(listing, image_size=size, num_workers=num_workers)
-    return listing_in_memory(listing, size, num_workers)
+    return listing_in_memory(listing, size, num_workers, progress)

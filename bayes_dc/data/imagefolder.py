@@ -314,7 +314,7 @@ def _ignore_sigint(worker_id: int) -> None:
     """DataLoader worker start: leave Ctrl-C to the main process.
 
     A terminal's Ctrl-C signals the whole process group; a worker that died of it would fail the epoch
-    that ``runlog.graceful_interrupt`` is letting finish. The main process stops its workers itself.
+    that ``interrupts.graceful_interrupt`` is letting finish. The main process stops its workers itself.
     """
     del worker_id
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -338,8 +338,10 @@ def iterate_decoded(batches: DecodedBatches, num_workers: int = 0, pin_memory: b
     yield from loader
 
 
-def read_images(listing: FolderListing, image_size: int, channels: int, num_workers: int = 0) -> torch.Tensor:
-    """Every image of ``listing``, evaluation view, as one ``(N, C, S, S)`` uint8 tensor.
+def read_images(listing: FolderListing, image_size: int, channels: int, num_workers: int = 0,
+                progress: bool = True) -> torch.Tensor:
+    """Every image of ``listing``, evaluation view, as one ``(N, C, S, S)`` uint8 tensor (``progress``: a bar for
+    large folders).
 
     Raises UnreadableImagesError listing every file that could not be decoded.
     """
@@ -347,7 +349,8 @@ def read_images(listing: FolderListing, image_size: int, channels: int, num_work
     images = torch.empty((n, channels, image_size, image_size), dtype=torch.uint8)
     failures: list[tuple[str, str]] = []
     decoded = DecodedBatches(listing, np.arange(n), _DECODE_BATCH, image_size, channels)
-    for b, (batch, bad) in enumerate(iterate_decoded(decoded, num_workers, progress=f"loading {listing.directory}")):
+    desc = f"loading {listing.directory}" if progress else None
+    for b, (batch, bad) in enumerate(iterate_decoded(decoded, num_workers, progress=desc)):
         images[b * _DECODE_BATCH:b * _DECODE_BATCH + len(batch)] = batch
         failures += bad
     if failures:
@@ -355,13 +358,14 @@ def read_images(listing: FolderListing, image_size: int, channels: int, num_work
     return images
 
 
-def listing_in_memory(listing: FolderListing, image_size: int, num_workers: int = 0) -> ImageDataset:
+def listing_in_memory(listing: FolderListing, image_size: int, num_workers: int = 0,
+                      progress: bool = True) -> ImageDataset:
     """Decode every file of ``listing`` into an in-memory ImageDataset, (N, C, S, S) uint8.
 
     C is 1 when every image is greyscale, else 3 (grey images are replicated to RGB).
     """
     channels = folder_channels(listing, np.arange(len(listing)))
-    images = read_images(listing, image_size, channels, num_workers)
+    images = read_images(listing, image_size, channels, num_workers, progress)
     return ImageDataset(images, listing.labels, "imagefolder", listing.classes, source=str(listing.directory))
 
 
