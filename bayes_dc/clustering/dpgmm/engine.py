@@ -293,13 +293,12 @@ class DPGMM(VariationalMixture):
         self.mover = MoveRunner(self)
 
     def check_warm_state(self, warm_state: Any, n: int, d: int) -> None:
-        """Raise ValueError when ``warm_state`` does not fit features of shape (n, d) or this truncation."""
+        """Raise ValueError when ``warm_state`` does not fit features of shape (n, d) or this truncation. The
+        dimension may change: a warm start goes through the responsibilities, which any new features of the same
+        points can take (the parametric space drops the directions its encoder stopped using)."""
         if not isinstance(warm_state, dict) or warm_state.get("version") != STATE_VERSION:
             raise ValueError("warm_state is not a DP-GMM state (expected the `state` of a previous dp ClusterResult); "
                              "pass warm_state=None for a cold start")
-        if warm_state["dim"] != d:
-            raise ValueError(f"warm_state was fitted on d={warm_state['dim']} features but these have d={d}; keep "
-                             "--pca-dim fixed across rounds or start cold (--warm-start none)")
         if warm_state["n_points"] != n:
             raise ValueError(f"warm_state holds responsibilities for N={warm_state['n_points']} points but got N={n}; "
                              "use the same points in the same order every round")
