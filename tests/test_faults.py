@@ -164,10 +164,14 @@ def test_the_default_configuration_twice_with_the_default_threads_gives_the_same
     from conftest, so the float sums are split over threads): every number of metrics.jsonl and every weight equal.
     The first run also pays numba's compilation of UMAP, so the two do not start from the same process state."""
     cfg = merge(default_tiny, {"run": {"threads": None}})
-    assert torch.get_num_threads() > 1
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)   # what conftest sets; an earlier test's --threads 1 run may have left 1
     runs = Path(cfg.run.out_dir)
-    for name in ("first", "second"):
-        pipeline.run(merge(cfg, {"run": {"name": name}}))
+    try:
+        for name in ("first", "second"):
+            pipeline.run(merge(cfg, {"run": {"name": name}}))
+    finally:
+        torch.set_num_threads(threads)
     assert comparable(runs / "second") == comparable(runs / "first")
     assert same_weights(runs / "second", runs / "first")
 

@@ -85,7 +85,6 @@ def test_rebased_first_layer_gives_the_same_outputs_in_a_rotated_frame():
 
 @pytest.fixture(scope="module")
 def pumap_round():
-    torch.set_num_threads(1)
     x, labels = blobs(n_per=80, k=4, dim=20)
     reducer = ParametricUMAPReducer(dim=2, pca_dim=8, n_neighbors=10, hidden=32, epochs=6, warm_epochs=6,
                                     batch_size=256)
