@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from .preprocess import Whitener
-from .reduction import Reducer, Reduction
+from .reduction import Reducer, Reduction, check_umap_options
 from .space import make_parametric_umap
 from .threads import torch_threads_kept
 
@@ -103,12 +103,7 @@ class UMAPReducer(Reducer):
     maps_novel_points_apart = False
 
     def __init__(self, dim: int = 10, pca_dim: int = 50, n_neighbors: int = 20, min_dist: float = 0.0):
-        if dim < 1 or pca_dim < 1:
-            raise ValueError(f"UMAP needs --reduce-dim >= 1 and --pca-dim >= 1, got {dim} and {pca_dim}")
-        if n_neighbors < 2:
-            raise ValueError(f"--umap-neighbors must be >= 2, got {n_neighbors}")
-        if min_dist < 0:
-            raise ValueError(f"--umap-min-dist must be >= 0, got {min_dist}")
+        check_umap_options(dim, pca_dim, n_neighbors, min_dist, "umap")
         self.dim, self.pca_dim, self.n_neighbors, self.min_dist = int(dim), int(pca_dim), int(n_neighbors), min_dist
 
     def reduce(self, features: torch.Tensor, *, seed: int, warm_state: dict | None = None) -> Reduction:

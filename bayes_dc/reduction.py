@@ -43,4 +43,15 @@ class Reducer(ABC):
         raise ValueError(f"--reduce {self.name} cannot map new points into a fitted space; use --reduce pca or none")
 
 
-__all__ = ["Reducer", "Reduction"]
+def check_umap_options(dim: int, pca_dim: int, n_neighbors: int, min_dist: float, space: str) -> None:
+    """ValueError naming the option when UMAP's settings (shared by ``--reduce umap`` and ``pumap``) are out of
+    range."""
+    if dim < 1 or pca_dim < 1:
+        raise ValueError(f"--reduce {space} needs --reduce-dim >= 1 and --pca-dim >= 1, got {dim} and {pca_dim}")
+    if n_neighbors < 2:
+        raise ValueError(f"--umap-neighbors must be >= 2, got {n_neighbors}")
+    if min_dist < 0:
+        raise ValueError(f"--umap-min-dist must be >= 0, got {min_dist}")
+
+
+__all__ = ["Reducer", "Reduction", "check_umap_options"]

@@ -38,7 +38,7 @@ import scipy.sparse
 import torch
 
 from .preprocess import Whitener
-from .reduction import Reducer, Reduction
+from .reduction import Reducer, Reduction, check_umap_options
 
 #: Share of an encoder fit's steps over which the learning rate warms up (:func:`train_encoder`).
 WARMUP_SHARE = 0.05
@@ -240,12 +240,7 @@ class ParametricUMAPReducer(Reducer):
     def __init__(self, dim: int = 10, pca_dim: int = 50, n_neighbors: int = 20, min_dist: float = 0.0, *,
                  hidden: int = 128, epochs: int = 10, warm_epochs: int = 3, negative_rate: int = 5,
                  batch_size: int = 2048, lr: float = 3e-3, device: torch.device | None = None):
-        if dim < 1 or pca_dim < 1:
-            raise ValueError(f"--reduce pumap needs --reduce-dim >= 1 and --pca-dim >= 1, got {dim} and {pca_dim}")
-        if n_neighbors < 2:
-            raise ValueError(f"--umap-neighbors must be >= 2, got {n_neighbors}")
-        if min_dist < 0:
-            raise ValueError(f"--umap-min-dist must be >= 0, got {min_dist}")
+        check_umap_options(dim, pca_dim, n_neighbors, min_dist, "pumap")
         if epochs < 1 or warm_epochs < 0 or hidden < 1:
             raise ValueError(f"--pumap-epochs must be >= 1, --pumap-warm-epochs >= 0 and --pumap-hidden >= 1, got "
                              f"{epochs}, {warm_epochs} and {hidden}")
