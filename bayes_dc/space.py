@@ -42,7 +42,7 @@ from .reduction import Reducer, Reduction, check_umap_options
 
 #: Share of an encoder fit's steps over which the learning rate warms up (:func:`train_encoder`).
 WARMUP_SHARE = 0.05
-#: log2(k) calibration of UMAP's smooth kNN distances is solved to this relative tolerance (bisection).
+#: Bisection steps solving the log2(k) calibration of UMAP's smooth kNN distances (umap-learn uses 64 too).
 SIGMA_BISECTION_STEPS = 64
 
 
@@ -125,21 +125,19 @@ def fuzzy_graph(distances: torch.Tensor, indices: torch.Tensor) -> scipy.sparse.
 
 
 def umap_loss(head: torch.Tensor, tail: torch.Tensor, a: float, b: float, negative_rate: int,
-              generator: torch.Generator, negatives: torch.Tensor | None = None) -> torch.Tensor:
+              generator: torch.Generator) -> torch.Tensor:
     """UMAP's fuzzy-set cross-entropy on a batch of sampled edges (B, d) -> scalar.
 
     Each edge (head_i, tail_i) is a positive pair (target similarity 1); ``negative_rate`` shuffles of the tails
-    give negative pairs (target 0), as parametric UMAP does; or, with ``negatives`` (M, d), embeddings of points
-    drawn uniformly (UMAP's own negative sampling), ``negative_rate`` random ones per edge. With ``t = a * d^(2b)`` the similarity is ``1/(1+t)``,
-    so ``-log q = softplus(log t)`` and ``-log(1-q) = softplus(-log t)``, stable at d -> 0 and d -> inf.
+    give negative pairs (target 0), as parametric UMAP does (UMAP's own uniform negatives scored no better:
+    BENCHMARKS.md 8.1). With ``t = a * d^(2b)`` the similarity is ``1/(1+t)``, so ``-log q = softplus(log t)`` and ``-log(1-q) = softplus(-log t)``, stable at d -> 0 and d -> inf.
     """
     def log_t(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return math.log(a) + b * torch.log((x - y).pow(2).sum(1) + 1e-6)
 
     attract = torch.nn.functional.softplus(log_t(head, tail))                          # (B,)
-    pool = tail if negatives is None else negatives
-    shuffled = torch.cat([torch.randperm(len(pool), generator=generator)[:len(head)] for _ in range(negative_rate)])
-    repel = torch.nn.functional.softplus(-log_t(head.repeat(negative_rate, 1), pool[shuffled]))   # (rB,)
+    shuffled = torch.cat([torch.randperm(len(tail), generator=generator) for _ in range(negative_rate)])
+    repel = torch.nn.functional.softplus(-log_t(head.repeat(negative_rate, 1), tail[shuffled]))   # (rB,)
     return (attract.sum() + repel.sum()) / len(head)
 
 
@@ -190,10 +188,9 @@ class EdgeSampler:
 
 
 def train_encoder(encoder: torch.nn.Module, inputs: torch.Tensor, sampler: EdgeSampler, *, epochs: int,
-                  a: float, b: float, negative_rate: int, batch_size: int, lr: float, generator: torch.Generator,
-                  edges_per_epoch: int | None = None, uniform_negatives: bool = False) -> list[float]:
-    """Adam on :func:`umap_loss` over ``epochs`` passes of ``edges_per_epoch`` sampled edges (default: the number
-    of edges). ``inputs`` (N, p) lie on the encoder's device. Returns the mean loss of each epoch.
+                  a: float, b: float, negative_rate: int, batch_size: int, lr: float,
+                  generator: torch.Generator) -> list[float]:
+    """Adam on :func:`umap_loss` over ``epochs`` passes of as many sampled edges as the graph has. ``inputs`` (N, p) lie on the encoder's device. Returns the mean loss of each epoch.
 
     The learning rate warms up linearly over the first ``WARMUP_SHARE`` of the steps and then decays linearly to 0
     (UMAP's own SGD decays linearly too): a fresh Adam takes steps of about ``lr`` per weight whatever the gradient,
@@ -201,8 +198,7 @@ def train_encoder(encoder: torch.nn.Module, inputs: torch.Tensor, sampler: EdgeS
     """
     device = inputs.device
     optimizer = torch.optim.Adam(encoder.parameters(), lr=lr)
-    per_epoch = edges_per_epoch or len(sampler)
-    steps = max(1, per_epoch // batch_size)
+    steps = max(1, len(sampler) // batch_size)
     total_steps, warmup = steps * epochs, max(1, int(WARMUP_SHARE * steps * epochs))
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda t: min((t + 1) / warmup, max(0.0, (total_steps - t) / max(1, total_steps - warmup))))
@@ -211,11 +207,8 @@ def train_encoder(encoder: torch.nn.Module, inputs: torch.Tensor, sampler: EdgeS
         total = 0.0
         for _ in range(steps):
             head, tail = sampler.sample(batch_size, generator)
-            rows = [head, tail]
-            if uniform_negatives:
-                rows.append(torch.randint(len(inputs), (batch_size,), generator=generator))
-            out = encoder(inputs[torch.cat(rows).to(device)]).split(batch_size)
-            loss = umap_loss(out[0], out[1], a, b, negative_rate, generator, out[2] if uniform_negatives else None)
+            both = encoder(inputs[torch.cat([head, tail]).to(device)])
+            loss = umap_loss(both[:batch_size], both[batch_size:], a, b, negative_rate, generator)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -256,14 +249,16 @@ class ParametricUMAPReducer(Reducer):
             raise ValueError(f"--reduce pumap with --umap-neighbors {self.n_neighbors} needs more than "
                              f"{self.n_neighbors} points, got N={n}; lower --umap-neighbors")
         device = self.device or features.device
-        whitener = Whitener(dim=self.pca_dim, whiten=False, l2=False)
-        pcs = whitener.fit_transform(features, device)                                   # (N, p)
-        mean, basis = whitener.folded_projection(torch.device("cpu"))                    # (F,), (F, p)
+        features = features.to(device)
+        mean, basis = Whitener(dim=self.pca_dim, whiten=False, l2=False).fit(features, device).folded_projection(
+            torch.device("cpu"))                                                          # (F,), (F, p)
         # one scale for all components (not whitening, which would blow up the noise directions): inputs of unit
         # mean variance per component whatever the trunk's feature scale (a random-init vgg-small's are ~0.02, which
         # left the first layer's biases in charge and the encoder's output of rank < d)
-        scale = pcs.pow(2).sum(1).mean().div(pcs.shape[1]).sqrt().clamp_min(1e-12)
-        pcs, basis = pcs / scale, basis / scale.cpu()
+        unscaled = project(features, mean, basis)
+        scale = unscaled.pow(2).sum(1).mean().div(basis.shape[1]).sqrt().clamp_min(1e-12)
+        basis = basis / scale.cpu()
+        pcs = project(features, mean, basis)                                              # (N, p), as transform does
         distances, indices = knn_search(pcs, self.n_neighbors)
         sampler = EdgeSampler(fuzzy_graph(distances, indices))
 
@@ -287,8 +282,7 @@ class ParametricUMAPReducer(Reducer):
         out_mean, out_whiten = output_whitening(raw)
         state = {"mean": mean, "basis": basis, "encoder": weights, "out_mean": out_mean, "out_whiten": out_whiten,
                  "loss": history}
-        with torch.no_grad():   # the same map as for new points, so a training image is assigned as it was clustered
-            points = self.transform(features.to(device), state)
+        points = whiten_output(raw, state)
         info = {"reduce_dim": int(points.shape[1]), "pumap_warm": warm, "pumap_epochs": epochs, "pumap_edges": len(sampler),
                 "pumap_loss": history[-1] if history else None}
         return Reduction(points.to(features.device), state, time.perf_counter() - start, info)
@@ -296,9 +290,19 @@ class ParametricUMAPReducer(Reducer):
     def transform(self, features: torch.Tensor, state: dict | None) -> torch.Tensor:
         if state is None:
             raise ValueError("--reduce pumap has no fitted encoder yet (transform before the first round)")
-        device = features.device
-        pcs = (features.float() - state["mean"].to(device)) @ state["basis"].to(device)
-        return (encode(state["encoder"], pcs) - state["out_mean"].to(device)) @ state["out_whiten"].to(device)
+        pcs = project(features, state["mean"], state["basis"])
+        return whiten_output(encode(state["encoder"], pcs), state)
+
+
+# reduce and transform share these two steps (and encode), so a training image is mapped as it was clustered
+def project(features: torch.Tensor, mean: torch.Tensor, basis: torch.Tensor) -> torch.Tensor:
+    """Features (B, F) in a round's scaled PCA frame (B, p)."""
+    return (features.float() - mean.to(features.device)) @ basis.to(features.device)
+
+
+def whiten_output(raw: torch.Tensor, state: dict) -> torch.Tensor:
+    """Encoder outputs (B, dim) -> the round's points (B, d'), with its :func:`output_whitening`."""
+    return (raw - state["out_mean"].to(raw.device)) @ state["out_whiten"].to(raw.device)
 
 
 def output_whitening(points: torch.Tensor, floor: float = 1e-6) -> tuple[torch.Tensor, torch.Tensor]:
