@@ -184,7 +184,7 @@ def setup(cfg: Config) -> RunContext:
     rundir, start = _open_run_dir(cfg, dist)
 
     torch.manual_seed(derive_seed(cfg.run.seed, "init"))
-    model = _build_model(cfg, train_set.num_channels).to(device)
+    model = build_run_model(cfg, train_set.num_channels).to(device)
     if dist.active:
         model = convert_sync_batchnorm(model, device)
     mean, std = train_set.mean_std()
@@ -232,7 +232,9 @@ def _open_run_dir(cfg: Config, dist: Distributed) -> tuple[RunDir, dict | None]:
     return rundir, start
 
 
-def _build_model(cfg: Config, channels: int) -> torch.nn.Module:
+def build_run_model(cfg: Config, channels: int) -> torch.nn.Module:
+    """The model ``cfg`` describes for images of ``channels`` (trunk, optional projection, head); shared by a run and
+    by ``load_run``, so a loaded checkpoint always finds the architecture it was saved from."""
     m = cfg.model
     return build_model(m.arch, channels, sobel=m.sobel, width=cfg.width, num_outputs=_head_outputs(cfg),
                        projection_dim=m.projection_dim if cfg.features.cluster_on == "projection" else 0,
@@ -286,7 +288,7 @@ def _check_architecture(cfg: Config, channels: int, size: int) -> None:
     """A forward pass of two (channels, size, size) images through the model on the meta device (shapes only)."""
     def fits(side: int) -> bool:
         with torch.device("meta"):
-            model = _build_model(cfg, channels).eval()
+            model = build_run_model(cfg, channels).eval()
             try:
                 model(torch.zeros(2, channels, side, side))
             except RuntimeError:
@@ -597,4 +599,4 @@ def _save_final(ctx: RunContext, reduction: Reduction, result: ClusterResult) ->
 
 
 __all__ = ["RunContext", "RunDiverged", "RunInterrupted", "run", "setup", "validate", "check_sizes", "load_split",
-           "derive_seed", "resolve_device", "permute_head", "install_head", "Distributed"]
+           "derive_seed", "resolve_device", "permute_head", "install_head", "build_run_model", "Distributed"]

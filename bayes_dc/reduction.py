@@ -32,6 +32,9 @@ class Reducer(ABC):
     #: whether each process of a multi-process run may reduce its own rows (its sums going through an all-reduce);
     #: otherwise the pipeline gathers every row to every process first (``bayes_dc.distributed``).
     shardable = False
+    #: whether :meth:`transform` can place a new point away from every training point (a function of the features);
+    #: False for a layout whose out-of-sample map interpolates between training points, where novelty is blind
+    maps_novel_points_apart = True
 
     @abstractmethod
     def reduce(self, features: torch.Tensor, *, seed: int, warm_state: dict | None = None) -> Reduction:

@@ -29,7 +29,7 @@ from .config import Config
 from .data.transforms import centre_crop_resize
 from .features import normalize
 from .jsonl import read_jsonl
-from .pipeline import FINAL_CHECKPOINT, FINAL_FORMAT, _build_model, resolve_device
+from .pipeline import FINAL_CHECKPOINT, FINAL_FORMAT, build_run_model, resolve_device
 from .reduce import Reducer, make_reducer
 from .runlog import CheckpointError, load_checkpoint
 
@@ -63,7 +63,7 @@ class TrainedRun:
         meta = checkpoint["input"]
         self.channels, self.image_size = int(meta["channels"]), int(meta["image_size"])
         self.mean, self.std = meta["mean"].float(), meta["std"].float()
-        self.model = _build_model(config, self.channels)
+        self.model = build_run_model(config, self.channels)
         self.model.load_state_dict(checkpoint["model"])
         self.model.to(device).eval()
         self.trunk = self.model.trunk
@@ -131,7 +131,7 @@ class TrainedRun:
         score = self.backend.novelty(self.predictor, points).cpu().numpy()
         threshold = self.backend.novelty_threshold
         warning = None
-        if not getattr(self.reducer, "maps_novel_points_apart", True):
+        if not self.reducer.maps_novel_points_apart:
             warning = (f"this run clusters in a --reduce {self.reducer.name} space, which places new images among or "
                        f"between the training images' embeddings, never away from them: novelty misses many images "
                        f"unlike the training images there (BENCHMARKS.md section 9)")
