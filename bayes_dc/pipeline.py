@@ -180,7 +180,7 @@ def setup(cfg: Config) -> RunContext:
     backend = make_backend(cfg.cluster, device)
     if dist.active:   # each rank fits on its own rows (checked by check_distributed)
         backend.dist = dist
-    reducer = make_reducer(cfg, allreduce=dist.all_reduce if dist.active else None, device=device)
+    reducer = make_reducer(cfg, allreduce=dist.all_reduce if dist.active else None, device=device, dist=dist)
     rundir, start = _open_run_dir(cfg, dist)
 
     torch.manual_seed(derive_seed(cfg.run.seed, "init"))

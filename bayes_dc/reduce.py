@@ -203,7 +203,8 @@ def neighbor_overlap(before: np.ndarray, after: np.ndarray) -> float:
 
 REDUCERS: dict[str, Callable[..., Reducer]] = {
     "none": lambda cfg, **_: IdentityReducer(),
-    "pca": lambda cfg, **kw: PCAReducer(dim=cfg.pca_dim, whiten=cfg.features.whiten, l2=cfg.features.l2, **kw),
+    "pca": lambda cfg, allreduce=None, device=None, **_: PCAReducer(
+        dim=cfg.pca_dim, whiten=cfg.features.whiten, l2=cfg.features.l2, allreduce=allreduce, device=device),
     "umap": lambda cfg, **_: UMAPReducer(dim=cfg.features.reduce_dim, pca_dim=cfg.pca_dim,
                                          n_neighbors=cfg.features.umap_neighbors,
                                          min_dist=cfg.features.umap_min_dist),
@@ -212,14 +213,14 @@ REDUCERS: dict[str, Callable[..., Reducer]] = {
 
 
 def make_reducer(cfg: Any, *, allreduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
-                 device: torch.device | None = None) -> Reducer:
+                 device: torch.device | None = None, dist: Any = None) -> Reducer:
     """The reducer named by ``cfg.reduce`` (``--reduce``, else the prior's default) for a
-    :class:`bayes_dc.config.Config` (its ``pca_dim`` property resolves the PCA dimension in force). ``allreduce`` and ``device``: see :class:`PCAReducer` (the
-    other reducers need neither)."""
+    :class:`bayes_dc.config.Config` (its ``pca_dim`` property resolves the PCA dimension in force). ``allreduce`` and ``device``: see :class:`PCAReducer`;
+    ``dist`` (a :class:`~bayes_dc.distributed.Distributed`): the processes the parametric space is sharded over."""
     name = cfg.reduce
     if name not in REDUCERS:
         raise ValueError(f"unknown --reduce {name!r}; choose one of {sorted(REDUCERS)}")
-    return REDUCERS[name](cfg, allreduce=allreduce, device=device)
+    return REDUCERS[name](cfg, allreduce=allreduce, device=device, dist=dist)
 
 
 __all__ = ["REDUCERS", "IdentityReducer", "PCAReducer", "Reducer", "Reduction", "UMAPReducer", "make_reducer", "nearest_neighbors",

@@ -37,6 +37,7 @@ import numpy as np
 import scipy.sparse
 import torch
 
+from .distributed import Distributed
 from .preprocess import Whitener
 from .reduction import Reducer, Reduction, check_umap_options
 
@@ -44,6 +45,9 @@ from .reduction import Reducer, Reduction, check_umap_options
 WARMUP_SHARE = 0.05
 #: Bisection steps solving the log2(k) calibration of UMAP's smooth kNN distances (umap-learn uses 64 too).
 SIGMA_BISECTION_STEPS = 64
+#: Edges whose tails are shuffled into each other's negatives (:func:`negative_positions`); the unit of work a rank
+#: of a multi-process encoder fit takes.
+NEGATIVE_BLOCK = 256
 
 
 def fit_ab(min_dist: float, spread: float = 1.0) -> tuple[float, float]:
@@ -57,29 +61,31 @@ def fit_ab(min_dist: float, spread: float = 1.0) -> tuple[float, float]:
     return float(a), float(b)
 
 
-def knn_search(points: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Exact k nearest neighbours of every row of ``points`` (N, p) among all rows, itself included (first).
+def knn_search(points: torch.Tensor, k: int, rows: tuple[int, int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Exact k nearest neighbours of the rows ``rows = (start, stop)`` of ``points`` (N, p) (default: every row)
+    among all rows, itself included (first).
 
-    Returns (distances (N, k) float32 Euclidean, indices (N, k) int64) on the CPU. faiss ``IndexFlatL2``; on a GPU
-    when ``points`` are on one and faiss was built with GPU support.
+    Returns (distances (M, k) float32 Euclidean, indices (M, k) int64 into ``points``) on the CPU, M = stop -
+    start. faiss ``IndexFlatL2``; on a GPU when ``points`` are on one and faiss was built with GPU support. Under
+    torchrun each rank queries its own rows against the index of the gathered points (the search is the cost; the
+    index is N x p floats).
     """
     import faiss
 
     x = np.ascontiguousarray(points.detach().float().cpu().numpy())
+    start, stop = rows if rows is not None else (0, len(x))
     index = faiss.IndexFlatL2(x.shape[1])
     if points.is_cuda and hasattr(faiss, "StandardGpuResources"):
         index = faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), points.device.index or 0, index)
     index.add(x)
-    sq_dist, idx = index.search(x, k)
+    sq_dist, idx = index.search(x[start:stop], k)
     # a duplicate point can come before the point itself: put each row's own id first
-    own = idx[:, 0] != np.arange(len(x))
-    if own.any():
-        rows = np.flatnonzero(own)
-        for r in rows:
-            where = np.flatnonzero(idx[r] == r)
-            j = where[0] if len(where) else k - 1
-            idx[r, 1:j + 1], sq_dist[r, 1:j + 1] = idx[r, :j].copy(), sq_dist[r, :j].copy()
-            idx[r, 0], sq_dist[r, 0] = r, 0.0
+    ids = np.arange(start, stop)
+    for r in np.flatnonzero(idx[:, 0] != ids):
+        where = np.flatnonzero(idx[r] == ids[r])
+        j = where[0] if len(where) else k - 1
+        idx[r, 1:j + 1], sq_dist[r, 1:j + 1] = idx[r, :j].copy(), sq_dist[r, :j].copy()
+        idx[r, 0], sq_dist[r, 0] = ids[r], 0.0
     return torch.from_numpy(np.sqrt(np.maximum(sq_dist, 0))), torch.from_numpy(idx.astype(np.int64))
 
 
@@ -113,32 +119,60 @@ def smooth_knn(distances: torch.Tensor) -> torch.Tensor:
 
 def fuzzy_graph(distances: torch.Tensor, indices: torch.Tensor) -> scipy.sparse.coo_matrix:
     """UMAP's symmetric fuzzy graph (N, N) from a kNN search (column 0 = the point itself): the fuzzy union
-    ``W + W^T - W * W^T`` of the directed membership strengths (:func:`smooth_knn`)."""
+    ``W + W^T - W * W^T`` (:func:`fuzzy_union`) of the directed membership strengths (:func:`smooth_knn`)."""
+    return fuzzy_union(smooth_knn(distances), indices)
+
+
+def fuzzy_union(strengths: torch.Tensor, indices: torch.Tensor) -> scipy.sparse.coo_matrix:
+    """The fuzzy union ``W + W^T - W * W^T`` (N, N) of directed strengths (N, k-1) to ``indices[:, 1:]`` (N, k)."""
     n, k = indices.shape
-    strengths = smooth_knn(distances).numpy()                                          # (N, k-1)
     rows = np.repeat(np.arange(n), k - 1)
-    directed = scipy.sparse.csr_matrix((strengths.ravel(), (rows, indices[:, 1:].numpy().ravel())), shape=(n, n))
+    directed = scipy.sparse.csr_matrix((strengths.numpy().ravel(), (rows, indices[:, 1:].numpy().ravel())),
+                                       shape=(n, n))
     transpose = directed.T.tocsr()
     graph = directed + transpose - directed.multiply(transpose)
     graph.eliminate_zeros()
     return graph.tocoo()
 
 
-def umap_loss(head: torch.Tensor, tail: torch.Tensor, a: float, b: float, negative_rate: int,
-              generator: torch.Generator) -> torch.Tensor:
-    """UMAP's fuzzy-set cross-entropy on a batch of sampled edges (B, d) -> scalar.
+def umap_loss(head: torch.Tensor, tail: torch.Tensor, a: float, b: float, negatives: torch.Tensor,
+              normaliser: int) -> torch.Tensor:
+    """UMAP's fuzzy-set cross-entropy on a batch of sampled edges (B, d), summed and divided by ``normaliser``.
 
-    Each edge (head_i, tail_i) is a positive pair (target similarity 1); ``negative_rate`` shuffles of the tails
-    give negative pairs (target 0), as parametric UMAP does (UMAP's own uniform negatives scored no better:
-    BENCHMARKS.md 8.1). With ``t = a * d^(2b)`` the similarity is ``1/(1+t)``, so ``-log q = softplus(log t)`` and ``-log(1-q) = softplus(-log t)``, stable at d -> 0 and d -> inf.
+    Each edge (head_i, tail_i) is a positive pair (target similarity 1); each row of ``negatives`` (r, B) pairs
+    head_i with ``tail[negatives[j, i]]`` as a negative (target 0): shuffled tails, as parametric UMAP does (UMAP's
+    own uniform negatives scored no better: BENCHMARKS.md 8.1). With ``t = a * d^(2b)`` the similarity is
+    ``1/(1+t)``, so ``-log q = softplus(log t)`` and ``-log(1-q) = softplus(-log t)``, stable at d -> 0 and d -> inf.
     """
     def log_t(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return math.log(a) + b * torch.log((x - y).pow(2).sum(1) + 1e-6)
 
     attract = torch.nn.functional.softplus(log_t(head, tail))                          # (B,)
-    shuffled = torch.cat([torch.randperm(len(tail), generator=generator) for _ in range(negative_rate)])
-    repel = torch.nn.functional.softplus(-log_t(head.repeat(negative_rate, 1), tail[shuffled]))   # (rB,)
-    return (attract.sum() + repel.sum()) / len(head)
+    rate = negatives.shape[0]
+    repel = torch.nn.functional.softplus(-log_t(head.repeat(rate, 1), tail[negatives.reshape(-1)]))   # (rB,)
+    return (attract.sum() + repel.sum()) / normaliser
+
+
+def negative_positions(batch: int, rate: int, generator: torch.Generator) -> torch.Tensor:
+    """Positions (rate, batch) of the negative partners of a batch's edges: ``rate`` shuffles of the tails within
+    each block of ``NEGATIVE_BLOCK`` consecutive edges (the last block may be shorter).
+
+    Blocks, rather than the whole batch, so that a rank of a multi-process fit holds every partner of its edges:
+    ranks take whole blocks (:func:`rank_blocks`), and the batch, its negatives and so the gradient sum are those of
+    one process whatever the number of processes.
+    """
+    keys = torch.rand(rate, batch, generator=generator)
+    block = torch.arange(batch) // NEGATIVE_BLOCK
+    # sort by (block, random key): a uniform shuffle within every block at once
+    order = torch.argsort(block.double() * 2 + keys.double(), dim=1)
+    return order
+
+
+def rank_blocks(batch: int, rank: int, world: int) -> tuple[int, int]:
+    """This rank's positions ``(lo, hi)`` of a global batch: a contiguous run of whole negative blocks."""
+    blocks = -(-batch // NEGATIVE_BLOCK)
+    bounds = np.cumsum([0] + [len(part) for part in np.array_split(np.arange(blocks), world)])
+    return min(batch, int(bounds[rank]) * NEGATIVE_BLOCK), min(batch, int(bounds[rank + 1]) * NEGATIVE_BLOCK)
 
 
 def new_encoder(in_dim: int, hidden: int, out_dim: int, generator: torch.Generator) -> torch.nn.Sequential:
@@ -189,28 +223,50 @@ class EdgeSampler:
 
 def train_encoder(encoder: torch.nn.Module, inputs: torch.Tensor, sampler: EdgeSampler, *, epochs: int,
                   a: float, b: float, negative_rate: int, batch_size: int, lr: float,
-                  generator: torch.Generator) -> list[float]:
-    """Adam on :func:`umap_loss` over ``epochs`` passes of as many sampled edges as the graph has. ``inputs`` (N, p) lie on the encoder's device. Returns the mean loss of each epoch.
+                  generator: torch.Generator, dist: Distributed | None = None) -> list[float]:
+    """Adam on :func:`umap_loss` over ``epochs`` passes of as many sampled edges as the graph has. ``inputs`` (N, p)
+    lie on the encoder's device. Returns the mean loss of each epoch.
 
     The learning rate warms up linearly over the first ``WARMUP_SHARE`` of the steps and then decays linearly to 0
     (UMAP's own SGD decays linearly too): a fresh Adam takes steps of about ``lr`` per weight whatever the gradient,
     which on a warm encoder silenced ReLUs wholesale and left the embedding of rank < d.
+
+    Data-parallel under torchrun (``dist``): every rank draws the same global batch from the same generator, encodes
+    and back-propagates only its blocks of it (:func:`rank_blocks`), and the gradients are summed over the ranks
+    (one all-reduce a step, as DDP does), so every rank takes the one-process step up to the order of float sums.
     """
+    dist = dist or Distributed()
     device = inputs.device
     optimizer = torch.optim.Adam(encoder.parameters(), lr=lr)
     steps = max(1, len(sampler) // batch_size)
     total_steps, warmup = steps * epochs, max(1, int(WARMUP_SHARE * steps * epochs))
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda t: min((t + 1) / warmup, max(0.0, (total_steps - t) / max(1, total_steps - warmup))))
+    lo, hi = rank_blocks(batch_size, dist.rank, dist.world)
+    params = list(encoder.parameters())
+    for p in params:                                  # a rank without edges in a batch still all-reduces zeros
+        p.grad = torch.zeros_like(p)
     history = []
     for _ in range(epochs):
         total = 0.0
         for _ in range(steps):
             head, tail = sampler.sample(batch_size, generator)
-            both = encoder(inputs[torch.cat([head, tail]).to(device)])
-            loss = umap_loss(both[:batch_size], both[batch_size:], a, b, negative_rate, generator)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            negatives = negative_positions(batch_size, negative_rate, generator)[:, lo:hi] - lo
+            optimizer.zero_grad(set_to_none=False)
+            if hi > lo:
+                both = encoder(inputs[torch.cat([head[lo:hi], tail[lo:hi]]).to(device)])
+                loss = umap_loss(both[:hi - lo], both[hi - lo:], a, b, negatives.to(device), batch_size)
+                loss.backward()
+                loss = loss.detach()
+            else:
+                loss = torch.zeros((), device=device)
+            if dist.active:
+                flat = dist.all_reduce(torch.cat([p.grad.reshape(-1) for p in params] + [loss.reshape(1)]))
+                offset = 0
+                for p in params:
+                    p.grad.copy_(flat[offset:offset + p.numel()].view_as(p))
+                    offset += p.numel()
+                loss = flat[-1]
             optimizer.step()
             schedule.step()
             total += loss.item()
@@ -223,16 +279,22 @@ class ParametricUMAPReducer(Reducer):
 
     State (checkpointable, and what :meth:`transform` needs): ``{"mean": (F,), "basis": (F, p), "encoder":
     {name: tensor}, "out_mean": (d,), "out_whiten": (d, d), "loss": [per-epoch loss]}``: the points are the
-    encoder's outputs, whitened (:func:`output_whitening`). Under torchrun the pipeline gathers every row to every process
-    (``shardable = False``): each builds the same graph and trains the same encoder from the same seed, so a
-    multi-process round equals the one-process round, and each process keeps its own rows' points.
+    encoder's outputs, whitened (:func:`output_whitening`).
+
+    Under torchrun (``dist``) every step is sharded (``shardable``): each rank gets its own rows' features; the PCA,
+    the input scale and the output whitening are all-reduced sums; the kNN graph is built from the gathered PCs (N x
+    p, the one gathered thing: one faiss index, each rank querying its own rows); the encoder trains data-parallel
+    (:func:`train_encoder`); each rank encodes its own rows. A multi-process round is the one-process round up to the
+    order of float sums.
     """
 
     name = "pumap"
+    shardable = True
 
     def __init__(self, dim: int = 10, pca_dim: int = 50, n_neighbors: int = 20, min_dist: float = 0.0, *,
                  hidden: int = 128, epochs: int = 10, warm_epochs: int = 3, negative_rate: int = 5,
-                 batch_size: int = 2048, lr: float = 3e-3, device: torch.device | None = None):
+                 batch_size: int = 2048, lr: float = 3e-3, device: torch.device | None = None,
+                 dist: Distributed | None = None):
         check_umap_options(dim, pca_dim, n_neighbors, min_dist, "pumap")
         if epochs < 1 or warm_epochs < 0 or hidden < 1:
             raise ValueError(f"--pumap-epochs must be >= 1, --pumap-warm-epochs >= 0 and --pumap-hidden >= 1, got "
@@ -241,26 +303,35 @@ class ParametricUMAPReducer(Reducer):
         self.hidden, self.epochs, self.warm_epochs = int(hidden), int(epochs), int(warm_epochs)
         self.negative_rate, self.batch_size, self.lr, self.device = int(negative_rate), int(batch_size), lr, device
         self.a, self.b = fit_ab(min_dist)
+        self.dist = dist or Distributed()
 
     def reduce(self, features: torch.Tensor, *, seed: int, warm_state: dict | None = None) -> Reduction:
+        """The round's points (M, d') for this process's rows ``features`` (M, F) (all N rows in one process)."""
         start = time.perf_counter()
-        n = features.shape[0]
+        dist = self.dist
+        sizes = torch.zeros(dist.world, dtype=torch.int64)
+        sizes[dist.rank] = features.shape[0]
+        sizes = dist.all_reduce(sizes)
+        n, first = int(sizes.sum()), int(sizes[:dist.rank].sum())          # N, and where this rank's rows start
         if n <= self.n_neighbors:
             raise ValueError(f"--reduce pumap with --umap-neighbors {self.n_neighbors} needs more than "
                              f"{self.n_neighbors} points, got N={n}; lower --umap-neighbors")
         device = self.device or features.device
         features = features.to(device)
-        mean, basis = Whitener(dim=self.pca_dim, whiten=False, l2=False).fit(features, device).folded_projection(
-            torch.device("cpu"))                                                          # (F,), (F, p)
+        allreduce = dist.all_reduce if dist.active else None
+        mean, basis = Whitener(dim=self.pca_dim, whiten=False, l2=False, allreduce=allreduce).fit(
+            features, device).folded_projection(torch.device("cpu"))                     # (F,), (F, p)
         # one scale for all components (not whitening, which would blow up the noise directions): inputs of unit
         # mean variance per component whatever the trunk's feature scale (a random-init vgg-small's are ~0.02, which
         # left the first layer's biases in charge and the encoder's output of rank < d)
-        unscaled = project(features, mean, basis)
-        scale = unscaled.pow(2).sum(1).mean().div(basis.shape[1]).sqrt().clamp_min(1e-12)
-        basis = basis / scale.cpu()
-        pcs = project(features, mean, basis)                                              # (N, p), as transform does
-        distances, indices = knn_search(pcs, self.n_neighbors)
-        sampler = EdgeSampler(fuzzy_graph(distances, indices))
+        square_sum = dist.all_reduce(project(features, mean, basis).double().pow(2).sum().reshape(1).cpu())
+        basis = basis / (square_sum / (n * basis.shape[1])).sqrt().clamp_min(1e-12).float()
+        own = project(features, mean, basis)                                              # (M, p), as transform does
+        # every rank holds all N PCs (N x p, small beside the features): the kNN index, and the tails and negatives
+        # its edges reach; it queries and smooths only its own rows, and the graph is the union of all ranks' rows
+        pcs = dist.gather_rows(own)                                                       # (N, p)
+        distances, indices = knn_search(pcs, self.n_neighbors, rows=(first, first + own.shape[0]))
+        sampler = EdgeSampler(fuzzy_union(dist.gather_rows(smooth_knn(distances)), dist.gather_rows(indices)))
 
         generator = torch.Generator().manual_seed(int(seed))
         encoder = new_encoder(pcs.shape[1], self.hidden, self.dim, generator)
@@ -272,14 +343,14 @@ class ParametricUMAPReducer(Reducer):
         with torch.enable_grad():
             history = train_encoder(encoder, pcs, sampler, epochs=epochs, a=self.a, b=self.b,
                                     negative_rate=self.negative_rate, batch_size=min(self.batch_size, len(sampler)),
-                                    lr=self.lr, generator=generator)
+                                    lr=self.lr, generator=generator, dist=dist)
         weights = {k: v.detach().cpu().clone() for k, v in encoder.state_dict().items()}
         with torch.no_grad():
-            raw = encode(weights, pcs)                                                    # (N, dim)
-        if not torch.isfinite(raw).all():
+            raw = encode(weights, own)                                                    # (M, dim)
+        if not dist.all_reduce(torch.isfinite(raw).all().double().reshape(1)).item() == dist.world:
             raise ValueError("the parametric UMAP encoder produced non-finite coordinates; check the features "
                              "(NaN/inf rows) or use --reduce umap / pca")
-        out_mean, out_whiten = output_whitening(raw)
+        out_mean, out_whiten = output_whitening(raw, allreduce=allreduce)
         state = {"mean": mean, "basis": basis, "encoder": weights, "out_mean": out_mean, "out_whiten": out_whiten,
                  "loss": history}
         points = whiten_output(raw, state)
@@ -305,9 +376,11 @@ def whiten_output(raw: torch.Tensor, state: dict) -> torch.Tensor:
     return (raw - state["out_mean"].to(raw.device)) @ state["out_whiten"].to(raw.device)
 
 
-def output_whitening(points: torch.Tensor, floor: float = 1e-6) -> tuple[torch.Tensor, torch.Tensor]:
+def output_whitening(points: torch.Tensor, floor: float = 1e-6,
+                     allreduce: Callable[[torch.Tensor], torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(mean (d,), W (d, d')) with ``(points - mean) @ W`` of identity covariance: PCA whitening onto the d' <= d
-    directions whose variance exceeds ``floor`` x the largest.
+    directions whose variance exceeds ``floor`` x the largest. ``allreduce`` sums the moments over the processes
+    that each hold some rows of ``points`` (M, d).
 
     With min_dist 0, UMAP's loss rewards pulling a cluster onto a point; a parametric encoder can do that exactly
     (saturated ReLUs), and its output then spans fewer than d directions: the DP's data covariance, which scales
@@ -315,9 +388,14 @@ def output_whitening(points: torch.Tensor, floor: float = 1e-6) -> tuple[torch.T
     scaled from the data covariance is affine-invariant, so whitening changes nothing in the model; dropping the
     directions the encoder does not use keeps it well posed.
     """
+    def total(t: torch.Tensor) -> torch.Tensor:
+        return t if allreduce is None else allreduce(t)
+
     x = points.double()
-    mean = x.mean(0)
-    cov = torch.cov((x - mean).T).reshape(x.shape[1], x.shape[1])
+    n = total(torch.tensor([float(x.shape[0])], dtype=torch.float64, device=x.device))
+    mean = total(x.sum(0)) / n
+    centred = x - mean
+    cov = total(centred.T @ centred) / (n - 1)                                  # two passes, as Whitener
     eigvals, eigvecs = torch.linalg.eigh(cov)                                   # ascending
     keep = eigvals > floor * float(eigvals.max().clamp_min(1e-300))
     keep[-1] = True
@@ -341,14 +419,15 @@ def rebase_first_layer(previous: dict, mean: torch.Tensor, basis: torch.Tensor) 
     return weights
 
 
-def make_parametric_umap(cfg, *, device: torch.device | None = None,
+def make_parametric_umap(cfg, *, device: torch.device | None = None, dist: Distributed | None = None,
                          **_: Callable) -> ParametricUMAPReducer:
     """The ``pumap`` entry of :data:`bayes_dc.reduce.REDUCERS` for a :class:`bayes_dc.config.Config`."""
     f = cfg.features
     return ParametricUMAPReducer(dim=f.reduce_dim, pca_dim=cfg.pca_dim, n_neighbors=f.umap_neighbors,
                                  min_dist=f.umap_min_dist, hidden=f.pumap_hidden, epochs=f.pumap_epochs,
-                                 warm_epochs=f.pumap_warm_epochs, device=device)
+                                 warm_epochs=f.pumap_warm_epochs, device=device, dist=dist)
 
 
-__all__ = ["EdgeSampler", "ParametricUMAPReducer", "encode", "fit_ab", "fuzzy_graph", "knn_search",
-           "make_parametric_umap", "new_encoder", "rebase_first_layer", "smooth_knn", "train_encoder", "umap_loss"]
+__all__ = ["EdgeSampler", "ParametricUMAPReducer", "encode", "fit_ab", "fuzzy_graph", "fuzzy_union", "knn_search",
+           "make_parametric_umap", "negative_positions", "new_encoder", "rank_blocks", "rebase_first_layer",
+           "smooth_knn", "train_encoder", "umap_loss"]

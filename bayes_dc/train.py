@@ -9,7 +9,7 @@ from tqdm.auto import tqdm
 
 from .augment import standardize
 from .context import RunContext
-from .space import umap_loss
+from .space import negative_positions, umap_loss
 from .targets import ClusterLoss, Targets, swapped_targets
 
 
@@ -39,7 +39,8 @@ def space_loss(ctx: RunContext, z_a: torch.Tensor, z_b: torch.Tensor, views: Swa
     embeddings (B, P), so the ConvNet learns the neighbourhood structure the space is built from."""
     y_a = ctx.reducer.transform(z_a, views.reduce_state)
     y_b = ctx.reducer.transform(z_b, views.reduce_state)
-    return umap_loss(y_a, y_b, ctx.reducer.a, ctx.reducer.b, ctx.reducer.negative_rate, generator)
+    negatives = negative_positions(len(y_a), ctx.reducer.negative_rate, generator).to(y_a.device)
+    return umap_loss(y_a, y_b, ctx.reducer.a, ctx.reducer.b, negatives, len(y_a))
 
 
 def train_epoch(ctx: RunContext, targets: Targets, indices: torch.Tensor, *, generator: torch.Generator,

@@ -252,9 +252,11 @@ def test_a_ctrl_c_delivered_twice_at_once_is_one_stop_request():
 
 def test_two_process_round_zero_on_the_parametric_space_equals_the_one_process_round(tiny_config, tmp_path,
                                                                                       one_thread):
-    """--reduce pumap under torchrun: every rank gathers the features, builds the same kNN graph and trains the same
-    encoder from the same seed, keeps its own rows, and the DP is fitted on the shards with all-reduced statistics,
-    so round 0 gives the one-process labels (the clustered points are the same to the last bit on one thread)."""
+    """--reduce pumap under torchrun, sharded: each rank projects its own rows (all-reduced PCA sums), queries them
+    against the gathered PCs' kNN index, trains the encoder data-parallel on its blocks of every global edge batch
+    (summed gradients) and encodes its own rows; the DP is fitted on the shards with all-reduced statistics. The
+    same algorithm as one process up to the order of float sums: round 0 gives the one-process labels, and the
+    encoder's loss agrees to float32 rounding (measured: 7e-8 relative)."""
     cfg = merge(tiny_config, {"cluster": {"prior": "dp", "truncation": 20, "max_iter": 30, "tol": 1e-6},
                               "features": {"reduce": "pumap", "reduce_dim": 3, "pca_dim": 8, "umap_neighbors": 10,
                                            "pumap_hidden": 16, "pumap_epochs": 2},
@@ -267,5 +269,8 @@ def test_two_process_round_zero_on_the_parametric_space_equals_the_one_process_r
     a, b = (np.load(runs / n / "clusters" / "round_0000.npz") for n in ("one", "two"))
     assert np.array_equal(a["labels"], b["labels"]) and np.array_equal(a["resp_index"], b["resp_index"])
     one, two = read_jsonl(runs / "one" / "metrics.jsonl"), read_jsonl(runs / "two" / "metrics.jsonl")
-    assert two[0]["reduce_info"] == one[0]["reduce_info"]                   # the same encoder loss, to the bit
+    info_one, info_two = one[0]["reduce_info"], two[0]["reduce_info"]
+    assert info_two["pumap_loss"] == pytest.approx(info_one["pumap_loss"], rel=1e-5)
+    assert {k: v for k, v in info_two.items() if k != "pumap_loss"} == {k: v for k, v in info_one.items()
+                                                                         if k != "pumap_loss"}
     assert two[0]["objective"] == pytest.approx(one[0]["objective"], rel=1e-5)

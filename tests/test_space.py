@@ -177,3 +177,60 @@ def test_output_whitening_gives_identity_covariance_and_drops_collapsed_directio
     mean, whiten = output_whitening(collapsed)
     assert whiten.shape == (4, 2)
     torch.testing.assert_close(torch.cov(((collapsed - mean) @ whiten).T), torch.eye(2), atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("batch", [256, 1000, 2048, 37])
+def test_negative_partners_are_a_shuffle_within_each_block(batch):
+    """Every row of negative positions permutes each block of NEGATIVE_BLOCK edges onto itself, so a rank that holds
+    whole blocks holds every partner of its edges."""
+    from bayes_dc.space import NEGATIVE_BLOCK, negative_positions
+
+    positions = negative_positions(batch, 5, torch.Generator().manual_seed(0))
+    assert positions.shape == (5, batch)
+    for row in positions:
+        assert torch.equal(torch.sort(row).values, torch.arange(batch))            # a permutation
+        assert torch.equal(row // NEGATIVE_BLOCK, torch.arange(batch) // NEGATIVE_BLOCK)   # within blocks
+    assert not torch.equal(positions[0], positions[1])
+
+
+@pytest.mark.parametrize("batch, world", [(2048, 2), (2048, 3), (1000, 4), (300, 2), (200, 3)])
+def test_ranks_blocks_cover_the_batch_and_their_summed_gradient_is_the_one_process_gradient(batch, world):
+    """The data-parallel encoder step: ranks take contiguous whole blocks of the global batch (together all of it,
+    none twice; a rank may get none), and the sum of their losses and gradients, as the all-reduce forms it, equals
+    the one-process loss and gradient of the whole batch."""
+    from bayes_dc.space import negative_positions, rank_blocks, umap_loss
+
+    spans = [rank_blocks(batch, r, world) for r in range(world)]
+    assert spans[0][0] == 0 and spans[-1][1] == batch
+    assert all(spans[r][1] == spans[r + 1][0] for r in range(world - 1))
+    generator = torch.Generator().manual_seed(0)
+    encoder = new_encoder(6, 16, 3, generator)
+    inputs = torch.randn(500, 6, generator=generator)
+    head, tail = torch.randint(0, 500, (batch,), generator=generator), torch.randint(0, 500, (batch,), generator=generator)
+    negatives = negative_positions(batch, 5, generator)
+
+    def loss_and_grad(lo: int, hi: int) -> tuple[float, list[torch.Tensor]]:
+        encoder.zero_grad(set_to_none=True)
+        if hi == lo:
+            return 0.0, [torch.zeros_like(p) for p in encoder.parameters()]
+        both = encoder(inputs[torch.cat([head[lo:hi], tail[lo:hi]])])
+        loss = umap_loss(both[:hi - lo], both[hi - lo:], 1.9, 0.8, negatives[:, lo:hi] - lo, batch)
+        loss.backward()
+        return loss.item(), [p.grad.clone() for p in encoder.parameters()]
+
+    whole_loss, whole_grad = loss_and_grad(0, batch)
+    parts = [loss_and_grad(lo, hi) for lo, hi in spans]
+    assert sum(loss for loss, _ in parts) == pytest.approx(whole_loss, rel=1e-5)
+    for i, grad in enumerate(whole_grad):
+        torch.testing.assert_close(sum(g[i] for _, g in parts), grad, rtol=1e-4, atol=1e-6)
+
+
+def test_knn_search_of_a_row_range_is_those_rows_of_the_full_search():
+    """Under torchrun each rank queries its own rows against the gathered points: the same neighbours (global ids,
+    each point first) as those rows of one search over every row."""
+    x = torch.randn(120, 5, generator=torch.Generator().manual_seed(3))
+    x[70] = x[71]                                                  # a duplicate inside the range
+    full_d, full_i = knn_search(x, 6)
+    part_d, part_i = knn_search(x, 6, rows=(50, 90))
+    assert torch.equal(part_i, full_i[50:90]) and torch.allclose(part_d, full_d[50:90])
+    assert torch.equal(part_i[:, 0], torch.arange(50, 90))
