@@ -51,6 +51,8 @@ def parse_args(argv=None):
     p.add_argument("--spaces", nargs="+", default=["kmeans", "umap", "pumap"], choices=["kmeans", "umap", "pumap"])
     p.add_argument("--warm-rounds", type=int, default=2, help="warm rounds after the cold one")
     p.add_argument("--truncation", type=int, default=300)
+    p.add_argument("--pumap-epochs", type=int, default=10, help="encoder epochs of pumap's cold round")
+    p.add_argument("--pumap-warm-epochs", type=int, default=3, help="encoder epochs of pumap's warm rounds")
     p.add_argument("--new", type=int, default=10000, help="new points mapped and assigned (the spaces that can)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=None)
@@ -96,7 +98,8 @@ def main(argv=None) -> int:
         elif space == "umap":
             reducer, backend = UMAPReducer(10, 50, 20), DPGMMBackend(args.truncation, device=device)
         else:
-            reducer, backend = ParametricUMAPReducer(device=device), DPGMMBackend(args.truncation, device=device)
+            reducer = ParametricUMAPReducer(epochs=args.pumap_epochs, warm_epochs=args.pumap_warm_epochs, device=device)
+            backend = DPGMMBackend(args.truncation, device=device)
         reduce_state, warm = None, None
         for round_idx in range(1 + (0 if space == "kmeans" else args.warm_rounds)):
             t0 = time.perf_counter()
@@ -128,7 +131,8 @@ def main(argv=None) -> int:
                      f"{fmt(r.get('new_s'), 3)} |")
     what = (f"synthetic N={args.synthetic} d={args.dim}" if args.synthetic else
             f"Fashion-MNIST {args.subset} {'pixels' if args.pixels else ('trunk ' + (args.trunk or 'random-init'))}")
-    print(f"bench_space: {what} device={args.device} threads={args.threads} T={args.truncation}\n")
+    print(f"bench_space: {what} device={args.device} threads={args.threads} T={args.truncation} "
+          f"pumap epochs cold/warm={args.pumap_epochs}/{args.pumap_warm_epochs}\n")
     print("\n".join(lines))
     return 0
 
