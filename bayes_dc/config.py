@@ -45,6 +45,7 @@ TargetKind = Literal["hard", "soft", "multilabel"]
 HeadPolicy = Literal["reset", "keep"]
 RelabelRule = Literal["fixed", "adaptive"]
 Reduce = Literal["pca", "umap", "pumap", "none"]
+PumapInit = Literal["spectral", "random"]
 ClusterOn = Literal["trunk", "projection"]
 Augment = Literal["none", "crop-flip", "resized-crop"]
 Streaming = Literal["auto", "always", "never"]
@@ -111,6 +112,7 @@ class FeatureConfig:
     pumap_hidden: int = field(default=128, metadata=PUMAP_ONLY)  # hidden width of the parametric UMAP encoder (an MLP on the PCA of the features)
     pumap_epochs: int = field(default=10, metadata=PUMAP_ONLY)  # encoder epochs (passes over the graph's edges) of a cold round
     pumap_warm_epochs: int = field(default=3, metadata=PUMAP_ONLY)  # encoder epochs of a warm round (the encoder keeps its weights; only the graph is new)
+    pumap_init: PumapInit = field(default="spectral", metadata=PUMAP_ONLY)  # a cold encoder's start: regressed onto the kNN graph's spectral embedding (umap-learn's layout init), or random weights
 
 
 # Options whose default depends on --prior (BENCHMARKS.md sections 6-7). k-means keeps DeepCluster's whitened

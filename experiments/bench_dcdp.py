@@ -59,6 +59,7 @@ VARIANTS: dict[str, list[str]] = {
     "dp-scale1": ["--prior-scale", "1"],
     "dp-umap": ["--reduce", "umap"],
     "dp-pumap": ["--reduce", "pumap"],
+    "dp-pumap-random-init": ["--reduce", "pumap", "--pumap-init", "random"],
     "dp-pumap-r1": ["--reduce", "pumap", "--relabel", "fixed", "--relabel-every", "1"],
     "dp-pumap-two-views": ["--reduce", "pumap", "--two-views"],
     "dp-pumap-two-views-space": ["--reduce", "pumap", "--two-views", "--space-weight", "1"],

@@ -53,6 +53,8 @@ def parse_args(argv=None):
     p.add_argument("--truncation", type=int, default=300)
     p.add_argument("--pumap-epochs", type=int, default=10, help="encoder epochs of pumap's cold round")
     p.add_argument("--pumap-warm-epochs", type=int, default=3, help="encoder epochs of pumap's warm rounds")
+    p.add_argument("--pumap-init", default="spectral", choices=["spectral", "random"],
+                   help="pumap's cold encoder: regressed onto the graph's spectral embedding, or random weights")
     p.add_argument("--new", type=int, default=10000, help="new points mapped and assigned (the spaces that can)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=None)
@@ -98,7 +100,8 @@ def main(argv=None) -> int:
         elif space == "umap":
             reducer, backend = UMAPReducer(10, 50, 20), DPGMMBackend(args.truncation, device=device)
         else:
-            reducer = ParametricUMAPReducer(epochs=args.pumap_epochs, warm_epochs=args.pumap_warm_epochs, device=device)
+            reducer = ParametricUMAPReducer(epochs=args.pumap_epochs, warm_epochs=args.pumap_warm_epochs,
+                                            init=args.pumap_init, device=device)
             backend = DPGMMBackend(args.truncation, device=device)
         reduce_state, warm = None, None
         for round_idx in range(1 + (0 if space == "kmeans" else args.warm_rounds)):
@@ -132,7 +135,7 @@ def main(argv=None) -> int:
     what = (f"synthetic N={args.synthetic} d={args.dim}" if args.synthetic else
             f"Fashion-MNIST {args.subset} {'pixels' if args.pixels else ('trunk ' + (args.trunk or 'random-init'))}")
     print(f"bench_space: {what} device={args.device} threads={args.threads} T={args.truncation} "
-          f"pumap epochs cold/warm={args.pumap_epochs}/{args.pumap_warm_epochs}\n")
+          f"pumap epochs cold/warm={args.pumap_epochs}/{args.pumap_warm_epochs} init={args.pumap_init}\n")
     print("\n".join(lines))
     return 0
 

@@ -192,6 +192,8 @@ def test_literal_choices_agree_with_the_registries():
     assert set(typing.get_args(C.Covariance)) == set(dpgmm.COVARIANCES)
     assert set(typing.get_args(C.WarmStart)) == set(dpgmm.WARM_STARTS)
     assert set(typing.get_args(C.Reduce)) == set(REDUCERS)
+    from bayes_dc.space import PUMAP_INITS
+    assert set(typing.get_args(C.PumapInit)) == set(PUMAP_INITS)
     from bayes_dc.data import STREAMING_CHOICES
     from bayes_dc.features import MEMMAP_DTYPES
     assert set(typing.get_args(C.Streaming)) == set(STREAMING_CHOICES)

@@ -125,10 +125,11 @@ def test_a_warm_encoder_reaches_the_cold_loss_in_fewer_epochs(pumap_round):
 
 def test_a_warm_start_follows_a_rotated_pca_frame():
     """Features rotated between rounds (PCA refits a new basis): the rebased warm encoder starts at the loss the
-    cold run ended with, where a cold encoder starts far above it."""
+    cold run ended with, where a cold encoder from random weights starts far above it (random: the spectral start
+    would begin near the end loss too, and this test is about the rebase)."""
     x, _ = blobs(n_per=50, k=3, dim=10)
     reducer = ParametricUMAPReducer(dim=2, pca_dim=6, n_neighbors=10, hidden=32, epochs=6, warm_epochs=1,
-                                    batch_size=256)
+                                    batch_size=256, init="random")
     first = reducer.reduce(x, seed=0)
     rotation, _ = torch.linalg.qr(torch.randn(10, 10, generator=torch.Generator().manual_seed(1)))
     warm = reducer.reduce(x @ rotation, seed=1, warm_state=first.state)
@@ -234,3 +235,36 @@ def test_knn_search_of_a_row_range_is_those_rows_of_the_full_search():
     part_d, part_i = knn_search(x, 6, rows=(50, 90))
     assert torch.equal(part_i, full_i[50:90]) and torch.allclose(part_d, full_d[50:90])
     assert torch.equal(part_i[:, 0], torch.arange(50, 90))
+
+
+def test_a_spectral_start_begins_where_a_random_start_ends():
+    """The cold encoder regressed onto the graph's spectral embedding (umap-learn's layout init) fits it closely,
+    and its first UMAP-loss epoch is already at or below the loss a random-weight encoder reaches after all of its
+    epochs; the whole spectral fit ends lower."""
+    x, labels = blobs(n_per=60, k=5, dim=20)
+    kwargs = dict(dim=3, pca_dim=8, n_neighbors=10, hidden=32, epochs=4, batch_size=256)
+    spectral = ParametricUMAPReducer(**kwargs).reduce(x, seed=0)
+    random = ParametricUMAPReducer(init="random", **kwargs).reduce(x, seed=0)
+    assert spectral.info["pumap_init_error"] < 0.1 and random.info["pumap_init_error"] is None
+    assert spectral.state["loss"][0] <= random.state["loss"][-1]
+    assert spectral.state["loss"][-1] < random.state["loss"][-1]
+
+
+def test_distill_encoder_fits_a_smooth_target():
+    """Regression onto a smooth function of the inputs: the relative squared error it reports is small and is the
+    error of the returned encoder."""
+    from bayes_dc.space import distill_encoder
+
+    generator = torch.Generator().manual_seed(0)
+    inputs = torch.randn(600, 4, generator=generator)
+    targets = torch.stack([inputs[:, 0] - inputs[:, 1], torch.tanh(inputs[:, 2]) * 2], 1)
+    encoder = new_encoder(4, 32, 2, generator)
+    error = distill_encoder(encoder, inputs, targets, steps=600, lr=1e-2, generator=generator)
+    with torch.no_grad():
+        direct = (encoder(inputs) - targets).pow(2).sum() / (targets - targets.mean(0)).pow(2).sum()
+    assert error == pytest.approx(float(direct), rel=1e-5) and error < 0.02
+
+
+def test_an_unknown_pumap_init_is_named():
+    with pytest.raises(ValueError, match="pumap-init"):
+        ParametricUMAPReducer(init="pca")
