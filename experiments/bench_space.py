@@ -9,6 +9,9 @@ warm rounds on the same features, as the loop does when the trunk has not moved 
   whose seconds every other row is divided by;
 - ``umap + DP``: umap-learn's layout (PCA-50 -> 10-d; warm rounds start from the previous layout) + the DP-GMM;
 - ``pumap + DP``: the parametric space (``bayes_dc.space``; warm rounds keep the encoder) + the DP-GMM;
+- ``umap-distilled + DP`` (a diagnostic, cold round only): umap-learn's layout, then pumap's encoder regressed onto it
+  (:func:`bayes_dc.space.distill_encoder`, 30 epochs): what an MLP on PCA-50 can reproduce of umap-learn's layout,
+  which separates the encoder's capacity from how far its training on the UMAP loss gets;
 and, for the spaces that map new points, the time to map and assign ``--new`` new images' features (one encoder
 forward pass + one E-step).
 
@@ -37,7 +40,33 @@ from bayes_dc.clustering.dpgmm import DPGMMBackend  # noqa: E402
 from bayes_dc.clustering.kmeans import KMeansBackend  # noqa: E402
 from bayes_dc.reduce import PCAReducer, UMAPReducer  # noqa: E402
 from bayes_dc.report import fmt  # noqa: E402
-from bayes_dc.space import ParametricUMAPReducer  # noqa: E402
+from bayes_dc.preprocess import Whitener  # noqa: E402
+from bayes_dc.reduction import Reduction  # noqa: E402
+from bayes_dc.space import ParametricUMAPReducer, distill_encoder, new_encoder, output_whitening, project  # noqa: E402
+
+
+class DistilledUMAP:
+    """umap-learn's layout (N, 10) of the PCA-50, then an MLP (pumap's encoder) regressed onto it; the points are the
+    MLP's whitened outputs. A diagnostic space, not a reducer of the toolkit (it needs umap-learn every round)."""
+
+    def __init__(self, hidden: int = 128, steps: int = 3000):
+        self.umap, self.hidden, self.steps = UMAPReducer(10, 50, 20), hidden, steps
+
+    def reduce(self, x: torch.Tensor, *, seed: int, warm_state=None) -> Reduction:
+        start = time.perf_counter()
+        layout = self.umap.reduce(x, seed=seed).points.float()
+        mean, basis = Whitener(dim=50, whiten=False, l2=False).fit(x).folded_projection(torch.device("cpu"))
+        pcs = project(x, mean, basis)
+        pcs = pcs / pcs.pow(2).sum(1).mean().div(pcs.shape[1]).sqrt()          # as pumap scales its inputs
+        target = (layout - layout.mean(0)) / layout.std(0)
+        generator = torch.Generator().manual_seed(seed)
+        encoder = new_encoder(pcs.shape[1], self.hidden, target.shape[1], generator)
+        with torch.enable_grad():
+            error = distill_encoder(encoder, pcs, target, steps=self.steps, lr=3e-3, generator=generator)
+        with torch.no_grad():
+            raw = encoder(pcs)
+        out_mean, out_whiten = output_whitening(raw)
+        return Reduction((raw - out_mean) @ out_whiten, None, time.perf_counter() - start, {"distill_error": error})
 
 
 def parse_args(argv=None):
@@ -48,7 +77,8 @@ def parse_args(argv=None):
     p.add_argument("--pixels", action="store_true", help="cluster the raw pixels instead of trunk features")
     p.add_argument("--synthetic", type=int, default=None, help="N synthetic features (a 10-blob mixture) instead")
     p.add_argument("--dim", type=int, default=256, help="feature dimension of --synthetic")
-    p.add_argument("--spaces", nargs="+", default=["kmeans", "umap", "pumap"], choices=["kmeans", "umap", "pumap"])
+    p.add_argument("--spaces", nargs="+", default=["kmeans", "umap", "pumap"],
+                   choices=["kmeans", "umap", "pumap", "umap-distilled"])
     p.add_argument("--warm-rounds", type=int, default=2, help="warm rounds after the cold one")
     p.add_argument("--truncation", type=int, default=300)
     p.add_argument("--pumap-epochs", type=int, default=10, help="encoder epochs of pumap's cold round")
@@ -99,12 +129,14 @@ def main(argv=None) -> int:
             reducer, backend = PCAReducer(256, device=device), KMeansBackend(k=10)
         elif space == "umap":
             reducer, backend = UMAPReducer(10, 50, 20), DPGMMBackend(args.truncation, device=device)
+        elif space == "umap-distilled":
+            reducer, backend = DistilledUMAP(), DPGMMBackend(args.truncation, device=device)
         else:
             reducer = ParametricUMAPReducer(epochs=args.pumap_epochs, warm_epochs=args.pumap_warm_epochs,
                                             init=args.pumap_init, device=device)
             backend = DPGMMBackend(args.truncation, device=device)
         reduce_state, warm = None, None
-        for round_idx in range(1 + (0 if space == "kmeans" else args.warm_rounds)):
+        for round_idx in range(1 + (0 if space in ("kmeans", "umap-distilled") else args.warm_rounds)):
             t0 = time.perf_counter()
             reduction = reducer.reduce(x, seed=args.seed + round_idx, warm_state=reduce_state)
             t1 = time.perf_counter()
