@@ -60,6 +60,7 @@ VARIANTS: dict[str, list[str]] = {
     "dp-umap": ["--reduce", "umap"],
     "dp-pumap": ["--reduce", "pumap"],
     "dp-pumap-random-init": ["--reduce", "pumap", "--pumap-init", "random"],
+    "dp-pumap-e30": ["--reduce", "pumap", "--pumap-epochs", "30", "--pumap-warm-epochs", "10"],
     "dp-pumap-r1": ["--reduce", "pumap", "--relabel", "fixed", "--relabel-every", "1"],
     "dp-pumap-two-views": ["--reduce", "pumap", "--two-views"],
     "dp-pumap-two-views-space": ["--reduce", "pumap", "--two-views", "--space-weight", "1"],
