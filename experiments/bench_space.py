@@ -83,6 +83,7 @@ def parse_args(argv=None):
     p.add_argument("--truncation", type=int, default=300)
     p.add_argument("--pumap-epochs", type=int, default=10, help="encoder epochs of pumap's cold round")
     p.add_argument("--pumap-warm-epochs", type=int, default=3, help="encoder epochs of pumap's warm rounds")
+    p.add_argument("--pumap-hidden", type=int, default=128, help="hidden width of pumap's encoder")
     p.add_argument("--pumap-init", default="spectral", choices=["spectral", "random"],
                    help="pumap's cold encoder: regressed onto the graph's spectral embedding, or random weights")
     p.add_argument("--new", type=int, default=10000, help="new points mapped and assigned (the spaces that can)")
@@ -133,7 +134,7 @@ def main(argv=None) -> int:
             reducer, backend = DistilledUMAP(), DPGMMBackend(args.truncation, device=device)
         else:
             reducer = ParametricUMAPReducer(epochs=args.pumap_epochs, warm_epochs=args.pumap_warm_epochs,
-                                            init=args.pumap_init, device=device)
+                                            hidden=args.pumap_hidden, init=args.pumap_init, device=device)
             backend = DPGMMBackend(args.truncation, device=device)
         reduce_state, warm = None, None
         for round_idx in range(1 + (0 if space in ("kmeans", "umap-distilled") else args.warm_rounds)):
@@ -167,7 +168,7 @@ def main(argv=None) -> int:
     what = (f"synthetic N={args.synthetic} d={args.dim}" if args.synthetic else
             f"Fashion-MNIST {args.subset} {'pixels' if args.pixels else ('trunk ' + (args.trunk or 'random-init'))}")
     print(f"bench_space: {what} device={args.device} threads={args.threads} T={args.truncation} "
-          f"pumap epochs cold/warm={args.pumap_epochs}/{args.pumap_warm_epochs} init={args.pumap_init}\n")
+          f"pumap epochs cold/warm={args.pumap_epochs}/{args.pumap_warm_epochs} init={args.pumap_init} hidden={args.pumap_hidden}\n")
     print("\n".join(lines))
     return 0
 
