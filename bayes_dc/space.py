@@ -16,9 +16,9 @@ forward pass. Here, every round:
 
 Cold start: the encoder is first regressed onto the spectral embedding of the round's fuzzy graph (umap-learn's own
 layout initialisation, ``init="spectral"``; :func:`spectral_targets`, :func:`distill_encoder`), then trained on the
-UMAP loss. From random weights the encoder leaves the clusters wider: on 10,000 Fashion-MNIST pixels the DP found
-32 components (NMI 0.57) against 21 (NMI 0.63) from the spectral start, and umap-learn's layout 12 (0.65)
-(BENCHMARKS.md 12).
+UMAP loss. From random weights the encoder leaves the clusters wider: on 20,000 Fashion-MNIST pixels the DP found
+40 components (NMI 0.560) against 19 (NMI 0.609) from the spectral start, and 11 (0.633) on umap-learn's layout
+(BENCHMARKS.md 12.1).
 
 Warm start: the encoder keeps its weights from the previous round and only the graph is rebuilt. The PCA basis is
 refitted (the trunk moved), so the first layer is re-expressed in the new basis (``W1 U_old^T U_new``, exact on
