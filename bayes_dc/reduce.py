@@ -42,6 +42,8 @@ UMAP_WARM_OVERLAP = 0.5
 UMAP_WARM_EPOCHS = 100
 # Points whose neighbourhoods are compared between rounds (brute force against all N: cheap).
 UMAP_PROBE_POINTS = 1000
+#: A layout direction whose variance is below this share of the largest is dropped (:func:`drop_flat_directions`).
+FLAT_DIRECTION_SHARE = 1e-4
 
 
 class IdentityReducer(Reducer):
@@ -145,8 +147,12 @@ class UMAPReducer(Reducer):
         state = {"embedding": torch.from_numpy(embedding), "probe": torch.from_numpy(probe.astype(np.int64)),
                  "probe_neighbors": torch.from_numpy(probe_neighbors.astype(np.int64)), "pca_mean": pca_mean,
                  "pca_projection": pca_projection, "pcs": torch.from_numpy(np.ascontiguousarray(pcs, dtype=np.float32))}
-        points = torch.from_numpy(embedding).to(features.device)
-        info = {"reduce_dim": self.dim, "umap_warm": not isinstance(init, str), "umap_neighbor_overlap": overlap}
+        points, flat = drop_flat_directions(torch.from_numpy(embedding))
+        if flat is not None:
+            state.update(flat)
+        points = points.to(features.device)
+        info = {"reduce_dim": int(points.shape[1]), "umap_warm": not isinstance(init, str),
+                "umap_neighbor_overlap": overlap}
         return Reduction(points, state, time.perf_counter() - start, info)
 
     def transform(self, features: torch.Tensor, state: dict | None) -> torch.Tensor:
@@ -159,7 +165,30 @@ class UMAPReducer(Reducer):
             raise ValueError("this UMAP layout was fitted before layouts kept what maps new points (its PCA and the "
                              "training PCs); refit it (a new run), or use --reduce pca")
         pcs = (features.float() - state["pca_mean"].to(features.device)) @ state["pca_projection"].to(features.device)
-        return knn_interpolate(state["pcs"], state["embedding"], pcs.cpu(), self.n_neighbors).to(features.device)
+        embedding = knn_interpolate(state["pcs"], state["embedding"], pcs.cpu(), self.n_neighbors)
+        if "flat_basis" in state:
+            embedding = (embedding - state["flat_mean"]) @ state["flat_basis"]
+        return embedding.to(features.device)
+
+
+def drop_flat_directions(points: torch.Tensor, share: float = FLAT_DIRECTION_SHARE
+                         ) -> tuple[torch.Tensor, dict[str, torch.Tensor] | None]:
+    """A layout (N, d) as it is, or, when some of its principal directions have a variance below ``share`` of the
+    largest, its coordinates (N, d') on the other principal axes (centred; a rotation, so distances within the kept
+    span are unchanged) and the map ``{"flat_mean": (d,), "flat_basis": (d, d')}`` that gives them.
+
+    umap-learn's 10-d layout of CIFAR-10 pixels lay on 5 directions (the other 5 at 2e-7 - 6e-6 of the largest
+    variance); float32 rounding then makes its covariance indefinite and the DP's prior, scaled from it, cannot be
+    built. A full-rank layout is passed on untouched (the same bits).
+    """
+    x = points.double()
+    mean = x.mean(0)
+    eigvals, eigvecs = torch.linalg.eigh(torch.cov((x - mean).T).reshape(x.shape[1], x.shape[1]))   # ascending
+    keep = eigvals > share * float(eigvals.max().clamp_min(1e-300))
+    if bool(keep.all()):
+        return points, None
+    flat = {"flat_mean": mean.float(), "flat_basis": eigvecs[:, keep].flip(1).float()}      # largest first
+    return (points.float() - flat["flat_mean"]) @ flat["flat_basis"], flat                   # as transform maps
 
 
 def knn_interpolate(reference: torch.Tensor, values: torch.Tensor, queries: torch.Tensor, k: int) -> torch.Tensor:
@@ -223,5 +252,6 @@ def make_reducer(cfg: Any, *, allreduce: Callable[[torch.Tensor], torch.Tensor] 
     return REDUCERS[name](cfg, allreduce=allreduce, device=device, dist=dist)
 
 
-__all__ = ["REDUCERS", "IdentityReducer", "PCAReducer", "Reducer", "Reduction", "UMAPReducer", "make_reducer", "nearest_neighbors",
+__all__ = ["REDUCERS", "IdentityReducer", "PCAReducer", "Reducer", "Reduction", "UMAPReducer", "drop_flat_directions",
+           "make_reducer", "nearest_neighbors",
            "neighbor_overlap"]

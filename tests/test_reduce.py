@@ -132,3 +132,45 @@ def test_bad_umap_options_are_named(kwargs, match):
 def test_umap_refuses_too_few_points():
     with pytest.raises(ValueError, match="needs more than"):
         UMAPReducer(n_neighbors=20).reduce(torch.randn(15, 4), seed=0)
+
+
+def test_a_layout_on_fewer_directions_keeps_the_ones_it_uses_and_the_dp_can_fit_it():
+    """A 10-d layout whose points lie on 4 directions (the rest at ~1e-14 of the variance, as umap-learn's layout of
+    CIFAR-10 pixels did at ~1e-7): the DP's prior cannot be built on it, and after drop_flat_directions it is 4-d with
+    every pairwise distance kept, and the DP fits it. A full-rank layout comes back as the same tensor."""
+    import warnings
+
+    from bayes_dc.clustering.dpgmm import DPGMMBackend
+    from bayes_dc.reduce import drop_flat_directions
+
+    generator = torch.Generator().manual_seed(0)
+    centres = torch.randn(3, 4, generator=generator) * 4
+    low = centres[torch.arange(300) % 3] + torch.randn(300, 4, generator=generator)
+    rotation, _ = torch.linalg.qr(torch.randn(10, 10, generator=generator))
+    layout = torch.cat([low, 1e-7 * torch.randn(300, 6, generator=generator)], 1) @ rotation.T + 3.0
+    with pytest.raises(ValueError, match="singular"):
+        DPGMMBackend(truncation=10).fit(layout, seed=0)
+    points, flat = drop_flat_directions(layout)
+    assert points.shape == (300, 4) and flat["flat_basis"].shape == (10, 4)
+    distances = [torch.cdist(x.double(), x.double()) for x in (points, layout)]
+    torch.testing.assert_close(distances[0], distances[1], atol=1e-4, rtol=1e-4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert DPGMMBackend(truncation=10).fit(points, seed=0).k_active >= 3
+    same, none = drop_flat_directions(low)
+    assert same is low and none is None
+
+
+def test_the_umap_map_of_new_points_follows_the_dropped_directions():
+    """With flat directions dropped, UMAPReducer.transform maps a training point (nearly) onto its clustered point, in
+    the reduced coordinates: the Shepard interpolation of the layout, then the same centring and basis."""
+    from bayes_dc.reduce import drop_flat_directions
+
+    generator = torch.Generator().manual_seed(1)
+    pcs = torch.randn(200, 6, generator=generator)
+    layout = torch.cat([pcs[:, :3] * 3, torch.zeros(200, 7)], 1) + 1.0             # 10-d layout on 3 directions
+    points, flat = drop_flat_directions(layout)
+    state = {"pca_mean": torch.zeros(6), "pca_projection": torch.eye(6), "pcs": pcs, "embedding": layout, **flat}
+    mapped = UMAPReducer(dim=10, pca_dim=6, n_neighbors=5).transform(pcs[:20], state)
+    assert mapped.shape == (20, 3)
+    torch.testing.assert_close(mapped, points[:20], atol=0.05, rtol=0.0)
