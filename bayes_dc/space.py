@@ -298,7 +298,7 @@ def spectral_targets(graph: scipy.sparse.coo_matrix, pcs: torch.Tensor, dim: int
     with warnings.catch_warnings(), torch_threads_kept():
         warnings.filterwarnings("ignore", message=".*Spectral initialisation failed.*")
         layout = spectral_layout(np.ascontiguousarray(pcs.detach().cpu().double().numpy()), graph.tocsr(), dim,
-                                 np.random.RandomState(seed))
+                                 np.random.RandomState(int(seed) % 2**32))
     target = torch.from_numpy(np.asarray(layout, dtype=np.float64)).float()
     return (target - target.mean(0)) / target.std(0).clamp_min(1e-12)
 
