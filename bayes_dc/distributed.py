@@ -76,9 +76,7 @@ class Distributed:
         if not self.active:
             return rows
         device = self.collective_device
-        sizes = torch.zeros(self.world, dtype=torch.int64)
-        sizes[self.rank] = rows.shape[0]
-        sizes = self.all_reduce(sizes).tolist()
+        sizes = self.row_counts(rows.shape[0])
         # all_gather needs equal shapes: pad to the largest shard, drop the padding after
         dtype = torch.uint8 if rows.dtype == torch.bool else rows.dtype   # NCCL has no bool
         padded = torch.zeros((max(sizes), *rows.shape[1:]), dtype=dtype, device=device)
@@ -86,6 +84,14 @@ class Distributed:
         parts = [torch.empty_like(padded) for _ in range(self.world)]
         dist.all_gather(parts, padded)
         return torch.cat([p[:n] for p, n in zip(parts, sizes)]).to(rows.device, rows.dtype)
+
+    def row_counts(self, rows_here: int) -> list[int]:
+        """Every rank's number of rows (world,), in rank order, given this rank's."""
+        if not self.active:
+            return [int(rows_here)]
+        sizes = torch.zeros(self.world, dtype=torch.int64)
+        sizes[self.rank] = rows_here
+        return self.all_reduce(sizes).tolist()
 
     def gather_array(self, rows: np.ndarray) -> np.ndarray:
         """:meth:`gather_rows` for a numpy array (gathered through a tensor on the collective's device)."""

@@ -479,7 +479,8 @@ def _cluster_round(ctx: RunContext, state: dict) -> tuple[torch.Tensor, ClusterR
     t0 = time.perf_counter()
     feats = _features(ctx, ctx.train_source, progress=cfg.run.progress and ctx.dist.is_main)
     t1 = time.perf_counter()
-    reduction = _reduce(ctx, _clustered_features(ctx, feats), seed=derive_seed(cfg.run.seed, "reduce", state["round"]),
+    space = clustered_features(ctx.model, cfg, feats, ctx.device)
+    reduction = _reduce(ctx, space, seed=derive_seed(cfg.run.seed, "reduce", state["round"]),
                         warm_state=state.get("reduce_state"))
     x = reduction.points
     result = ctx.backend.fit(x, seed=derive_seed(cfg.run.seed, "cluster", state["round"]),
@@ -513,17 +514,16 @@ def _reduce(ctx: RunContext, space: torch.Tensor, *, seed: int, warm_state: dict
 
 
 @torch.no_grad()
-def _clustered_features(ctx: RunContext, feats: torch.Tensor) -> torch.Tensor:
+def clustered_features(model: torch.nn.Module, cfg: Config, feats: torch.Tensor, device: torch.device) -> torch.Tensor:
     """What ``--cluster-on`` clusters: the trunk features (N, F) themselves, or their projection (N, P) (eval mode,
-    in chunks)."""
-    projection = ctx.model.projection
-    if ctx.cfg.features.cluster_on == "trunk" or projection is None:
+    in chunks); shared by a run and by ``load_run``, so a new image is mapped as the training images were."""
+    projection = model.projection
+    if cfg.features.cluster_on == "trunk" or projection is None:
         return feats
     was_training = projection.training
     projection.eval()
     # chunks of streamed features come from a memmap on the CPU, maybe float16
-    out = torch.cat([projection(chunk.to(ctx.device, torch.float32))
-                     for chunk in feats.split(ctx.cfg.features.extract_batch)])
+    out = torch.cat([projection(chunk.to(device, torch.float32)) for chunk in feats.split(cfg.features.extract_batch)])
     projection.train(was_training)
     return out
 
@@ -599,4 +599,5 @@ def _save_final(ctx: RunContext, reduction: Reduction, result: ClusterResult) ->
 
 
 __all__ = ["RunContext", "RunDiverged", "RunInterrupted", "run", "setup", "validate", "check_sizes", "load_split",
-           "derive_seed", "resolve_device", "permute_head", "install_head", "build_run_model", "Distributed"]
+           "derive_seed", "resolve_device", "permute_head", "install_head", "build_run_model", "clustered_features",
+           "Distributed"]

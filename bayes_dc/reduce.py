@@ -33,7 +33,7 @@ import torch
 
 from .preprocess import Whitener
 from .reduction import Reducer, Reduction, check_umap_options
-from .space import make_parametric_umap
+from .space import exact_knn, make_parametric_umap, principal_axes
 from .threads import torch_threads_kept
 
 # Share of sampled neighbours that must survive between rounds for UMAP to start from the previous layout.
@@ -181,13 +181,10 @@ def drop_flat_directions(points: torch.Tensor, share: float = FLAT_DIRECTION_SHA
     variance); float32 rounding then makes its covariance indefinite and the DP's prior, scaled from it, cannot be
     built. A full-rank layout is passed on untouched (the same bits).
     """
-    x = points.double()
-    mean = x.mean(0)
-    eigvals, eigvecs = torch.linalg.eigh(torch.cov((x - mean).T).reshape(x.shape[1], x.shape[1]))   # ascending
-    keep = eigvals > share * float(eigvals.max().clamp_min(1e-300))
-    if bool(keep.all()):
+    mean, _, axes = principal_axes(points, share)
+    if axes.shape[1] == points.shape[1]:
         return points, None
-    flat = {"flat_mean": mean.float(), "flat_basis": eigvecs[:, keep].flip(1).float()}      # largest first
+    flat = {"flat_mean": mean.float(), "flat_basis": axes.float()}
     return (points.float() - flat["flat_mean"]) @ flat["flat_basis"], flat                   # as transform maps
 
 
@@ -195,13 +192,8 @@ def knn_interpolate(reference: torch.Tensor, values: torch.Tensor, queries: torc
     """Shepard interpolation: for each query (B, p), the mean of ``values`` (N, dim) at its k nearest ``reference``
     points (N, p) (faiss, exact L2), weighted by 1 / (distance + a floor of 1e-3 x the k-th distance), so a
     query equal to a reference point gets ~its value and the others a smooth blend. float32 (B, dim)."""
-    import faiss   # imported here, as the k-means backend does: `import bayes_dc` works without faiss
-
-    reference = np.ascontiguousarray(torch.as_tensor(reference).numpy(), dtype=np.float32)
-    index = faiss.IndexFlatL2(reference.shape[1])
-    index.add(reference)
-    k = min(int(k), reference.shape[0])
-    sq_dist, ids = index.search(np.ascontiguousarray(queries.numpy(), dtype=np.float32), k)      # (B, k) each
+    reference = torch.as_tensor(reference).numpy()
+    sq_dist, ids = exact_knn(reference, queries.numpy(), min(int(k), reference.shape[0]))        # (B, k) each
     dist = torch.from_numpy(np.sqrt(np.maximum(sq_dist, 0.0)))
     weights = 1.0 / (dist + 1e-3 * dist[:, -1:] + 1e-12)                                           # (B, k)
     neighbours = torch.as_tensor(values, dtype=torch.float32)[torch.from_numpy(ids)]               # (B, k, dim)

@@ -83,15 +83,9 @@ def knn_search(points: torch.Tensor, k: int, rows: tuple[int, int] | None = None
     torchrun each rank queries its own rows against the index of the gathered points (the search is the cost; the
     index is N x p floats).
     """
-    import faiss
-
     x = np.ascontiguousarray(points.detach().float().cpu().numpy())
     start, stop = rows if rows is not None else (0, len(x))
-    index = faiss.IndexFlatL2(x.shape[1])
-    if points.is_cuda and hasattr(faiss, "StandardGpuResources"):
-        index = faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), points.device.index or 0, index)
-    index.add(x)
-    sq_dist, idx = index.search(x[start:stop], k)
+    sq_dist, idx = exact_knn(x, x[start:stop], k, gpu=points.device if points.is_cuda else None)
     # a duplicate point can come before the point itself: put each row's own id first
     ids = np.arange(start, stop)
     for r in np.flatnonzero(idx[:, 0] != ids):
@@ -100,6 +94,19 @@ def knn_search(points: torch.Tensor, k: int, rows: tuple[int, int] | None = None
         idx[r, 1:j + 1], sq_dist[r, 1:j + 1] = idx[r, :j].copy(), sq_dist[r, :j].copy()
         idx[r, 0], sq_dist[r, 0] = ids[r], 0.0
     return torch.from_numpy(np.sqrt(np.maximum(sq_dist, 0))), torch.from_numpy(idx.astype(np.int64))
+
+
+def exact_knn(reference: np.ndarray, queries: np.ndarray, k: int,
+              gpu: torch.device | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(squared L2 distances, ids) (B, k) of the k nearest ``reference`` rows (N, p) float32 of each query (B, p):
+    a faiss ``IndexFlatL2`` (exact), on ``gpu`` when given and faiss was built with GPU support."""
+    import faiss   # imported here, as the k-means backend does: `import bayes_dc` works without faiss
+
+    index = faiss.IndexFlatL2(reference.shape[1])
+    if gpu is not None and hasattr(faiss, "StandardGpuResources"):
+        index = faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), gpu.index or 0, index)
+    index.add(np.ascontiguousarray(reference, dtype=np.float32))
+    return index.search(np.ascontiguousarray(queries, dtype=np.float32), k)
 
 
 def smooth_knn(distances: torch.Tensor) -> torch.Tensor:
@@ -183,9 +190,8 @@ def negative_positions(batch: int, rate: int, generator: torch.Generator) -> tor
 
 def rank_blocks(batch: int, rank: int, world: int) -> tuple[int, int]:
     """This rank's positions ``(lo, hi)`` of a global batch: a contiguous run of whole negative blocks."""
-    blocks = -(-batch // NEGATIVE_BLOCK)
-    bounds = np.cumsum([0] + [len(part) for part in np.array_split(np.arange(blocks), world)])
-    return min(batch, int(bounds[rank]) * NEGATIVE_BLOCK), min(batch, int(bounds[rank + 1]) * NEGATIVE_BLOCK)
+    first, stop = Distributed(rank=rank, world=world).shard(-(-batch // NEGATIVE_BLOCK))     # in whole blocks
+    return min(batch, first * NEGATIVE_BLOCK), min(batch, stop * NEGATIVE_BLOCK)
 
 
 def new_encoder(in_dim: int, hidden: int, out_dim: int, generator: torch.Generator) -> torch.nn.Sequential:
@@ -371,23 +377,15 @@ class ParametricUMAPReducer(Reducer):
         """The round's points (M, d') for this process's rows ``features`` (M, F) (all N rows in one process)."""
         start = time.perf_counter()
         dist = self.dist
-        sizes = torch.zeros(dist.world, dtype=torch.int64)
-        sizes[dist.rank] = features.shape[0]
-        sizes = dist.all_reduce(sizes)
-        n, first = int(sizes.sum()), int(sizes[:dist.rank].sum())          # N, and where this rank's rows start
+        sizes = dist.row_counts(features.shape[0])
+        n, first = sum(sizes), sum(sizes[:dist.rank])                       # N, and where this rank's rows start
         if n <= self.n_neighbors:
             raise ValueError(f"--reduce pumap with --umap-neighbors {self.n_neighbors} needs more than "
                              f"{self.n_neighbors} points, got N={n}; lower --umap-neighbors")
         device = self.device or features.device
         features = features.to(device)
         allreduce = dist.all_reduce if dist.active else None
-        mean, basis = Whitener(dim=self.pca_dim, whiten=False, l2=False, allreduce=allreduce).fit(
-            features, device).folded_projection(torch.device("cpu"))                     # (F,), (F, p)
-        # one scale for all components (not whitening, which would blow up the noise directions): inputs of unit
-        # mean variance per component whatever the trunk's feature scale (a random-init vgg-small's are ~0.02, which
-        # left the first layer's biases in charge and the encoder's output of rank < d)
-        square_sum = dist.all_reduce(project(features, mean, basis).double().pow(2).sum().reshape(1).cpu())
-        basis = basis / (square_sum / (n * basis.shape[1])).sqrt().clamp_min(1e-12).float()
+        mean, basis = scaled_pca_frame(features, self.pca_dim, allreduce=allreduce, device=device)   # (F,), (F, p)
         own = project(features, mean, basis)                                              # (M, p), as transform does
         # every rank holds all N PCs (N x p, small beside the features): the kNN index, and the tails and negatives
         # its edges reach; it queries and smooths only its own rows, and the graph is the union of all ranks' rows
@@ -432,6 +430,26 @@ class ParametricUMAPReducer(Reducer):
         return whiten_output(encode(state["encoder"], pcs), state)
 
 
+def scaled_pca_frame(features: torch.Tensor, pca_dim: int, *,
+                     allreduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                     device: torch.device | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The encoder's input frame for features (M, F) (the rows of all processes with ``allreduce``): the mean (F,)
+    and the PCA basis (F, p) scaled by one factor so that the inputs have unit mean variance per component.
+
+    One scale for all components (not whitening, which would blow up the noise directions), whatever the trunk's
+    feature scale: a random-init vgg-small's features are ~0.02, which left the first layer's biases in charge and
+    the encoder's output of rank < d.
+    """
+    def total(t: torch.Tensor) -> torch.Tensor:
+        return t if allreduce is None else allreduce(t)
+
+    mean, basis = Whitener(dim=pca_dim, whiten=False, l2=False, allreduce=allreduce).fit(
+        features, device).folded_projection(torch.device("cpu"))
+    n = total(torch.tensor([float(features.shape[0])], dtype=torch.float64))
+    square_sum = total(project(features, mean, basis).double().pow(2).sum().reshape(1).cpu())
+    return mean, basis / (square_sum / (n * basis.shape[1])).sqrt().clamp_min(1e-12).float()
+
+
 # reduce and transform share these two steps (and encode), so a training image is mapped as it was clustered
 def project(features: torch.Tensor, mean: torch.Tensor, basis: torch.Tensor) -> torch.Tensor:
     """Features (B, F) in a round's scaled PCA frame (B, p)."""
@@ -455,6 +473,16 @@ def output_whitening(points: torch.Tensor, floor: float = 1e-6,
     scaled from the data covariance is affine-invariant, so whitening changes nothing in the model; dropping the
     directions the encoder does not use keeps it well posed.
     """
+    mean, eigvals, eigvecs = principal_axes(points, floor, allreduce)
+    return mean.float().cpu(), (eigvecs / eigvals.sqrt()).float().cpu()
+
+
+def principal_axes(points: torch.Tensor, share: float,
+                   allreduce: Callable[[torch.Tensor], torch.Tensor] | None = None
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(mean (d,), variances (d',), axes (d, d')) float64 of points (M, d): the principal directions whose variance
+    exceeds ``share`` of the largest (at least the largest), largest first. ``allreduce`` sums the moments over the
+    processes that each hold some rows."""
     def total(t: torch.Tensor) -> torch.Tensor:
         return t if allreduce is None else allreduce(t)
 
@@ -464,9 +492,9 @@ def output_whitening(points: torch.Tensor, floor: float = 1e-6,
     centred = x - mean
     cov = total(centred.T @ centred) / (n - 1)                                  # two passes, as Whitener
     eigvals, eigvecs = torch.linalg.eigh(cov)                                   # ascending
-    keep = eigvals > floor * float(eigvals.max().clamp_min(1e-300))
+    keep = eigvals > share * float(eigvals.max().clamp_min(1e-300))
     keep[-1] = True
-    return mean.float().cpu(), (eigvecs[:, keep] / eigvals[keep].sqrt()).flip(1).float().cpu()
+    return mean, eigvals[keep].flip(0), eigvecs[:, keep].flip(1)
 
 
 def rebase_first_layer(previous: dict, mean: torch.Tensor, basis: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -495,6 +523,7 @@ def make_parametric_umap(cfg, *, device: torch.device | None = None, dist: Distr
                                  warm_epochs=f.pumap_warm_epochs, init=f.pumap_init, device=device, dist=dist)
 
 
-__all__ = ["EdgeSampler", "ParametricUMAPReducer", "distill_encoder", "encode", "fit_ab", "fuzzy_graph", "fuzzy_union", "knn_search",
-           "make_parametric_umap", "negative_positions", "new_encoder", "rank_blocks", "rebase_first_layer",
-           "smooth_knn", "spectral_targets", "train_encoder", "umap_loss"]
+__all__ = ["EdgeSampler", "ParametricUMAPReducer", "distill_encoder", "encode", "exact_knn", "fit_ab", "fuzzy_graph",
+           "fuzzy_union", "knn_search", "make_parametric_umap", "negative_positions", "new_encoder", "principal_axes",
+           "rank_blocks", "rebase_first_layer", "scaled_pca_frame", "smooth_knn", "spectral_targets", "train_encoder",
+           "umap_loss"]

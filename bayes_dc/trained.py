@@ -29,7 +29,7 @@ from .config import Config
 from .data.transforms import centre_crop_resize
 from .features import normalize
 from .jsonl import read_jsonl
-from .pipeline import FINAL_CHECKPOINT, FINAL_FORMAT, build_run_model, resolve_device
+from .pipeline import FINAL_CHECKPOINT, FINAL_FORMAT, build_run_model, clustered_features, resolve_device
 from .reduce import Reducer, make_reducer
 from .runlog import CheckpointError, load_checkpoint
 
@@ -104,9 +104,7 @@ class TrainedRun:
     def points(self, images: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
         """The images in the final clustering space (B, d): trunk features, the projection head when the run
         clustered on it (``--cluster-on projection``), then the reducer's ``transform``."""
-        feats = self.features(images, batch_size)
-        if self.config.features.cluster_on == "projection" and self.model.projection is not None:
-            feats = self.model.projection(feats)
+        feats = clustered_features(self.model, self.config, self.features(images, batch_size), self.device)
         return self.reducer.transform(feats, self.reduce_state)
 
     # ---- the final clustering -----------------------------------------------------------------------------

@@ -40,9 +40,10 @@ from bayes_dc.clustering.dpgmm import DPGMMBackend  # noqa: E402
 from bayes_dc.clustering.kmeans import KMeansBackend  # noqa: E402
 from bayes_dc.reduce import PCAReducer, UMAPReducer  # noqa: E402
 from bayes_dc.report import fmt  # noqa: E402
-from bayes_dc.preprocess import Whitener  # noqa: E402
 from bayes_dc.reduction import Reduction  # noqa: E402
-from bayes_dc.space import ParametricUMAPReducer, distill_encoder, new_encoder, output_whitening, project  # noqa: E402
+from bayes_dc.space import (ParametricUMAPReducer, distill_encoder, new_encoder, output_whitening,  # noqa: E402
+                            project, scaled_pca_frame)
+from bayes_dc.trained import trunk_state  # noqa: E402
 
 
 class DistilledUMAP:
@@ -55,9 +56,7 @@ class DistilledUMAP:
     def reduce(self, x: torch.Tensor, *, seed: int, warm_state=None) -> Reduction:
         start = time.perf_counter()
         layout = self.umap.reduce(x, seed=seed).points.float()
-        mean, basis = Whitener(dim=50, whiten=False, l2=False).fit(x).folded_projection(torch.device("cpu"))
-        pcs = project(x, mean, basis)
-        pcs = pcs / pcs.pow(2).sum(1).mean().div(pcs.shape[1]).sqrt()          # as pumap scales its inputs
+        pcs = project(x, *scaled_pca_frame(x, 50))                               # pumap's encoder inputs
         target = (layout - layout.mean(0)) / layout.std(0)
         generator = torch.Generator().manual_seed(seed)
         encoder = new_encoder(pcs.shape[1], self.hidden, target.shape[1], generator)
@@ -109,7 +108,7 @@ def features(args) -> tuple[torch.Tensor, np.ndarray | None]:
     state = None
     if args.trunk:
         model = torch.load(Path(args.trunk) / "last.pt", weights_only=False)["model"]
-        state = {k.removeprefix("trunk."): v for k, v in model.items() if k.startswith("trunk.")}
+        state = trunk_state(model)
     feats, data = fmnist_trunk_features(subset=args.subset, width=args.width, device=args.device, seed=args.seed,
                                         trunk_state=state)
     return feats, data.labels
