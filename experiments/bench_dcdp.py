@@ -36,13 +36,17 @@ sys.path.insert(0, str(ROOT))
 
 from bayes_dc.report import fmt, mean_spread, summarize_run  # noqa: E402
 
-KMEANS = ["--prior", "kmeans", "--targets", "hard", "--head", "reset", "--reduce", "pca", "--pca-dim", "256",
-          "--relabel-every", "1"]
+# DeepCluster: hard k-means targets, a new head and a relabel every epoch, in its whitened PCA-256 space
+KMEANS_TRAINING = ["--prior", "kmeans", "--targets", "hard", "--head", "reset", "--relabel-every", "1"]
+KMEANS = KMEANS_TRAINING + ["--reduce", "pca", "--pca-dim", "256"]
 # The DeepCluster-DP default (bayes_dc.config) needs no arguments; each ablation changes one thing.
 VARIANTS: dict[str, list[str]] = {
     "km-k10": KMEANS + ["--k", "10"],
     "km-k100": KMEANS + ["--k", "100"],
     "km-k10-crop-flip": KMEANS + ["--k", "10", "--augment", "crop-flip"],
+    # k-means k=100 in the DP's clustering space (PCA-50, UMAP-10) instead of DeepCluster's whitened PCA-256:
+    # tells the space apart from the model when the two DeepClusters differ
+    "km-k100-umap": KMEANS_TRAINING + ["--k", "100", "--reduce", "umap"],
     "dp-default": [],
     "dp-soft": ["--targets", "soft"],
     "dp-multilabel": ["--targets", "multilabel"],
