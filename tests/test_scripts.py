@@ -103,3 +103,21 @@ def test_bench_space_tiny_rows_per_space_and_round():
                                                             ("pumap", "warm 1")]
     assert rows[0][4].strip() == "1.0"                            # k-means is the baseline of the ratio column
     assert rows[-1][8].strip() != "–"                             # pumap maps and assigns new points
+
+
+def test_bench_dcdp_variants_are_valid_configs_that_differ_from_their_baseline():
+    """Every benchmark variant parses into a Config (a typo would only surface minutes into a grid), and each
+    changes something: a variant equal to its baseline would put a duplicate row in the table."""
+    sys.path.insert(0, str(ROOT / "experiments"))
+    import bench_dcdp
+    from bayes_dc.cli import config_from_args
+
+    configs = {name: config_from_args(list(args)) for name, args in bench_dcdp.VARIANTS.items()}
+    for name, config in configs.items():
+        assert config.cluster.prior == ("kmeans" if name.startswith("km-") else "dp"), name
+        baseline = configs["km-k10" if name.startswith("km-") else "dp-default"]
+        assert name in ("km-k10", "dp-default") or config != baseline, name
+    # the space ablation keeps DeepCluster's training and changes only the space (and k)
+    umap, pca = configs["km-k100-umap"], configs["km-k100"]
+    assert (umap.features.reduce, pca.features.reduce) == ("umap", "pca")
+    assert umap.train == pca.train and umap.targets == pca.targets and umap.cluster == pca.cluster
