@@ -47,6 +47,7 @@ VARIANTS: dict[str, list[str]] = {
     # k-means k=100 in the DP's clustering space (PCA-50, UMAP-10) instead of DeepCluster's whitened PCA-256:
     # tells the space apart from the model when the two DeepClusters differ
     "km-k100-umap": KMEANS_TRAINING + ["--k", "100", "--reduce", "umap"],
+    "km-k100-pca16": KMEANS_TRAINING + ["--k", "100", "--reduce", "pca", "--pca-dim", "16"],  # dp-pca's space
     "dp-default": [],
     "dp-soft": ["--targets", "soft"],
     "dp-multilabel": ["--targets", "multilabel"],
@@ -57,6 +58,7 @@ VARIANTS: dict[str, list[str]] = {
     "dp-cold": ["--warm-start", "none"],
     "dp-crop-flip": ["--augment", "crop-flip"],
     "dp-pca": ["--reduce", "pca", "--pca-dim", "16"],
+    "dp-pca32": ["--reduce", "pca", "--pca-dim", "32"],
     "dp-pca-two-views": ["--reduce", "pca", "--pca-dim", "16", "--two-views"],
     "dp-projection": ["--cluster-on", "projection", "--reduce", "none"],
     "dp-diag": ["--covariance", "diag"],
