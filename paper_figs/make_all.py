@@ -42,7 +42,8 @@ LABEL_FIELDS = [("cluster", "truncation", "T={}"), ("cluster", "alpha", "α={:g}
                 ("train", "relabel", "relabel={}"), ("train", "relabel_every", "relabel every {} ep"),
                 ("targets", "head", "head={}"), ("cluster", "inference", "{}"), ("features", "pca_dim", "PCA {}"),
                 ("features", "whiten", "whiten={}"), ("features", "reduce", "{}"), ("features", "cluster_on", "on {}"),
-                ("train", "augment", "{}"), ("train", "two_views", "two views")]
+                ("train", "augment", "{}"), ("train", "two_views", "two views"),
+                ("train", "space_weight", "space loss {:g}"), ("cluster", "k", "k={}")]
 MAX_SERIES = 8
 
 
@@ -158,17 +159,20 @@ def setting_name(config: dict) -> str:
 
 # ---- labels and selections ------------------------------------------------------------------------------
 def labels(groups: list[Group]) -> list[str]:
-    """Legend labels that name what differs between these groups (k-means: always its k)."""
-    dp = [g for g in groups if g.is_dp]
-    varying = [(s, k, f) for s, k, f in LABEL_FIELDS
-               if len({json.dumps(g.get(s, k)) for g in dp}) > 1]
+    """Legend labels that name what differs between these groups, among the DP runs and among the k-means runs
+    (k-means: always its k); two groups that differ in a ``LABEL_FIELDS`` field never share a label."""
+    def varying(family):
+        return [(s, k, f) for s, k, f in LABEL_FIELDS if len({json.dumps(g.get(s, k)) for g in family}) > 1]
+
+    fields = {True: varying([g for g in groups if g.is_dp]), False: varying([g for g in groups if not g.is_dp])}
     out = []
     for g in groups:
+        # a flag is named when set, not spelled out as "=False" (or a weight as 0) on every other series
+        parts = [f.format(g.get(s, k)) for s, k, f in fields[g.is_dp]
+                 if g.get(s, k) not in (None, False, 0) and (g.is_dp or k != "k")]
         if not g.is_dp:
-            text = f"k-means k={g.get('cluster', 'k')}"
+            text = ", ".join([f"k-means k={g.get('cluster', 'k')}"] + parts)
         else:
-            # a flag is named when set, not spelled out as "=False" on every other series
-            parts = [f.format(g.get(s, k)) for s, k, f in varying if g.get(s, k) not in (None, False)]
             text = "DP " + (", ".join(parts) if parts else
                             f"T={g.get('cluster', 'truncation')}, α={g.get('cluster', 'alpha'):g}")
         n = len(g.runs)

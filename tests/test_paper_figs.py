@@ -87,3 +87,24 @@ def test_several_settings_are_never_mixed(tiny_sweep, tmp_path):
     runs.append(make_all.Run(Path("x"), other, runs[0].records, []))
     settings = make_all.split_settings(make_all.group_runs(runs))
     assert sorted(len(g) for g in settings.values()) == [1, len(runs) - 1]
+
+
+def test_legend_labels_tell_apart_every_group_that_differs_in_a_label_field():
+    """Two series with one legend label cannot be read; runs that differ only in the space's loss weight, or
+    k-means runs that differ only in their space, once shared one."""
+    import itertools
+
+    import make_all
+
+    def group(prior, k=None, reduce="umap", two_views=False, space_weight=0.0):
+        return make_all.Group(config={"cluster": {"prior": prior, "k": k, "truncation": 300, "alpha": 1.0},
+                                      "features": {"reduce": reduce},
+                                      "train": {"two_views": two_views, "space_weight": space_weight}})
+
+    groups = [group("kmeans", 10, "pca"), group("kmeans", 100, "pca"), group("kmeans", 100, "umap"),
+              group("dp"), group("dp", reduce="pumap"), group("dp", reduce="pumap", two_views=True),
+              group("dp", reduce="pumap", two_views=True, space_weight=1.0)]
+    names = make_all.labels(groups)
+    for (g, a), (h, b) in itertools.combinations(zip(groups, names), 2):
+        assert g.config == h.config or a != b, (a, g.config, h.config)
+    assert all(name.startswith("k-means k=") for name, g in zip(names, groups) if not g.is_dp)
