@@ -59,6 +59,8 @@ VARIANTS: dict[str, list[str]] = {
     "dp-crop-flip": ["--augment", "crop-flip"],
     "dp-pca": ["--reduce", "pca", "--pca-dim", "16"],
     "dp-pca32": ["--reduce", "pca", "--pca-dim", "32"],
+    # the DP in k-means DeepCluster's own space (whitened PCA-256), diagonal so that 256-d stays cheap
+    "dp-pca256-diag": ["--reduce", "pca", "--pca-dim", "256", "--covariance", "diag"],
     "dp-pca-two-views": ["--reduce", "pca", "--pca-dim", "16", "--two-views"],
     "dp-projection": ["--cluster-on", "projection", "--reduce", "none"],
     "dp-diag": ["--covariance", "diag"],
