@@ -430,6 +430,11 @@ class ParametricUMAPReducer(Reducer):
         return whiten_output(encode(state["encoder"], pcs), state)
 
 
+def summed(t: torch.Tensor, allreduce: Callable[[torch.Tensor], torch.Tensor] | None) -> torch.Tensor:
+    """``t`` summed over the processes that each hold some rows (``allreduce``), or ``t`` itself in one process."""
+    return t if allreduce is None else allreduce(t)
+
+
 def scaled_pca_frame(features: torch.Tensor, pca_dim: int, *,
                      allreduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
                      device: torch.device | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -440,13 +445,10 @@ def scaled_pca_frame(features: torch.Tensor, pca_dim: int, *,
     feature scale: a random-init vgg-small's features are ~0.02, which left the first layer's biases in charge and
     the encoder's output of rank < d.
     """
-    def total(t: torch.Tensor) -> torch.Tensor:
-        return t if allreduce is None else allreduce(t)
-
     mean, basis = Whitener(dim=pca_dim, whiten=False, l2=False, allreduce=allreduce).fit(
         features, device).folded_projection(torch.device("cpu"))
-    n = total(torch.tensor([float(features.shape[0])], dtype=torch.float64))
-    square_sum = total(project(features, mean, basis).double().pow(2).sum().reshape(1).cpu())
+    n = summed(torch.tensor([float(features.shape[0])], dtype=torch.float64), allreduce)
+    square_sum = summed(project(features, mean, basis).double().pow(2).sum().reshape(1).cpu(), allreduce)
     return mean, basis / (square_sum / (n * basis.shape[1])).sqrt().clamp_min(1e-12).float()
 
 
@@ -483,14 +485,11 @@ def principal_axes(points: torch.Tensor, share: float,
     """(mean (d,), variances (d',), axes (d, d')) float64 of points (M, d): the principal directions whose variance
     exceeds ``share`` of the largest (at least the largest), largest first. ``allreduce`` sums the moments over the
     processes that each hold some rows."""
-    def total(t: torch.Tensor) -> torch.Tensor:
-        return t if allreduce is None else allreduce(t)
-
     x = points.double()
-    n = total(torch.tensor([float(x.shape[0])], dtype=torch.float64, device=x.device))
-    mean = total(x.sum(0)) / n
+    n = summed(torch.tensor([float(x.shape[0])], dtype=torch.float64, device=x.device), allreduce)
+    mean = summed(x.sum(0), allreduce) / n
     centred = x - mean
-    cov = total(centred.T @ centred) / (n - 1)                                  # two passes, as Whitener
+    cov = summed(centred.T @ centred, allreduce) / (n - 1)                                  # two passes, as Whitener
     eigvals, eigvecs = torch.linalg.eigh(cov)                                   # ascending
     keep = eigvals > share * float(eigvals.max().clamp_min(1e-300))
     keep[-1] = True

@@ -43,7 +43,7 @@ LABEL_FIELDS = [("cluster", "truncation", "T={}"), ("cluster", "alpha", "α={:g}
                 ("targets", "head", "head={}"), ("cluster", "inference", "{}"), ("features", "pca_dim", "PCA {}"),
                 ("features", "whiten", "whiten={}"), ("features", "reduce", "{}"), ("features", "cluster_on", "on {}"),
                 ("train", "augment", "{}"), ("train", "two_views", "two views"),
-                ("train", "space_weight", "space loss {:g}"), ("cluster", "k", "k={}")]
+                ("train", "space_weight", "space loss {:g}")]
 MAX_SERIES = 8
 
 
@@ -168,8 +168,7 @@ def labels(groups: list[Group]) -> list[str]:
     out = []
     for g in groups:
         # a flag is named when set, not spelled out as "=False" (or a weight as 0) on every other series
-        parts = [f.format(g.get(s, k)) for s, k, f in fields[g.is_dp]
-                 if g.get(s, k) not in (None, False, 0) and (g.is_dp or k != "k")]
+        parts = [f.format(g.get(s, k)) for s, k, f in fields[g.is_dp] if g.get(s, k) not in (None, False)]
         if not g.is_dp:
             text = ", ".join([f"k-means k={g.get('cluster', 'k')}"] + parts)
         else:

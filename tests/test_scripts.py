@@ -11,6 +11,7 @@ from sklearn.metrics import normalized_mutual_info_score
 from bayes_dc.data import load_dataset
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "experiments"))   # the bench scripts' tables (bench_dcdp.VARIANTS)
 FMNIST = Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz")
 
 
@@ -108,7 +109,6 @@ def test_bench_space_tiny_rows_per_space_and_round():
 def test_bench_dcdp_variants_are_valid_configs_that_differ_from_their_baseline():
     """Every benchmark variant parses into a Config (a typo would only surface minutes into a grid), and each
     changes something: a variant equal to its baseline would put a duplicate row in the table."""
-    sys.path.insert(0, str(ROOT / "experiments"))
     import bench_dcdp
     from bayes_dc.cli import config_from_args
 
