@@ -39,7 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bayes_dc.data import StreamingImageFolder, UnreadableImagesError  # noqa: E402
 from bayes_dc.data.imagefolder import scan_folder  # noqa: E402
-from bayes_dc.trained import TrainedRun, load_run  # noqa: E402
+from bayes_dc.trained.load import TrainedRun, load_run  # noqa: E402
 
 TOP = 3          # responsibilities listed per image
 MONTAGE_PER_ROW = 8   # most confident and most novel images shown per cluster

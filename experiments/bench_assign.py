@@ -99,7 +99,7 @@ def throughput(args) -> None:
 
     from bayes_dc import load_run
     from bayes_dc.data import load_dataset
-    from bayes_dc.pipeline import load_split
+    from bayes_dc.loop.pipeline import load_split
 
     torch.set_num_threads(args.threads)
     faiss.omp_set_num_threads(args.threads)
@@ -173,9 +173,9 @@ def novelty_in_space(args) -> None:
     import torch
 
     from bayes_dc.clustering import make_backend
-    from bayes_dc.config import ClusterConfig
+    from bayes_dc.config.schema import ClusterConfig
     from bayes_dc.data import load_dataset
-    from bayes_dc.reduce import PCAReducer, UMAPReducer
+    from bayes_dc.spaces.registry import PCAReducer, UMAPReducer
 
     torch.set_num_threads(args.threads)
     held_out = 9

@@ -24,7 +24,7 @@ from benchlib import ROOT, launch
 
 sys.path.insert(0, str(ROOT))
 
-from bayes_dc.report import fmt, summarize_run  # noqa: E402
+from bayes_dc.evaluation.report import fmt, summarize_run  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -65,7 +65,7 @@ def launch_all(args) -> None:
 
 def raw_pixel_kmeans(args) -> dict:
     """k-means (k=10, faiss, niter 20) on raw pixels of the same training images: the floor to beat."""
-    from bayes_dc import metrics
+    from bayes_dc.evaluation import metrics
     from bayes_dc.clustering.kmeans import KMeansBackend
     from bayes_dc.data import load_dataset
 

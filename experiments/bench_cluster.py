@@ -82,7 +82,7 @@ def trunk_features(seed: int, device: str, data_root: str | None = None, width: 
 def fashion_mnist_features(d: int, seed: int, device: str, data_root: str | None = None, width: int = 64,
                            cache: Path | None = None, subset: int | None = None) -> tuple[torch.Tensor, np.ndarray]:
     """Whitened PCA-d + L2 of :func:`trunk_features`."""
-    from bayes_dc.preprocess import Whitener
+    from bayes_dc.spaces.whiten import Whitener
 
     feats, labels = trunk_features(seed, device, data_root, width, cache, subset)
     return Whitener(dim=d, whiten=True, l2=True).fit_transform(feats.to(device)).cpu(), labels

@@ -34,12 +34,12 @@ from benchlib import ROOT, launch
 
 sys.path.insert(0, str(ROOT))
 
-from bayes_dc.report import fmt, mean_spread, summarize_run  # noqa: E402
+from bayes_dc.evaluation.report import fmt, mean_spread, summarize_run  # noqa: E402
 
 # DeepCluster: hard k-means targets, a new head and a relabel every epoch, in its whitened PCA-256 space
 KMEANS_TRAINING = ["--prior", "kmeans", "--targets", "hard", "--head", "reset", "--relabel-every", "1"]
 KMEANS = KMEANS_TRAINING + ["--reduce", "pca", "--pca-dim", "256"]
-# The DeepCluster-DP default (bayes_dc.config) needs no arguments; each ablation changes one thing.
+# The DeepCluster-DP default (bayes_dc.config.schema) needs no arguments; each ablation changes one thing.
 VARIANTS: dict[str, list[str]] = {
     "km-k10": KMEANS + ["--k", "10"],
     "km-k100": KMEANS + ["--k", "100"],
@@ -129,10 +129,10 @@ def anchors(args) -> list[dict]:
     """No-training rows on the same training images (the subset of seed s, as the runs see them), per seed."""
     import torch
 
-    from bayes_dc import metrics
+    from bayes_dc.evaluation import metrics
     from bayes_dc.clustering.dpgmm import DPGMMBackend
     from bayes_dc.clustering.kmeans import KMeansBackend
-    from bayes_dc.reduce import UMAPReducer
+    from bayes_dc.spaces.registry import UMAPReducer
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -33,10 +33,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench_cluster import fmnist_umap, trunk_features as cached_trunk_features  # noqa: E402
 from benchlib import fmnist_trunk_features  # noqa: E402
 
-from bayes_dc import metrics  # noqa: E402
+from bayes_dc.evaluation import metrics  # noqa: E402
 from bayes_dc.clustering.dpgmm import DPGMMBackend  # noqa: E402
-from bayes_dc.config import Config  # noqa: E402
-from bayes_dc.preprocess import Whitener  # noqa: E402
+from bayes_dc.config.schema import Config  # noqa: E402
+from bayes_dc.spaces.whiten import Whitener  # noqa: E402
 
 DATA = ("fashion-mnist", "fmnist-umap", "digits", "elongated")
 
@@ -69,7 +69,7 @@ def parse_args(argv=None):
 def load_checkpoint(path: Path) -> dict:
     """A run's ``last.pt`` loaded with weights_only=True: only tensors, containers, numpy arrays and the project's
     Targets record are allowed to be unpickled."""
-    from bayes_dc.targets import Targets
+    from bayes_dc.loop.targets import Targets
     core = getattr(np, "_core", None) or np.core
     dtypes = [type(np.dtype(t)) for t in ("bool", "int8", "int16", "int32", "int64", "uint8", "float16", "float32",
                                           "float64")]

@@ -213,9 +213,9 @@ def job_extract(spec: dict) -> dict:
     import torch
 
     from bayes_dc.data import load_dataset
-    from bayes_dc.features import extract_features_to_memmap
-    from bayes_dc.models import build_model
-    from bayes_dc.preprocess import Whitener
+    from bayes_dc.models.features import extract_features_to_memmap
+    from bayes_dc.models.nets import build_model
+    from bayes_dc.spaces.whiten import Whitener
 
     torch.set_num_threads(spec["threads"])
     torch.manual_seed(spec["seed"])
@@ -341,7 +341,7 @@ def job_dp(spec: dict) -> dict:
     import torch
 
     from bayes_dc.clustering import make_backend
-    from bayes_dc.config import ClusterConfig
+    from bayes_dc.config.schema import ClusterConfig
 
     torch.set_num_threads(spec["threads"])
     n, d = spec["points"], spec["dim"]
@@ -380,8 +380,8 @@ def part_c(args) -> str:
     training amplifies (see tests/test_distributed.py); the table shows how far they end apart.
     """
     from benchlib import run_command
-    from bayes_dc.cli import to_args
-    from bayes_dc.jsonl import read_jsonl
+    from bayes_dc.config.cli import to_args
+    from bayes_dc.rundir.jsonl import read_jsonl
 
     out = args.cache.parent / "scale_torchrun"
     rows = []

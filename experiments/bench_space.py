@@ -8,9 +8,9 @@ warm rounds on the same features, as the loop does when the trunk has not moved 
 - ``kmeans``: DeepCluster's step, whitened PCA-256 + L2 and faiss k-means (k = 10, 20 iterations): the baseline
   whose seconds every other row is divided by;
 - ``umap + DP``: umap-learn's layout (PCA-50 -> 10-d; warm rounds start from the previous layout) + the DP-GMM;
-- ``pumap + DP``: the parametric space (``bayes_dc.space``; warm rounds keep the encoder) + the DP-GMM;
+- ``pumap + DP``: the parametric space (``bayes_dc.spaces.parametric``; warm rounds keep the encoder) + the DP-GMM;
 - ``umap-distilled + DP`` (a diagnostic, cold round only): umap-learn's layout, then pumap's encoder regressed onto it
-  (:func:`bayes_dc.space.distill_encoder`, 30 epochs): what an MLP on PCA-50 can reproduce of umap-learn's layout,
+  (:func:`bayes_dc.spaces.parametric.distill_encoder`, 30 epochs): what an MLP on PCA-50 can reproduce of umap-learn's layout,
   which separates the encoder's capacity from how far its training on the UMAP loss gets;
 and, for the spaces that map new points, the time to map and assign ``--new`` new images' features (one encoder
 forward pass + one E-step).
@@ -35,15 +35,14 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bayes_dc import metrics  # noqa: E402
+from bayes_dc.evaluation import metrics  # noqa: E402
 from bayes_dc.clustering.dpgmm import DPGMMBackend  # noqa: E402
 from bayes_dc.clustering.kmeans import KMeansBackend  # noqa: E402
-from bayes_dc.reduce import PCAReducer, UMAPReducer  # noqa: E402
-from bayes_dc.report import fmt  # noqa: E402
-from bayes_dc.reduction import Reduction  # noqa: E402
-from bayes_dc.space import (ParametricUMAPReducer, distill_encoder, new_encoder, output_whitening,  # noqa: E402
-                            project, scaled_pca_frame)
-from bayes_dc.trained import trunk_state  # noqa: E402
+from bayes_dc.spaces.registry import PCAReducer, UMAPReducer  # noqa: E402
+from bayes_dc.evaluation.report import fmt  # noqa: E402
+from bayes_dc.spaces.base import Reduction  # noqa: E402
+from bayes_dc.spaces.parametric import (ParametricUMAPReducer, distill_encoder, new_encoder, output_whitening, project, scaled_pca_frame)
+from bayes_dc.trained.load import trunk_state  # noqa: E402
 
 
 class DistilledUMAP:

@@ -65,8 +65,8 @@ def fmnist_trunk_features(*, subset: int | None = None, width: int = 64, device:
     import torch
 
     from bayes_dc.data import load_dataset
-    from bayes_dc.features import extract_features
-    from bayes_dc.models import build_model
+    from bayes_dc.models.features import extract_features
+    from bayes_dc.models.nets import build_model
 
     data = load_dataset("fashion-mnist", "train", root=data_root, subset=subset, seed=seed)
     torch.manual_seed(seed)

@@ -28,9 +28,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bayes_dc import trunk_loader  # noqa: E402
-from bayes_dc.runlog import atomic_write_bytes, atomic_write_text  # noqa: E402
-from bayes_dc.trained import load_run, trunk_architecture, trunk_state  # noqa: E402
+from bayes_dc.models import nets
+from bayes_dc.trained import trunk_loader  # noqa: E402
+from bayes_dc.rundir.runlog import atomic_write_bytes, atomic_write_text  # noqa: E402
+from bayes_dc.trained.load import load_run, trunk_architecture, trunk_state  # noqa: E402
 
 
 def export(run_dir: Path, out: Path, force: bool = False) -> dict:
@@ -49,9 +50,9 @@ def export(run_dir: Path, out: Path, force: bool = False) -> dict:
             "sha256": hashlib.sha256(weights).hexdigest(), "source_run": str(run_dir.resolve())}
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(out / "trunk.pt", weights)
-    package = Path(trunk_loader.__file__).parent
-    for name in ("models.py", "trunk_loader.py"):   # the same files bayes_dc runs, so the export cannot drift
-        shutil.copyfile(package / name, out / name)
+    # the same files bayes_dc runs, so the export cannot drift
+    for source, name in ((nets.__file__, "models.py"), (trunk_loader.__file__, "trunk_loader.py")):
+        shutil.copyfile(source, out / name)
     atomic_write_text(out / "trunk.json", json.dumps(meta, indent=2) + "\n")   # last: its presence marks a whole export
     return meta
 

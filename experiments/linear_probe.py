@@ -5,7 +5,7 @@
     python experiments/linear_probe.py runs/my-run --init          # the same architecture, random init
 
 Trains on the run's training images (its dataset, subset and seed) and scores its eval split, with the
-L2-normalised trunk features standardised (bayes_dc.metrics.linear_probe). Writes ``linear_probe.json`` into the
+L2-normalised trunk features standardised (bayes_dc.evaluation.metrics.linear_probe). Writes ``linear_probe.json`` into the
 run directory and prints it.
 """
 from __future__ import annotations
@@ -20,13 +20,13 @@ from torch.nn import functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bayes_dc import metrics  # noqa: E402
-from bayes_dc.config import Config  # noqa: E402
-from bayes_dc.batches import BatchSource  # noqa: E402
-from bayes_dc.pipeline import derive_seed, load_split, resolve_device  # noqa: E402
-from bayes_dc.runlog import CheckpointError, atomic_write_text, load_checkpoint  # noqa: E402
-from bayes_dc.trained import trunk_architecture, trunk_state  # noqa: E402
-from bayes_dc.trunk_loader import build_trunk  # noqa: E402
+from bayes_dc.evaluation import metrics  # noqa: E402
+from bayes_dc.config.schema import Config  # noqa: E402
+from bayes_dc.loop.batches import BatchSource  # noqa: E402
+from bayes_dc.loop.pipeline import derive_seed, load_split, resolve_device  # noqa: E402
+from bayes_dc.rundir.runlog import CheckpointError, atomic_write_text, load_checkpoint  # noqa: E402
+from bayes_dc.trained.load import trunk_architecture, trunk_state  # noqa: E402
+from bayes_dc.trained.trunk_loader import build_trunk  # noqa: E402
 
 
 def main(argv=None) -> int:

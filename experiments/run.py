@@ -7,8 +7,8 @@
     python experiments/run.py --name my-run --resume    # continue an interrupted run
     torchrun --standalone --nproc-per-node 2 experiments/run.py --preset quick   # 2 processes (GPUs, or gloo on CPU)
 
-All options: ``python experiments/run.py --help`` (generated from ``bayes_dc/config.py`` by
-``bayes_dc.cli``). The work is done by ``bayes_dc.pipeline.run``.
+All options: ``python experiments/run.py --help`` (generated from ``bayes_dc/config/schema.py`` by
+``bayes_dc.config.cli``). The work is done by ``bayes_dc.loop.pipeline.run``.
 """
 import json
 import os
@@ -22,7 +22,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bayes_dc.cli import CLIError, config_from_args  # noqa: E402
+from bayes_dc.config.cli import CLIError, config_from_args  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -34,7 +34,7 @@ def main(argv=None) -> int:
     except CLIError as err:
         say(f"error: {err}")
         return 2
-    from bayes_dc.pipeline import RunDiverged, RunInterrupted, run  # after parsing: --help and bad options need no torch
+    from bayes_dc.loop.pipeline import RunDiverged, RunInterrupted, run  # after parsing: --help and bad options need no torch
 
     try:
         final = run(cfg)

@@ -20,7 +20,7 @@ GRID is a preset name (``experiments/configs/sweeps/NAME.yaml``) or a YAML file:
       - {prior: kmeans, k: 100}
 
 Combinations that make no sense are collapsed, so no run is made twice: every option that cannot change a
-run is dropped, as its field's metadata in ``bayes_dc/config.py`` says (``bayes_dc.config.unused_options``):
+run is dropped, as its field's metadata in ``bayes_dc/config/schema.py`` says (``bayes_dc.config.schema.unused_options``):
 k-means runs drop every DP option (truncation, alpha, warm_start, ...) and get ``targets: hard`` and
 ``head: reset``; DP runs drop ``k``; ``prior_decay`` only counts with ``warm_start: prior``, ``sharpen`` only
 with soft / multilabel targets, ``relabel_every`` only with ``relabel: fixed``, and so on.
@@ -58,14 +58,14 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "experiments")]
 
 from benchlib import launch, run_argv, run_command  # noqa: E402
-from bayes_dc.cli import to_args  # noqa: E402
-from bayes_dc.config import OPTIONS, Config, unused_options  # noqa: E402
-from bayes_dc.report import fmt, markdown_table, mean_spread, summarize_run  # noqa: E402
+from bayes_dc.config.cli import to_args  # noqa: E402
+from bayes_dc.config.schema import OPTIONS, Config, unused_options  # noqa: E402
+from bayes_dc.evaluation.report import fmt, markdown_table, mean_spread, summarize_run  # noqa: E402
 
 PRESET_DIR = ROOT / "experiments" / "configs" / "sweeps"
 TOP_KEYS = ("description", "base", "grid", "runs")
 
-# Every config field (bayes_dc.config.OPTIONS) is a run.py option; the sweep owns where runs go and whether
+# Every config field (bayes_dc.config.schema.OPTIONS) is a run.py option; the sweep owns where runs go and whether
 # they resume.
 _DEFAULTS = Config()
 SWEEP_OWNED = {"name", "out_dir", "resume"}
@@ -241,8 +241,8 @@ def plan(grid: str | Path | dict) -> list[Run]:
 
 def check_runs(runs: list[Run], out_dir: Path) -> None:
     """Parse and validate every run's config before anything starts (bad values fail here, by run name)."""
-    from bayes_dc.cli import config_from_args
-    from bayes_dc.pipeline import validate
+    from bayes_dc.config.cli import config_from_args
+    from bayes_dc.loop.pipeline import validate
 
     for run in runs:
         try:  # CLIError (a value the option does not take) and validate's errors are both ValueErrors
@@ -257,8 +257,8 @@ Launcher = Callable[[str, list[str], Path], int]
 
 def run_inprocess(name: str, args: list[str], out_dir: Path) -> int:
     """Run (or resume) one run in this process; returns 0, or 1 after writing the error to OUT_DIR/NAME.log."""
-    from bayes_dc.cli import config_from_args
-    from bayes_dc.pipeline import run
+    from bayes_dc.config.cli import config_from_args
+    from bayes_dc.loop.pipeline import run
 
     argv = run_argv(name, args, out_dir)
     try:
@@ -328,7 +328,7 @@ def launch_submitit(todo: list[Run], out_dir: Path, options: SubmititOptions, sa
     """
     import submitit
 
-    from bayes_dc.jsonl import append_jsonl
+    from bayes_dc.rundir.jsonl import append_jsonl
 
     folder = out_dir / "submitit"
     executor = submitit.AutoExecutor(folder=folder / "%j", cluster=options.cluster)

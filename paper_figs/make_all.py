@@ -9,7 +9,7 @@ form one group (curves show the mean over seeds, a band the min-max). Runs of di
 schedules are never mixed: each such setting gets its own figures (a ``_<setting>`` suffix when there are
 several). A figure whose runs are missing is skipped with a note. See paper_figs/README.md for the list.
 
-Reads run directories with json / numpy and ``bayes_dc.report``; only the image grids (fig 8) load the
+Reads run directories with json / numpy and ``bayes_dc.evaluation.report``; only the image grids (fig 8) load the
 dataset (``bayes_dc.data``) to show the pixels.
 """
 from __future__ import annotations
@@ -28,9 +28,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bayes_dc.clustering.base import active_threshold  # noqa: E402  (the K_active cut; base imports no backend)
-from bayes_dc.jsonl import read_jsonl  # noqa: E402
-from bayes_dc.report import NOT_COMPARED, read_records  # noqa: E402
+from bayes_dc.clustering.base import active_threshold
+from bayes_dc.rundir.jsonl import read_jsonl  # noqa: E402
+from bayes_dc.evaluation.report import NOT_COMPARED, read_records  # noqa: E402
 import style as S  # noqa: E402
 
 # Fields that define the "setting" (runs of different settings are never put on one axis).
@@ -546,7 +546,7 @@ def fig_images(groups, out, name, which: str):
 @functools.lru_cache(maxsize=2)
 def _load_train(dataset, root, subset, seed, image_size):
     """The training images a run clustered (same subset and seed, so snapshot labels index them)."""
-    from bayes_dc.data import load_dataset  # pixels only (imports torch, not training code)
+    from bayes_dc.data import load_dataset
 
     return load_dataset(dataset, "train", root=root, subset=subset, seed=seed, image_size=image_size,
                         download=False)

@@ -10,7 +10,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from bayes_dc.plots import STYLE as RUN_STYLE  # noqa: E402  (the per-run figures' style; plots imports no training)
+from bayes_dc.evaluation.plots import STYLE as RUN_STYLE
 
 STYLE = {**RUN_STYLE, "font.size": 9, "axes.titlesize": 10, "axes.labelsize": 9, "legend.fontsize": 8,
          "lines.linewidth": 1.4, "lines.markersize": 5, "savefig.dpi": 150, "pdf.fonttype": 42,

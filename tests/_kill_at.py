@@ -29,7 +29,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")   # as experiments/run.py, b
 ROOT = Path(sys.argv[2] if sys.argv[1:2] == ["--repo"] else Path(__file__).resolve().parent.parent).resolve()
 sys.path.insert(0, str(ROOT))
 
-from bayes_dc import pipeline  # noqa: E402
+from bayes_dc.loop import pipeline  # noqa: E402
 
 POINTS = ("train-step", "cluster", "snapshot", "checkpoint", "after-checkpoint")
 

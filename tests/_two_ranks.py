@@ -15,7 +15,7 @@ import torch
 import torch.multiprocessing as mp
 
 from bayes_dc.clustering.dpgmm import DPGMM, ShardedDPGMM
-from bayes_dc.distributed import CPUSyncBatchNorm, Distributed, convert_sync_batchnorm, join_group, shutdown, wrap_ddp
+from bayes_dc.runtime.distributed import (CPUSyncBatchNorm, Distributed, convert_sync_batchnorm, join_group, shutdown, wrap_ddp)
 
 COVARIANCES = ("diag", "full")
 DP_OPTIONS = dict(truncation=20, max_iter=40)

@@ -28,7 +28,7 @@ def one_thread():
 @pytest.fixture
 def tiny_config(tmp_path):
     """A seconds-long end-to-end configuration on generated images."""
-    from bayes_dc.config import Config, merge
+    from bayes_dc.config.schema import Config, merge
 
     return merge(Config(), {
         "data": {"dataset": "synthetic", "subset": 300, "eval_subset": 100},

@@ -1,9 +1,9 @@
-"""bayes_dc.augment: crops land where the boxes say, flips mirror, colour stays in range, all seeded."""
+"""bayes_dc.data.augment: crops land where the boxes say, flips mirror, colour stays in range, all seeded."""
 import pytest
 import torch
 from torch.nn import functional as F
 
-from bayes_dc.augment import Augmenter, color_distortion, crop_flip, resized_crop, resized_crop_boxes
+from bayes_dc.data.augment import Augmenter, color_distortion, crop_flip, resized_crop, resized_crop_boxes
 
 
 def images(b=6, c=1, size=12, seed=0):

@@ -1,4 +1,4 @@
-"""The generated command line (bayes_dc.cli): precedence, None-able options, choices, round trip, help text,
+"""The generated command line (bayes_dc.config.cli): precedence, None-able options, choices, round trip, help text,
 and the config metadata it and the sweeps rely on."""
 import dataclasses
 import json
@@ -11,10 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bayes_dc import config as C
-from bayes_dc.cli import CLIError, config_from_args, list_presets, one_line, to_args
-from bayes_dc.config import OPTIONS, Config
-from bayes_dc.option_ranges import RANGES, check_ranges, parse_interval
+from bayes_dc.config import schema as C
+from bayes_dc.config.cli import CLIError, config_from_args, list_presets, one_line, to_args
+from bayes_dc.config.schema import OPTIONS, Config
+from bayes_dc.config.rules import RANGES, check_ranges, parse_interval
 
 ROOT = Path(__file__).resolve().parent.parent
 HINTS = {name: typing.get_type_hints(type(getattr(Config(), section)))[name] for name, (section, _) in OPTIONS.items()}
@@ -179,9 +179,9 @@ def test_one_line_keeps_the_message_only():
 def test_literal_choices_agree_with_the_registries():
     from bayes_dc.clustering import BACKENDS, dpgmm
     from bayes_dc.data import DATASETS, SPLITS
-    from bayes_dc.models import ARCHS
-    from bayes_dc.reduce import REDUCERS
-    from bayes_dc.targets import TARGET_KINDS
+    from bayes_dc.models.nets import ARCHS
+    from bayes_dc.spaces.registry import REDUCERS
+    from bayes_dc.loop.targets import TARGET_KINDS
 
     assert set(typing.get_args(C.Dataset)) == set(DATASETS)
     assert set(typing.get_args(C.Split)) == {s for splits in SPLITS.values() for s in splits} | {"none"}
@@ -192,10 +192,10 @@ def test_literal_choices_agree_with_the_registries():
     assert set(typing.get_args(C.Covariance)) == set(dpgmm.COVARIANCES)
     assert set(typing.get_args(C.WarmStart)) == set(dpgmm.WARM_STARTS)
     assert set(typing.get_args(C.Reduce)) == set(REDUCERS)
-    from bayes_dc.space import PUMAP_INITS
+    from bayes_dc.spaces.parametric import PUMAP_INITS
     assert set(typing.get_args(C.PumapInit)) == set(PUMAP_INITS)
     from bayes_dc.data import STREAMING_CHOICES
-    from bayes_dc.features import MEMMAP_DTYPES
+    from bayes_dc.models.features import MEMMAP_DTYPES
     assert set(typing.get_args(C.Streaming)) == set(STREAMING_CHOICES)
     assert set(typing.get_args(C.MemmapDtype)) == set(MEMMAP_DTYPES)
 
@@ -229,7 +229,7 @@ def test_flat_option_names_are_unique_across_sections():
     assert len(names) == len(set(names)) == len(OPTIONS)
 
 
-# ---- numeric ranges (bayes_dc.option_ranges) -----------------------------------------------------------------
+# ---- numeric ranges (bayes_dc.config.rules) -----------------------------------------------------------------
 
 
 def base_type(tp):
@@ -265,7 +265,7 @@ def outside(name: str) -> list:
 
 @pytest.mark.parametrize("name", sorted(RANGES))
 def test_a_numeric_option_outside_its_range_is_refused_by_validate_naming_it(name):
-    from bayes_dc.pipeline import validate
+    from bayes_dc.loop.pipeline import validate
 
     section = OPTIONS[name][0]
     for value in outside(name):

@@ -14,15 +14,7 @@ import pytest
 import torch
 
 from bayes_dc import data
-from bayes_dc.data import (
-    DATASETS,
-    CorruptDataError,
-    DatasetNotFoundError,
-    ImageDataset,
-    UnreadableImagesError,
-    load_dataset,
-    read_idx,
-)
+from bayes_dc.data import (DATASETS, CorruptDataError, DatasetNotFoundError, ImageDataset, UnreadableImagesError, load_dataset, read_idx)
 
 DEBIAN_FASHION = Path("/usr/share/datasets/fashion-mnist")
 

@@ -16,11 +16,11 @@ import pytest
 import torch
 from sklearn.metrics import adjusted_rand_score
 
-from bayes_dc import pipeline
-from bayes_dc.augment import Augmenter
-from bayes_dc.config import merge
-from bayes_dc.distributed import Distributed, check_batch_size
-from bayes_dc.jsonl import read_jsonl
+from bayes_dc.loop import pipeline
+from bayes_dc.data.augment import Augmenter
+from bayes_dc.config.schema import merge
+from bayes_dc.runtime.distributed import Distributed, check_batch_size
+from bayes_dc.rundir.jsonl import read_jsonl
 from _two_ranks import COVARIANCES, run_two_ranks, single_dp, single_small, single_step
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -233,7 +233,7 @@ def test_a_ctrl_c_delivered_twice_at_once_is_one_stop_request():
     the test sets (a wall clock made this depend on how busy the machine was between two os.kill calls)."""
     import signal
 
-    from bayes_dc.runlog import graceful_interrupt
+    from bayes_dc.rundir.runlog import graceful_interrupt
 
     now = [100.0]
 

@@ -12,7 +12,7 @@ from sklearn.mixture import BayesianGaussianMixture
 from bayes_dc.clustering import make_backend
 from bayes_dc.clustering.dpgmm import DPGMM, ClusterCountWarning, ConvergenceWarning, DPGMMBackend, make_family
 from bayes_dc.clustering.dpgmm.prior import build_prior
-from bayes_dc.config import ClusterConfig
+from bayes_dc.config.schema import ClusterConfig
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")

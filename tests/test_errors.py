@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from bayes_dc.config import Config, merge
+from bayes_dc.config.schema import Config, merge
 
 ROOT = Path(__file__).resolve().parent.parent
 spec = importlib.util.spec_from_file_location("run_py", ROOT / "experiments" / "run.py")
@@ -39,7 +39,7 @@ def run_main(capsys, argv: list[str]) -> tuple[int, str]:
     (["--reduce", "umap", "--reduce-dim", "59"], "--reduce-dim 59 must be below N - 1 = 59"),
     (["--num-workers", "-1"], "--num-workers must be >= 0"),
     (["--memory-budget-gb", "0"], "--memory-budget-gb must be > 0"),
-    # numeric options: not finite or out of range (bayes_dc.option_ranges), refused before the run directory
+    # numeric options: not finite or out of range (bayes_dc.config.rules), refused before the run directory
     (["--lr", "nan"], "--lr must be > 0 (a finite number), got nan"),
     (["--lr", "inf"], "--lr must be > 0 (a finite number), got inf"),
     (["--lr", "0"], "--lr must be > 0 (a finite number), got 0.0"),
@@ -63,8 +63,8 @@ def test_a_run_that_cannot_work_fails_before_writing(tmp_path, capsys, options, 
 
 def test_alexnet_on_small_images_exits_2_and_the_suggested_size_passes_the_check(tmp_path):
     """The case that used to leave a run directory behind and block the rerun with "already exists"."""
-    from bayes_dc.cli import config_from_args
-    from bayes_dc.pipeline import _load_data, check_sizes
+    from bayes_dc.config.cli import config_from_args
+    from bayes_dc.loop.pipeline import _load_data, check_sizes
 
     argv = [*TINY, "--out-dir", str(tmp_path / "runs"), "--name", "a", "--arch", "alexnet-bn"]
     bad = subprocess.run([sys.executable, "experiments/run.py", *argv], cwd=ROOT, capture_output=True, text=True,

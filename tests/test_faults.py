@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from bayes_dc import pipeline
-from bayes_dc.config import merge
-from bayes_dc.jsonl import read_jsonl
-from bayes_dc.runlog import CheckpointWarning
+from bayes_dc.loop import pipeline
+from bayes_dc.config.schema import merge
+from bayes_dc.rundir.jsonl import read_jsonl
+from bayes_dc.rundir.runlog import CheckpointWarning
 from test_errors import run_py   # experiments/run.py as a module
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -97,7 +97,7 @@ def default_tiny(tmp_path):
     process and in the killed ones alike. The test process gets its thread counts back."""
     import faiss
 
-    from bayes_dc.config import Config
+    from bayes_dc.config.schema import Config
 
     threads, faiss_threads = torch.get_num_threads(), faiss.omp_get_max_threads()
     yield merge(Config(), {

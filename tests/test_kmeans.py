@@ -5,10 +5,10 @@ import torch
 from sklearn.cluster import KMeans
 from sklearn.datasets import make_blobs
 
-from bayes_dc import metrics
+from bayes_dc.evaluation import metrics
 from bayes_dc.clustering import make_backend
 from bayes_dc.clustering.kmeans import KMeansBackend
-from bayes_dc.config import ClusterConfig
+from bayes_dc.config.schema import ClusterConfig
 
 
 def blobs(n=3000, k=8, d=16, seed=0):

@@ -4,9 +4,9 @@ import json
 import numpy as np
 import pytest
 
-from bayes_dc import lineage
+from bayes_dc.evaluation import lineage
 from bayes_dc.clustering.base import ClusterResult
-from bayes_dc.lineage import lineage_events, overlap, round_lineage
+from bayes_dc.evaluation.lineage import lineage_events, overlap, round_lineage
 
 
 def _random_topk(rng, n, k, t):
@@ -183,7 +183,7 @@ def test_cluster_result_and_float16_snapshot_agree(tmp_path):
 def test_collapse_of_many_small_components_is_a_merge():
     # 40 equal components collapse into 2: each old one is only 1/20 of its new home (below `share`), but
     # sends all its mass there, so both new components are merges of 20 parents.
-    from bayes_dc.lineage import lineage_events, overlap
+    from bayes_dc.evaluation.lineage import lineage_events, overlap
     n = 4000
     prev = np.arange(n) % 40
     new = (prev >= 20).astype(np.int64)

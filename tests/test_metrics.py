@@ -1,11 +1,11 @@
-"""bayes_dc.metrics against hand-computed values and brute-force references, on tiny data."""
+"""bayes_dc.evaluation.metrics against hand-computed values and brute-force references, on tiny data."""
 import math
 
 import numpy as np
 import pytest
 import torch
 
-from bayes_dc import metrics
+from bayes_dc.evaluation import metrics
 
 # Six points, two classes, three clusters. Contingency table (classes x clusters): [[2, 1, 0], [0, 1, 2]].
 TRUE6 = np.array([0, 0, 0, 1, 1, 1])

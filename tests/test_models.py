@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from bayes_dc.models import ARCHS, Sobel, build_model
+from bayes_dc.models.nets import ARCHS, Sobel, build_model
 
 
 @pytest.mark.parametrize("arch, size", [("vgg-small", 28), ("vgg-small", 32), ("alexnet-bn", 64), ("vgg16-bn", 64)])

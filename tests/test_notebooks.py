@@ -58,9 +58,9 @@ def test_notebook_runs_in_smoke_mode(path, tiny_sweep, monkeypatch):
 
 
 def test_family_is_the_largest_ablation_of_the_varied_options(tiny_sweep):
-    """The notebooks' run selection (bayes_dc.report): runs equal in everything but the varied options and
+    """The notebooks' run selection (bayes_dc.evaluation.report): runs equal in everything but the varied options and
     the bookkeeping ones (name, seed, ...), the largest such set."""
-    from bayes_dc.report import curve, family, load_runs
+    from bayes_dc.evaluation.report import curve, family, load_runs
 
     runs = load_runs(tiny_sweep)
     assert {r["name"] for r in family(runs, ["warm_start"])} == {"dp_T20_warm-init_r1", "dp_T20_warm-none_r1"}

@@ -13,8 +13,8 @@ sys.path.insert(0, str(ROOT / "paper_figs"))
 FIGURES = ["fig1_active_clusters", "fig2_nmi_kmeans_vs_dp", "fig3_stability", "fig4_warm_start_elbo",
            "fig5_weight_spectra", "fig6_cluster_time_share", "fig7_lineage", "fig8_images_dp", "fig8_images_kmeans"]
 # clustering.base (the seam's ClusterResult and the K_active cut) is allowed; the backends are not.
-TRAINING = ("bayes_dc.pipeline", "bayes_dc.train", "bayes_dc.models", "bayes_dc.clustering.kmeans",
-            "bayes_dc.clustering.dpgmm", "bayes_dc.clustering.pyro_model", "bayes_dc.features", "bayes_dc.targets")
+TRAINING = ("bayes_dc.loop.pipeline", "bayes_dc.loop.trainer", "bayes_dc.models.nets", "bayes_dc.clustering.kmeans",
+            "bayes_dc.clustering.dpgmm", "bayes_dc.clustering.pyro_model", "bayes_dc.models.features", "bayes_dc.loop.targets")
 
 CHECK = """
 import json, runpy, sys

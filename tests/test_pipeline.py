@@ -6,13 +6,13 @@ import pytest
 import torch
 from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 
-from bayes_dc import pipeline
+from bayes_dc.loop import pipeline
 from bayes_dc.clustering import make_backend
-from bayes_dc.config import ClusterConfig
+from bayes_dc.config.schema import ClusterConfig
 from bayes_dc.data import load_dataset
-from bayes_dc.config import Config, merge, option_used
-from bayes_dc.jsonl import read_jsonl
-from bayes_dc.runlog import RunDirError
+from bayes_dc.config.schema import Config, merge, option_used
+from bayes_dc.rundir.jsonl import read_jsonl
+from bayes_dc.rundir.runlog import RunDirError
 
 TIMING = ("seconds", "share")
 
@@ -229,7 +229,7 @@ def test_tensorboard_logs_scalars_and_cluster_grid(tiny_config, tmp_path):
 
 
 def test_cluster_grid_rows_follow_cluster_sizes():
-    from bayes_dc.tblog import cluster_grid
+    from bayes_dc.rundir.tblog import cluster_grid
     images = torch.zeros(30, 1, 4, 4, dtype=torch.uint8)
     labels = np.repeat([0, 1, 2], [5, 20, 5])
     images[labels == 1] = 200  # the largest cluster is bright
@@ -323,7 +323,7 @@ def test_projection_space_is_what_gets_clustered_and_trains_with_the_trunk(tiny_
 
 def test_two_views_learn_the_other_views_responsibilities(tiny_config, tmp_path, monkeypatch):
     """With --two-views each view's loss target is the fit's assignment of the *other* view, computed on the fly."""
-    from bayes_dc import train
+    from bayes_dc.loop import trainer as train
     seen = []
     real = train.swapped_targets
 
@@ -344,7 +344,7 @@ def test_two_views_on_the_parametric_space_learn_the_other_views_responsibilitie
     """--two-views on --reduce pumap: each augmented view is mapped by the round's encoder and assigned by the DP
     posterior, and the loss of one view targets the other view's responsibilities (checked against the same maps
     computed here from the views' embeddings)."""
-    from bayes_dc import train
+    from bayes_dc.loop import trainer as train
     seen = []
     real_targets, real_resp = train.swapped_targets, train.view_responsibilities
 
@@ -371,8 +371,8 @@ def test_the_space_loss_rewards_close_views_and_reaches_the_trunk(tiny_config):
     """--space-weight: in a trained parametric space two views of the same images score a lower UMAP loss than
     unrelated images (same negatives), and the loss has a gradient on the trunk's weights (it trains the ConvNet,
     not the encoder)."""
-    from bayes_dc import train
-    from bayes_dc.space import ParametricUMAPReducer
+    from bayes_dc.loop import trainer as train
+    from bayes_dc.spaces.parametric import ParametricUMAPReducer
     cfg = merge(tiny_config, {**DP_PUMAP, "train": {"two_views": True, "space_weight": 1.0}})
     ctx = pipeline.setup(merge(cfg, {"run": {"name": "space"}}))
     # an encoder trained long enough to mean something (the run's tiny settings take two steps)

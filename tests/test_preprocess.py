@@ -1,11 +1,11 @@
-"""bayes_dc.preprocess.Whitener: whitening invariants, capping, determinism, sklearn agreement, errors."""
+"""bayes_dc.spaces.whiten.Whitener: whitening invariants, capping, determinism, sklearn agreement, errors."""
 import numpy as np
 import pytest
 import torch
 from sklearn.decomposition import PCA
 
-from bayes_dc import preprocess
-from bayes_dc.preprocess import Whitener
+from bayes_dc.spaces import whiten as preprocess
+from bayes_dc.spaces.whiten import Whitener
 
 
 def _correlated(n=400, f=12, seed=0):

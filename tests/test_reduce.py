@@ -1,4 +1,4 @@
-"""bayes_dc.reduce: the clustering space (PCA whitening or PCA -> UMAP), its warm start and its errors."""
+"""bayes_dc.spaces.registry: the clustering space (PCA whitening or PCA -> UMAP), its warm start and its errors."""
 import numpy as np
 import pytest
 import torch
@@ -7,10 +7,9 @@ from sklearn.metrics import normalized_mutual_info_score as nmi
 from sklearn.neighbors import NearestNeighbors
 
 from bayes_dc.clustering import make_backend
-from bayes_dc.config import ClusterConfig, Config, merge
-from bayes_dc.preprocess import Whitener
-from bayes_dc.reduce import (UMAP_WARM_EPOCHS, IdentityReducer, PCAReducer, UMAPReducer, make_reducer, nearest_neighbors,
-                             neighbor_overlap)
+from bayes_dc.config.schema import ClusterConfig, Config, merge
+from bayes_dc.spaces.whiten import Whitener
+from bayes_dc.spaces.registry import (UMAP_WARM_EPOCHS, IdentityReducer, PCAReducer, UMAPReducer, make_reducer, nearest_neighbors, neighbor_overlap)
 
 
 def blobs(n=600, f=40, k=4, seed=0):
@@ -141,7 +140,7 @@ def test_a_layout_on_fewer_directions_keeps_the_ones_it_uses_and_the_dp_can_fit_
     import warnings
 
     from bayes_dc.clustering.dpgmm import DPGMMBackend
-    from bayes_dc.reduce import drop_flat_directions
+    from bayes_dc.spaces.registry import drop_flat_directions
 
     generator = torch.Generator().manual_seed(0)
     centres = torch.randn(3, 4, generator=generator) * 4
@@ -164,7 +163,7 @@ def test_a_layout_on_fewer_directions_keeps_the_ones_it_uses_and_the_dp_can_fit_
 def test_the_umap_map_of_new_points_follows_the_dropped_directions():
     """With flat directions dropped, UMAPReducer.transform maps a training point (nearly) onto its clustered point, in
     the reduced coordinates: the Shepard interpolation of the layout, then the same centring and basis."""
-    from bayes_dc.reduce import drop_flat_directions
+    from bayes_dc.spaces.registry import drop_flat_directions
 
     generator = torch.Generator().manual_seed(1)
     pcs = torch.randn(200, 6, generator=generator)

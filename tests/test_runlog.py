@@ -13,11 +13,10 @@ import numpy as np
 import pytest
 import torch
 
-from bayes_dc.config import Config, merge
-from bayes_dc.models import build_model
-from bayes_dc.runlog import (CheckpointError, CheckpointWarning, RunDir, atomic_write_text, graceful_interrupt,
-                             load_checkpoint, manifest_path, previous_path, save_checkpoint, write_manifest)
-from bayes_dc.targets import Targets
+from bayes_dc.config.schema import Config, merge
+from bayes_dc.models.nets import build_model
+from bayes_dc.rundir.runlog import (CheckpointError, CheckpointWarning, RunDir, atomic_write_text, graceful_interrupt, load_checkpoint, manifest_path, previous_path, save_checkpoint, write_manifest)
+from bayes_dc.loop.targets import Targets
 
 
 @functools.lru_cache(maxsize=None)   # built once per epoch value; tests only read it

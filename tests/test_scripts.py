@@ -110,7 +110,7 @@ def test_bench_dcdp_variants_are_valid_configs_that_differ_from_their_baseline()
     """Every benchmark variant parses into a Config (a typo would only surface minutes into a grid), and each
     changes something: a variant equal to its baseline would put a duplicate row in the table."""
     import bench_dcdp
-    from bayes_dc.cli import config_from_args
+    from bayes_dc.config.cli import config_from_args
 
     configs = {name: config_from_args(list(args)) for name, args in bench_dcdp.VARIANTS.items()}
     for name, config in configs.items():

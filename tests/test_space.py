@@ -6,10 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from bayes_dc.config import Config, merge
-from bayes_dc.reduce import make_reducer
-from bayes_dc.space import EdgeSampler, ParametricUMAPReducer, fit_ab, fuzzy_graph, knn_search, new_encoder, \
-    rebase_first_layer, encode, smooth_knn, train_encoder
+from bayes_dc.config.schema import Config, merge
+from bayes_dc.spaces.registry import make_reducer
+from bayes_dc.spaces.parametric import (EdgeSampler, ParametricUMAPReducer, fit_ab, fuzzy_graph, knn_search, new_encoder, rebase_first_layer, encode, smooth_knn, train_encoder)
 
 
 def blobs(n_per: int = 60, k: int = 4, dim: int = 12, seed: int = 0) -> tuple[torch.Tensor, np.ndarray]:
@@ -169,7 +168,7 @@ def test_transform_before_a_fit_is_refused_clearly():
 def test_output_whitening_gives_identity_covariance_and_drops_collapsed_directions():
     """An encoder output that collapsed onto fewer than d directions (clusters pulled onto points) gives points on
     the directions it uses, with identity covariance (positive definite, as the DP's prior needs)."""
-    from bayes_dc.space import output_whitening
+    from bayes_dc.spaces.parametric import output_whitening
     generator = torch.Generator().manual_seed(0)
     full = torch.randn(500, 4, generator=generator) @ torch.randn(4, 4, generator=generator)
     mean, whiten = output_whitening(full)
@@ -184,7 +183,7 @@ def test_output_whitening_gives_identity_covariance_and_drops_collapsed_directio
 def test_negative_partners_are_a_shuffle_within_each_block(batch):
     """Every row of negative positions permutes each block of NEGATIVE_BLOCK edges onto itself, so a rank that holds
     whole blocks holds every partner of its edges."""
-    from bayes_dc.space import NEGATIVE_BLOCK, negative_positions
+    from bayes_dc.spaces.parametric import NEGATIVE_BLOCK, negative_positions
 
     positions = negative_positions(batch, 5, torch.Generator().manual_seed(0))
     assert positions.shape == (5, batch)
@@ -199,7 +198,7 @@ def test_ranks_blocks_cover_the_batch_and_their_summed_gradient_is_the_one_proce
     """The data-parallel encoder step: ranks take contiguous whole blocks of the global batch (together all of it,
     none twice; a rank may get none), and the sum of their losses and gradients, as the all-reduce forms it, equals
     the one-process loss and gradient of the whole batch."""
-    from bayes_dc.space import negative_positions, rank_blocks, umap_loss
+    from bayes_dc.spaces.parametric import negative_positions, rank_blocks, umap_loss
 
     spans = [rank_blocks(batch, r, world) for r in range(world)]
     assert spans[0][0] == 0 and spans[-1][1] == batch
@@ -253,7 +252,7 @@ def test_a_spectral_start_begins_where_a_random_start_ends():
 def test_distill_encoder_fits_a_smooth_target():
     """Regression onto a smooth function of the inputs: the relative squared error it reports is small and is the
     error of the returned encoder."""
-    from bayes_dc.space import distill_encoder
+    from bayes_dc.spaces.parametric import distill_encoder
 
     generator = torch.Generator().manual_seed(0)
     inputs = torch.randn(600, 4, generator=generator)

@@ -11,12 +11,11 @@ import numpy as np
 import pytest
 import torch
 
-from bayes_dc.data import (DEFAULT_MEMORY_BUDGET, ImageDataset, ImageSource, StreamingImageFolder,
-                           UnreadableImagesError, in_memory_nbytes, load_dataset, use_streaming)
+from bayes_dc.data import (DEFAULT_MEMORY_BUDGET, ImageDataset, ImageSource, StreamingImageFolder, UnreadableImagesError, in_memory_nbytes, load_dataset, use_streaming)
 from bayes_dc.data.imagefolder import _decode_pil, _decode_torchvision
 from bayes_dc.data.transforms import random_resized_crop_flip, sample_resized_crop
-from bayes_dc.features import extract_features, extract_features_to_memmap
-from bayes_dc.preprocess import Whitener
+from bayes_dc.models.features import extract_features, extract_features_to_memmap
+from bayes_dc.spaces.whiten import Whitener
 
 SIZE = 16
 
@@ -317,9 +316,9 @@ def split_folder(tmp_path) -> Path:
 def test_a_streamed_run_equals_the_in_memory_run(split_folder, tmp_path):
     """--streaming always (batches from DataLoader workers, features through a memmap on disk) trains and clusters
     exactly as --streaming never on the same folder."""
-    from bayes_dc import pipeline
-    from bayes_dc.config import Config, merge
-    from bayes_dc.jsonl import read_jsonl
+    from bayes_dc.loop import pipeline
+    from bayes_dc.config.schema import Config, merge
+    from bayes_dc.rundir.jsonl import read_jsonl
 
     base = merge(Config(), {
         "data": {"dataset": "imagefolder", "data_root": str(split_folder), "image_size": SIZE},
@@ -357,7 +356,7 @@ def test_a_streamed_run_equals_the_in_memory_run(split_folder, tmp_path):
 
 def test_cluster_grid_reads_a_streamed_set_through_the_dataset(split_folder):
     pytest.importorskip("torchvision")
-    from bayes_dc.tblog import cluster_grid
+    from bayes_dc.rundir.tblog import cluster_grid
 
     streamed, memory = stream(split_folder / "train"), in_memory(split_folder / "train")
     labels = np.arange(len(memory)) % 4

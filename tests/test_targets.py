@@ -5,7 +5,7 @@ import torch
 from torch.nn import functional as F
 
 from bayes_dc.clustering.base import ClusterResult
-from bayes_dc.targets import ClusterLoss, balanced_weights, build_targets, sample_epoch, sharpen
+from bayes_dc.loop.targets import ClusterLoss, balanced_weights, build_targets, sample_epoch, sharpen
 
 
 def make_result(labels, resp_values=None, resp_index=None, t=None):
@@ -105,7 +105,7 @@ def test_unknown_target_kind_lists_choices():
 
 
 def test_swapped_targets_are_the_other_views_responsibilities():
-    from bayes_dc.targets import swapped_targets
+    from bayes_dc.loop.targets import swapped_targets
     values_a = torch.tensor([[0.7, 0.3], [0.6, 0.4]])
     index_a = torch.tensor([[2, 0], [1, 3]])
     values_b = torch.tensor([[0.9, 0.1], [0.5, 0.5]])

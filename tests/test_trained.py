@@ -16,11 +16,12 @@ import bayes_dc
 from bayes_dc.clustering import make_backend
 from bayes_dc.clustering.dpgmm import DPGMMBackend
 from bayes_dc.clustering.dpgmm.predictive import log_predictive
-from bayes_dc.config import ClusterConfig, Config, merge
+from bayes_dc.config.schema import ClusterConfig, Config, merge
 from bayes_dc.data import load_dataset
-from bayes_dc.pipeline import FINAL_CHECKPOINT, run
-from bayes_dc.reduce import PCAReducer
-from bayes_dc.runlog import load_checkpoint, save_checkpoint
+from bayes_dc.loop.pipeline import run
+from bayes_dc.rundir.final import FINAL_CHECKPOINT
+from bayes_dc.spaces.registry import PCAReducer
+from bayes_dc.rundir.runlog import load_checkpoint, save_checkpoint
 
 ROOT = Path(__file__).resolve().parent.parent
 N_TRAIN = 300

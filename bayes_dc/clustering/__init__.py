@@ -5,16 +5,16 @@ from typing import Callable
 
 import torch
 
-from .base import ACTIVE_WEIGHT, ClusterBackend, ClusterResult, active_mask, active_threshold, check_features
+from bayes_dc.clustering.base import (ACTIVE_WEIGHT, ClusterBackend, ClusterResult, active_mask, active_threshold, check_features)
 
 
 def _kmeans(cfg, device: torch.device) -> ClusterBackend:
-    from .kmeans import KMeansBackend
+    from bayes_dc.clustering.kmeans import KMeansBackend
     return KMeansBackend.from_config(cfg, device)
 
 
 def _dp(cfg, device: torch.device) -> ClusterBackend:
-    from .dpgmm import DPGMMBackend
+    from bayes_dc.clustering.dpgmm import DPGMMBackend
     return DPGMMBackend.from_config(cfg, device)
 
 
@@ -22,7 +22,7 @@ BACKENDS: dict[str, Callable[..., ClusterBackend]] = {"kmeans": _kmeans, "dp": _
 
 
 def make_backend(cfg, device: torch.device | str = "cpu") -> ClusterBackend:
-    """Build the backend named by ``cfg.prior`` (a :class:`bayes_dc.config.ClusterConfig`)."""
+    """Build the backend named by ``cfg.prior`` (a :class:`bayes_dc.config.schema.ClusterConfig`)."""
     if cfg.prior not in BACKENDS:
         raise ValueError(f"unknown clustering prior {cfg.prior!r}; choose one of {sorted(BACKENDS)} (--prior)")
     return BACKENDS[cfg.prior](cfg, torch.device(device))

@@ -12,13 +12,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from .base import ClusterBackend, ClusterResult, active_mask, check_features
+from bayes_dc.clustering.base import ClusterBackend, ClusterResult, active_mask, check_features
 
 
 class KMeansBackend(ClusterBackend):
     """faiss k-means with k clusters. Component ids carry no identity across rounds.
 
-    Several processes (``dist``, a ``bayes_dc.distributed.Distributed`` of more than one rank): each passes its
+    Several processes (``dist``, a ``bayes_dc.runtime.distributed.Distributed`` of more than one rank): each passes its
     own rows to :meth:`fit`; the rows are gathered, rank 0 trains faiss on all of them and sends the centroids to
     the others, each rank assigns its own rows, and every rank returns the result for all N rows in rank order.
     """

@@ -69,13 +69,13 @@ from pyro.distributions import constraints
 from pyro.distributions.torch_distribution import TorchDistribution
 from pyro.infer import SVI, Trace_ELBO
 
-from . import stick
-from .dpgmm.families import Components
-from .dpgmm.prior import DPGMMPrior
-from .dpgmm.variational import DPGMMParams
+from bayes_dc.clustering import stick
+from bayes_dc.clustering.dpgmm.families import Components
+from bayes_dc.clustering.dpgmm.prior import DPGMMPrior
+from bayes_dc.clustering.dpgmm.variational import DPGMMParams
 
 if TYPE_CHECKING:
-    from .dpgmm.engine import DPGMM
+    from bayes_dc.clustering.dpgmm.engine import DPGMM
 
 COMPONENT_PARAMS = ("m", "kappa", "dof", "scale")
 STICK_PARAMS = ("g1", "g2", "alpha_shape", "alpha_rate")
@@ -424,7 +424,7 @@ def fit_svi(engine: "DPGMM", x: torch.Tensor, *, seed: int, steps: int, batch_si
                     for group in optim.param_groups:
                         group["lr"] = step_size
     if not converged:
-        from .dpgmm.engine import ConvergenceWarning
+        from bayes_dc.clustering.dpgmm.engine import ConvergenceWarning
         warnings.warn(ConvergenceWarning(
             f"Pyro SVI used all --svi-steps {steps} steps before the responsibilities of its {probe.shape[0]} probe "
             f"points moved less than tol={engine.tol} and its ELBO rose less than {ELBO_TOL} nats per point between "

@@ -38,14 +38,11 @@ from typing import Callable
 
 import numpy as np
 
-from .base import (CorruptDataError, DatasetNotFoundError, ImageDataset, ImageSource, SearchPaths,
-                   UnreadableImagesError, _check_image_size, resize_images)
-from .generated import _load_digits, _load_synthetic
-from .idx import FASHION_MNIST, MNIST, IdxSpec, download_idx, load_idx, read_idx
-from .imagefolder import (DEFAULT_IMAGE_SIZE, IMAGE_EXTENSIONS, decode_image_file, list_imagefolder,
-                          listing_in_memory, load_imagefolder, read_image)
-from .streaming import (DEFAULT_MEMORY_BUDGET, STREAMING_CHOICES, StreamingImageFolder, check_streaming,
-                        in_memory_nbytes, use_streaming)
+from bayes_dc.data.base import (CorruptDataError, DatasetNotFoundError, ImageDataset, ImageSource, SearchPaths, UnreadableImagesError, _check_image_size, resize_images)
+from bayes_dc.data.generated import _load_digits, _load_synthetic
+from bayes_dc.data.idx import FASHION_MNIST, MNIST, IdxSpec, download_idx, load_idx, read_idx
+from bayes_dc.data.imagefolder import (DEFAULT_IMAGE_SIZE, IMAGE_EXTENSIONS, decode_image_file, list_imagefolder, listing_in_memory, load_imagefolder, read_image)
+from bayes_dc.data.streaming import (DEFAULT_MEMORY_BUDGET, STREAMING_CHOICES, StreamingImageFolder, check_streaming, in_memory_nbytes, use_streaming)
 
 __all__ = [
     "ImageDataset",
@@ -89,7 +86,7 @@ def _idx_loader(spec: IdxSpec, split: str, **kwargs) -> ImageDataset:
 
 
 def _torchvision_loader(name: str, split: str, **kwargs) -> ImageDataset:
-    from .torchvision_sets import load_torchvision_set
+    from bayes_dc.data.torchvision_sets import load_torchvision_set
 
     return load_torchvision_set(name, split, paths=_search_paths(), **kwargs)
 

@@ -17,8 +17,7 @@ from typing import Iterable, Iterator, Protocol, runtime_checkable
 import numpy as np
 import torch
 
-from .transforms import (DEFAULT_CROP_RATIO, DEFAULT_CROP_SCALE, batch_seeds, random_resized_crop_flip,
-                         resize_float_to_uint8)
+from bayes_dc.data.transforms import (DEFAULT_CROP_RATIO, DEFAULT_CROP_SCALE, batch_seeds, random_resized_crop_flip, resize_float_to_uint8)
 
 _CHUNK = 4096  # images per chunk for float work (mean/std, resizing): bounds peak memory
 
@@ -56,7 +55,7 @@ class ImageSource(Protocol):
     extraction); ``train_batches`` gives the images of ``indices`` in that order, ``batch_size`` at a time
     (the last batch may be smaller), optionally augmented (random-resized crop + flip) with randomness taken
     from ``generator`` only. Both yield ``(B, C, S, S)`` uint8 tensors; normalisation is the caller's
-    (``bayes_dc.features.normalize``).
+    (``bayes_dc.models.features.normalize``).
     """
 
     name: str

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .base import _CHUNK, ImageDataset, _finish
+from bayes_dc.data.base import _CHUNK, ImageDataset, _finish
 
 DIGITS_SPLIT_SEED = 0      # fixed (not the run seed): the train/test split must be the same in every run
 DIGITS_TRAIN_SIZE = 1500   # of 1,797; the other 297 are the test split

@@ -16,7 +16,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from .base import CorruptDataError, DatasetNotFoundError, ImageDataset, SearchPaths, _finish
+from bayes_dc.data.base import CorruptDataError, DatasetNotFoundError, ImageDataset, SearchPaths, _finish
 
 _IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: np.dtype(">i2"), 0x0C: np.dtype(">i4"),
                0x0D: np.dtype(">f4"), 0x0E: np.dtype(">f8")}

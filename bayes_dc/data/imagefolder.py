@@ -24,8 +24,8 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from .base import DatasetNotFoundError, ImageDataset, UnreadableImagesError, _subset_indices
-from .transforms import DEFAULT_CROP_RATIO, DEFAULT_CROP_SCALE, centre_crop_resize, random_resized_crop_flip
+from bayes_dc.data.base import DatasetNotFoundError, ImageDataset, UnreadableImagesError, _subset_indices
+from bayes_dc.data.transforms import (DEFAULT_CROP_RATIO, DEFAULT_CROP_SCALE, centre_crop_resize, random_resized_crop_flip)
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 DEFAULT_IMAGE_SIZE = 32       # side of the output when image_size is None

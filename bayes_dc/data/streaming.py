@@ -19,9 +19,9 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from .base import DatasetNotFoundError, _CHUNK, channel_moments, check_batch_size, check_indices
-from .imagefolder import DecodedBatches, FolderListing, folder_channels, iterate_decoded, unreadable_error
-from .transforms import DEFAULT_CROP_RATIO, DEFAULT_CROP_SCALE, batch_seeds
+from bayes_dc.data.base import DatasetNotFoundError, _CHUNK, channel_moments, check_batch_size, check_indices
+from bayes_dc.data.imagefolder import (DecodedBatches, FolderListing, folder_channels, iterate_decoded, unreadable_error)
+from bayes_dc.data.transforms import DEFAULT_CROP_RATIO, DEFAULT_CROP_SCALE, batch_seeds
 
 STREAMING_CHOICES = ("auto", "always", "never")
 DEFAULT_MEMORY_BUDGET = 8 * 2**30   # bytes of uint8 pixels above which "auto" streams

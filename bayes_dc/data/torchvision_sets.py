@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .base import DatasetNotFoundError, ImageDataset, SearchPaths, _finish
+from bayes_dc.data.base import DatasetNotFoundError, ImageDataset, SearchPaths, _finish
 
 def _load_torchvision(name: str, split: str, root: str | None, download: bool, paths: SearchPaths) -> ImageDataset:
     """Load CIFAR-10 / STL-10 through torchvision; existing copies first, then (if allowed) its download."""

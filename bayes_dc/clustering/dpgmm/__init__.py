@@ -6,14 +6,13 @@ top-k E-step and statistics), ``engine`` (the CAVI loop, :class:`DPGMM`), ``move
 delete), ``sharded`` (:class:`ShardedDPGMM`, the engine on one rank's rows under torchrun), ``backend``
 (:class:`DPGMMBackend`).
 """
-from .backend import INFERENCES, DPGMMBackend
-from .engine import (COVARIANCES, DEFAULT_TOL, MOVES, WARM_STARTS, ClusterCountWarning, ConvergenceWarning, DPGMM,
-                     VariationalMixture)
-from .families import Components, SuffStats, make_family
-from .prior import DEFAULT_KAPPA0, DEFAULT_PRIOR_DOF, DEFAULT_PRIOR_SCALE, DPGMMPrior, build_prior
-from .seeding import kmeanspp_seeds
-from .sharded import ShardedDPGMM
-from .variational import DPGMMParams, elbo, m_step
+from bayes_dc.clustering.dpgmm.backend import INFERENCES, DPGMMBackend
+from bayes_dc.clustering.dpgmm.engine import (COVARIANCES, DEFAULT_TOL, MOVES, WARM_STARTS, ClusterCountWarning, ConvergenceWarning, DPGMM, VariationalMixture)
+from bayes_dc.clustering.dpgmm.families import Components, SuffStats, make_family
+from bayes_dc.clustering.dpgmm.prior import (DEFAULT_KAPPA0, DEFAULT_PRIOR_DOF, DEFAULT_PRIOR_SCALE, DPGMMPrior, build_prior)
+from bayes_dc.clustering.dpgmm.seeding import kmeanspp_seeds
+from bayes_dc.clustering.dpgmm.sharded import ShardedDPGMM
+from bayes_dc.clustering.dpgmm.variational import DPGMMParams, elbo, m_step
 
 __all__ = ["COVARIANCES", "Components", "ClusterCountWarning", "ConvergenceWarning", "DEFAULT_KAPPA0",
            "DEFAULT_PRIOR_DOF", "DEFAULT_PRIOR_SCALE", "DEFAULT_TOL", "DPGMM", "DPGMMBackend", "DPGMMParams", "DPGMMPrior",

@@ -7,10 +7,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..base import ClusterBackend, ClusterResult, active_mask, check_features
-from .engine import DPGMM, check_choice, predict_responsibilities
-from .predictive import NOVELTY_THRESHOLD, new_component_probability
-from .sharded import ShardedDPGMM
+from bayes_dc.clustering.base import ClusterBackend, ClusterResult, active_mask, check_features
+from bayes_dc.clustering.dpgmm.engine import DPGMM, check_choice, predict_responsibilities
+from bayes_dc.clustering.dpgmm.predictive import NOVELTY_THRESHOLD, new_component_probability
+from bayes_dc.clustering.dpgmm.sharded import ShardedDPGMM
 
 INFERENCES = ("cavi", "svi")
 
@@ -26,7 +26,7 @@ class DPGMMBackend(ClusterBackend):
 
     name = "dp"
     has_identities = True
-    #: the run's ``bayes_dc.distributed.Distributed`` under torchrun (set by the pipeline): each rank then passes
+    #: the run's ``bayes_dc.runtime.distributed.Distributed`` under torchrun (set by the pipeline): each rank then passes
     #: its own rows to :meth:`fit` and gets the result for all rows (:class:`ShardedDPGMM`)
     dist: Any = None
 
@@ -76,7 +76,7 @@ class DPGMMBackend(ClusterBackend):
         sharded = self.dist is not None and self.dist.active
         engine = ShardedDPGMM(self.dist, **self.engine_kwargs) if sharded else DPGMM(**self.engine_kwargs)
         if self.inference == "svi":
-            from ..pyro_model import fit_svi
+            from bayes_dc.clustering.pyro_model import fit_svi
             engine = fit_svi(engine, check_features(x), seed=seed, steps=self.svi_steps, batch_size=self.svi_batch,
                              lr=self.svi_lr, warm_state=warm_state)
         else:

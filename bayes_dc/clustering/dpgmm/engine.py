@@ -19,16 +19,15 @@ from typing import Any, Iterable
 
 import torch
 
-from .. import stick
-from ..base import active_mask, check_features
-from .families import FAMILIES, FULL_MEMORY_LIMIT_BYTES, Components, SuffStats, make_family
-from .moves import MoveRunner
-from .prior import (DEFAULT_PRIOR_SCALE, DPGMMPrior, build_prior, check_prior_options, data_moments,
-                    updated_scale)
-from .seeding import kmeanspp_seeds, nearest_centre
-from .state import Candidate, FitState
-from .sweep import Sweeper
-from .variational import DPGMMParams, expected_alpha, global_terms, m_step
+from bayes_dc.clustering import stick
+from bayes_dc.clustering.base import active_mask, check_features
+from bayes_dc.clustering.dpgmm.families import FAMILIES, FULL_MEMORY_LIMIT_BYTES, Components, SuffStats, make_family
+from bayes_dc.clustering.dpgmm.moves import MoveRunner
+from bayes_dc.clustering.dpgmm.prior import (DEFAULT_PRIOR_SCALE, DPGMMPrior, build_prior, check_prior_options, data_moments, updated_scale)
+from bayes_dc.clustering.dpgmm.seeding import kmeanspp_seeds, nearest_centre
+from bayes_dc.clustering.dpgmm.state import Candidate, FitState
+from bayes_dc.clustering.dpgmm.sweep import Sweeper
+from bayes_dc.clustering.dpgmm.variational import DPGMMParams, expected_alpha, global_terms, m_step
 
 COVARIANCES = tuple(FAMILIES)
 WARM_STARTS = ("none", "init", "prior")

@@ -26,7 +26,7 @@ import numpy as np
 import scipy.sparse
 import torch
 
-from . import math as nw
+from bayes_dc.clustering.dpgmm import math as nw
 
 FULL_MEMORY_LIMIT_BYTES = 4 * 2 ** 30   # refuse full covariance when its (T, d, d) arrays would need more
 

@@ -37,9 +37,9 @@ from typing import Any
 
 import torch
 
-from .families import SuffStats
-from .seeding import lloyd
-from .state import Candidate
+from bayes_dc.clustering.dpgmm.families import SuffStats
+from bayes_dc.clustering.dpgmm.seeding import lloyd
+from bayes_dc.clustering.dpgmm.state import Candidate
 
 ACCEPT_RELATIVE = 1e-10       # a move must raise the ELBO by more than this share of |ELBO| (rounding noise)
 ALL_PAIRS_UP_TO = 64          # score every live pair when at most this many components are live

@@ -40,7 +40,7 @@ from typing import Callable
 
 import torch
 
-from .families import Components, CovarianceFamily
+from bayes_dc.clustering.dpgmm.families import Components, CovarianceFamily
 
 DEFAULT_PRIOR_DOF = 3.0     # pseudo-observations per variance: nu0 = d + 2 for full covariance
 DEFAULT_KAPPA0 = 0.01       # mean precision factor: prior spread of the means = 100 x E[Sigma_k]

@@ -1,4 +1,4 @@
-"""The CAVI engine on one rank's rows of a multi-process fit (torchrun; ``bayes_dc.distributed``).
+"""The CAVI engine on one rank's rows of a multi-process fit (torchrun; ``bayes_dc.runtime.distributed``).
 
 :class:`ShardedDPGMM` fills the engine's multi-process seam (:class:`~bayes_dc.clustering.dpgmm.engine.DPGMM`):
 every sum over points (sufficient statistics, ELBO entropy, move scores, data moments of the prior) is all-reduced,
@@ -17,11 +17,11 @@ from typing import Any, Callable
 
 import torch
 
-from .engine import DPGMM
+from bayes_dc.clustering.dpgmm.engine import DPGMM
 
 
 class ShardedDPGMM(DPGMM):
-    """:class:`DPGMM` on this rank's rows; ``dist`` is the run's ``bayes_dc.distributed.Distributed``."""
+    """:class:`DPGMM` on this rank's rows; ``dist`` is the run's ``bayes_dc.runtime.distributed.Distributed``."""
 
     def __init__(self, dist: Any, **options: Any):
         super().__init__(**options)

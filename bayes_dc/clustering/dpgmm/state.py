@@ -5,8 +5,8 @@ from dataclasses import dataclass
 
 import torch
 
-from .families import SuffStats
-from .variational import DPGMMParams
+from bayes_dc.clustering.dpgmm.families import SuffStats
+from bayes_dc.clustering.dpgmm.variational import DPGMMParams
 
 
 @dataclass

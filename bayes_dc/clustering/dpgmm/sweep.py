@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .families import CovarianceFamily
+from bayes_dc.clustering.dpgmm.families import CovarianceFamily
 
 CHUNK_BYTES = 256 * 2 ** 20   # bound on one chunk's logits + design temporaries
 

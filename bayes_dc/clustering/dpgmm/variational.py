@@ -14,9 +14,9 @@ from dataclasses import dataclass
 
 import torch
 
-from .. import stick
-from .families import Components, CovarianceFamily, SuffStats
-from .prior import DPGMMPrior
+from bayes_dc.clustering import stick
+from bayes_dc.clustering.dpgmm.families import Components, CovarianceFamily, SuffStats
+from bayes_dc.clustering.dpgmm.prior import DPGMMPrior
 
 
 @dataclass

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .jsonl import read_jsonl
+from bayes_dc.rundir.jsonl import read_jsonl
 
 # Options that do not change what a run measures (where it ran, how it reported) and the seed: runs that differ
 # only in these are repeats of one experiment (notebook ablations, paper-figure groups of seeds).

@@ -1,7 +1,7 @@
 """Typed configuration. One :class:`Config` describes a run completely; it round-trips through JSON.
 
 Each section is a dataclass whose fields are the command-line options of ``experiments/run.py``, generated
-from this file by tyro (:mod:`bayes_dc.cli`): field ``pca_dim`` is the option ``--pca-dim`` (flat names, no
+from this file by tyro (:mod:`bayes_dc.config.cli`): field ``pca_dim`` is the option ``--pca-dim`` (flat names, no
 section prefix, so a field name must be unique across sections), a ``bool`` field is ``--x`` / ``--no-x``, a
 ``... | None`` field accepts ``None``. Presets in ``experiments/configs/*.json`` are partial dicts merged over
 the defaults.
@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Mapping
 
-# Names of registries elsewhere (bayes_dc.data.DATASETS, bayes_dc.models.ARCHS, bayes_dc.clustering.BACKENDS,
+# Names of registries elsewhere (bayes_dc.data.DATASETS, bayes_dc.models.nets.ARCHS, bayes_dc.clustering.BACKENDS,
 # ...), repeated here so the command line can list them without importing torch; tests/test_cli.py checks
 # that each Literal agrees with its registry.
 Dataset = Literal["fashion-mnist", "mnist", "cifar10", "stl10", "imagefolder", "digits", "synthetic"]
@@ -87,7 +87,7 @@ class DataConfig:
 class ModelConfig:
     """The ConvNet trunk (the classifier head's size follows the clustering)."""
 
-    arch: Arch = "vgg-small"  # trunk architecture (bayes_dc.models.ARCHS)
+    arch: Arch = "vgg-small"  # trunk architecture (bayes_dc.models.nets.ARCHS)
     sobel: bool = False  # feed fixed Sobel edge filters instead of the pixels (DeepCluster on ImageNet)
     width: int | None = None  # vgg-small channel width; None: WIDTH_DEFAULTS (16 for digits/synthetic, else 64)
     projection_dim: int = field(default=32, metadata=PROJECTION)  # output dimension of the projection head

@@ -5,7 +5,7 @@ graph neighbours are close and random pairs far apart. Parametric UMAP (Sainburg
 replaces the free layout by an encoder network trained on the same loss, so any new point is mapped by one
 forward pass. Here, every round:
 
-1. PCA of the features to ``pca_dim`` (not whitened; the sums are those of :class:`~bayes_dc.preprocess.Whitener`);
+1. PCA of the features to ``pca_dim`` (not whitened; the sums are those of :class:`~bayes_dc.spaces.whiten.Whitener`);
 2. the exact k-nearest-neighbour graph of those PCs (faiss; GPU when the PCs are on a GPU and faiss has one), made
    into UMAP's fuzzy simplicial set (:func:`fuzzy_graph`: per-point ``rho`` and ``sigma`` with
    ``sum_j exp(-(d_ij - rho_i) / sigma_i) = log2(k)``, then the fuzzy union ``W + W^T - W * W^T``);
@@ -44,10 +44,10 @@ import numpy as np
 import scipy.sparse
 import torch
 
-from .distributed import Distributed
-from .preprocess import Whitener
-from .reduction import Reducer, Reduction, check_umap_options
-from .threads import torch_threads_kept
+from bayes_dc.runtime.distributed import Distributed
+from bayes_dc.spaces.whiten import Whitener
+from bayes_dc.spaces.base import Reducer, Reduction, check_umap_options
+from bayes_dc.runtime.threads import torch_threads_kept
 
 #: Share of an encoder fit's steps over which the learning rate warms up (:func:`train_encoder`).
 WARMUP_SHARE = 0.05
@@ -515,7 +515,7 @@ def rebase_first_layer(previous: dict, mean: torch.Tensor, basis: torch.Tensor) 
 
 def make_parametric_umap(cfg, *, device: torch.device | None = None, dist: Distributed | None = None,
                          **_: Callable) -> ParametricUMAPReducer:
-    """The ``pumap`` entry of :data:`bayes_dc.reduce.REDUCERS` for a :class:`bayes_dc.config.Config`."""
+    """The ``pumap`` entry of :data:`bayes_dc.spaces.registry.REDUCERS` for a :class:`bayes_dc.config.schema.Config`."""
     f = cfg.features
     return ParametricUMAPReducer(dim=f.reduce_dim, pca_dim=cfg.pca_dim, n_neighbors=f.umap_neighbors,
                                  min_dist=f.umap_min_dist, hidden=f.pumap_hidden, epochs=f.pumap_epochs,

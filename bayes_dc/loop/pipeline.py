@@ -11,7 +11,7 @@ Each epoch e (0-based) of a run:
 After the last epoch the final trunk is clustered and evaluated once more (record ``phase: "final"``).
 
 What stays fixed for the run (config, data, model, optimisers, device, backend, run directory) is built once
-by :func:`setup` into a :class:`~bayes_dc.context.RunContext` that every stage takes; what changes from epoch
+by :func:`setup` into a :class:`~bayes_dc.loop.context.RunContext` that every stage takes; what changes from epoch
 to epoch (round, targets, warm state, ...) is the ``state`` dict that checkpoints store.
 
 Randomness is derived from (seed, purpose, epoch) only, so a resumed run repeats the uninterrupted one.
@@ -30,23 +30,24 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from . import metrics
-from .augment import Augmenter
-from .batches import BatchSource
-from .clustering import BACKENDS, ClusterResult, make_backend
-from .config import Config, HeadPolicy, RelabelRule
-from .context import RunContext
-from .data import load_dataset
-from .distributed import Distributed, check_batch_size, convert_sync_batchnorm, init_from_env, resolve_device, \
-    shutdown, wrap_ddp
-from .lineage import round_lineage
-from .models import ARCHS, build_model, new_head
-from .option_ranges import check_ranges
-from .reduce import Reduction, make_reducer
-from .runlog import ReadOnlyRunDir, RunDir, graceful_interrupt, run_path, save_checkpoint
-from .targets import TARGET_KINDS, Targets, build_targets, sample_epoch
-from .threads import set_threads
-from .train import SwappedViews, train_epoch
+from bayes_dc.evaluation import metrics
+from bayes_dc.data.augment import Augmenter
+from bayes_dc.loop.batches import BatchSource
+from bayes_dc.clustering import BACKENDS, ClusterResult, make_backend
+from bayes_dc.config.schema import Config, HeadPolicy, RelabelRule
+from bayes_dc.loop.context import RunContext
+from bayes_dc.data import load_dataset
+from bayes_dc.runtime.distributed import (Distributed, check_batch_size, convert_sync_batchnorm, init_from_env, resolve_device, shutdown, wrap_ddp)
+from bayes_dc.evaluation.lineage import round_lineage
+from bayes_dc.models.nets import ARCHS, new_head
+from bayes_dc.config.rules import check_ranges
+from bayes_dc.spaces.registry import Reduction, make_reducer
+from bayes_dc.rundir.runlog import ReadOnlyRunDir, RunDir, graceful_interrupt, run_path, save_checkpoint
+from bayes_dc.loop.targets import TARGET_KINDS, Targets, build_targets, sample_epoch
+from bayes_dc.runtime.threads import set_threads
+from bayes_dc.loop.trainer import SwappedViews, train_epoch
+from bayes_dc.models.build import build_run_model, clustered_features, head_outputs
+from bayes_dc.rundir.final import FINAL_CHECKPOINT, FINAL_FORMAT
 
 HEAD_POLICIES = typing.get_args(HeadPolicy)
 RELABEL_RULES = typing.get_args(RelabelRule)
@@ -112,10 +113,6 @@ def validate(cfg: Config) -> None:
                          "it needs --two-views and --reduce pumap (or set --space-weight 0)")
 
 
-def _head_outputs(cfg: Config) -> int:
-    return cfg.cluster.k if cfg.cluster.prior == "kmeans" else cfg.cluster.truncation
-
-
 def permute_head(head: torch.nn.Linear, permutation: np.ndarray, generator: torch.Generator) -> torch.nn.Linear:
     """A new head whose row ``permutation[j]`` is the old row j; rows no old id maps to start fresh.
 
@@ -176,7 +173,7 @@ def setup(cfg: Config) -> RunContext:
     train_set, eval_set = _load_data(cfg)
     check_sizes(cfg, train_set, eval_set, dist.world)
     if cfg.run.tensorboard:
-        from .tblog import TensorBoardLogger  # noqa: F401  (its ImportError names the package, before any write)
+        from bayes_dc.rundir.tblog import TensorBoardLogger
     backend = make_backend(cfg.cluster, device)
     if dist.active:   # each rank fits on its own rows (checked by check_distributed)
         backend.dist = dist
@@ -230,15 +227,6 @@ def _open_run_dir(cfg: Config, dist: Distributed) -> tuple[RunDir, dict | None]:
         rundir = ReadOnlyRunDir(run_path(cfg))
         start = rundir.load_checkpoint() if cfg.run.resume else None
     return rundir, start
-
-
-def build_run_model(cfg: Config, channels: int) -> torch.nn.Module:
-    """The model ``cfg`` describes for images of ``channels`` (trunk, optional projection, head); shared by a run and
-    by ``load_run``, so a loaded checkpoint always finds the architecture it was saved from."""
-    m = cfg.model
-    return build_model(m.arch, channels, sobel=m.sobel, width=cfg.width, num_outputs=_head_outputs(cfg),
-                       projection_dim=m.projection_dim if cfg.features.cluster_on == "projection" else 0,
-                       projection_hidden=m.projection_hidden, projection_l2=m.projection_l2)
 
 
 def check_distributed(cfg: Config, world: int) -> None:
@@ -394,7 +382,7 @@ def _run(ctx: RunContext, state: dict, stop) -> dict:
     cfg = ctx.cfg
     ctx.rundir.truncate_metrics(state["epoch"])
     if cfg.run.tensorboard and ctx.dist.is_main:
-        from .tblog import TensorBoardLogger
+        from bayes_dc.rundir.tblog import TensorBoardLogger
         ctx.tb = TensorBoardLogger(ctx.rundir.path)
     tr = cfg.train
     progress = _Progress(tr.epochs, state["epoch"], cfg.run.progress and ctx.dist.is_main, ctx.rundir.path.name)
@@ -438,7 +426,7 @@ def _run(ctx: RunContext, state: dict, stop) -> dict:
         ctx.tb.log_record(final)
         ctx.tb.close()
     if cfg.run.figures and ctx.dist.is_main:
-        from .plots import plot_run
+        from bayes_dc.evaluation.plots import plot_run
         plot_run(ctx.rundir.path)
     return final
 
@@ -459,7 +447,7 @@ def _relabel(ctx: RunContext, state: dict, epoch: int) -> tuple[torch.Tensor, di
     if cfg.targets.head == "keep" and result.permutation is not None:
         head = permute_head(ctx.model.head, result.permutation, gen)
     else:
-        head = new_head(ctx.model.embed_dim, _head_outputs(cfg), gen).to(ctx.device)
+        head = new_head(ctx.model.embed_dim, head_outputs(cfg), gen).to(ctx.device)
     install_head(ctx, head)
     state["warm_state"], state["prev_labels"] = result.state, result.labels
     state["reduce_state"], state["predictor"] = reduction.state, result.predictor
@@ -513,21 +501,6 @@ def _reduce(ctx: RunContext, space: torch.Tensor, *, seed: int, warm_state: dict
     return dataclasses.replace(reduction, points=reduction.points[start:stop])
 
 
-@torch.no_grad()
-def clustered_features(model: torch.nn.Module, cfg: Config, feats: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """What ``--cluster-on`` clusters: the trunk features (N, F) themselves, or their projection (N, P) (eval mode,
-    in chunks); shared by a run and by ``load_run``, so a new image is mapped as the training images were."""
-    projection = model.projection
-    if cfg.features.cluster_on == "trunk" or projection is None:
-        return feats
-    was_training = projection.training
-    projection.eval()
-    # chunks of streamed features come from a memmap on the CPU, maybe float16
-    out = torch.cat([projection(chunk.to(device, torch.float32)) for chunk in feats.split(cfg.features.extract_batch)])
-    projection.train(was_training)
-    return out
-
-
 def _snapshot_and_lineage(rundir: RunDir, round_idx: int, epoch: int, result: ClusterResult) -> None:
     """Save the round's snapshot and, from round 1 on, its lineage against the previous round's snapshot."""
     if isinstance(rundir, ReadOnlyRunDir):   # rank 0 writes both
@@ -578,18 +551,12 @@ def _final_record(ctx: RunContext, state: dict) -> dict:
     return ctx.rundir.log(record)
 
 
-# What bayes_dc.trained.load_run reads: the trained model, the final clustering space and posterior, and the input
-# the model expects. The format names the layout; a reader refuses another one (bump it when the layout changes).
-FINAL_CHECKPOINT = "final.pt"
-FINAL_FORMAT = "bayes_dc-final/1"
-
-
 def _save_final(ctx: RunContext, reduction: Reduction, result: ClusterResult) -> None:
     """Write ``final.pt`` (verified checkpoint, sha256 manifest) before the final record is logged, so a run whose
     final record exists always has it."""
     if not ctx.dist.is_main:
         return
-    from . import __version__
+    from bayes_dc import __version__
     save_checkpoint({"format": FINAL_FORMAT, "bayes_dc_version": __version__, "config": ctx.cfg.to_dict(),
                      "model": ctx.model.state_dict(), "reduce_state": reduction.state, "predictor": result.predictor,
                      "labels": result.labels, "weights": result.weights,

@@ -19,11 +19,13 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .clustering.base import ClusterResult
+from bayes_dc.clustering.base import ClusterResult
+from bayes_dc.rundir.checkpoints import checkpointable
 
 TARGET_KINDS = ("hard", "soft", "multilabel")
 
 
+@checkpointable
 @dataclass
 class Targets:
     """Training targets for N points over ``num_outputs`` head outputs (all tensors on CPU).

@@ -1,6 +1,6 @@
 """What Ctrl-C (or a scheduler's SIGTERM) does to a run: the first one asks it to stop at the next safe point (after
 an epoch's checkpoint), a second one stops it at once. :func:`graceful_interrupt` turns the signal into a flag the
-round loop reads (``bayes_dc.pipeline.run``)."""
+round loop reads (``bayes_dc.loop.pipeline.run``)."""
 from __future__ import annotations
 
 import dataclasses

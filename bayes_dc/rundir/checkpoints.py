@@ -25,17 +25,26 @@ from typing import Any
 import numpy as np
 import torch
 
-from .atomic import fsync_dir, write_temp, atomic_write_text
-from .targets import Targets
+from bayes_dc.rundir.atomic import fsync_dir, write_temp, atomic_write_text
 
 
 class RunDirError(RuntimeError):
     """The run directory cannot be used as asked (exists without --resume, config mismatch, no usable checkpoint,
-    ...). Defined here, below :mod:`bayes_dc.runlog`, because checkpoint errors are run-directory errors too."""
+    ...). Defined here, below :mod:`bayes_dc.rundir.runlog`, because checkpoint errors are run-directory errors too."""
 
 
-# The only dataclasses a checkpoint may hold, by a stable name (not the module path, which may move).
-CHECKPOINT_DATACLASSES: dict[str, type] = {"Targets": Targets}
+# The only dataclasses a checkpoint may hold, by a stable name (not the module path, which may move). Filled by
+# :func:`checkpointable` where each class is defined, so this layer imports nothing from the loop above it.
+CHECKPOINT_DATACLASSES: dict[str, type] = {}
+
+
+def checkpointable(cls: type) -> type:
+    """Class decorator: let checkpoints hold instances of dataclass ``cls`` (stored by its class name)."""
+    if not dataclasses.is_dataclass(cls):
+        raise TypeError(f"{cls.__qualname__} is not a dataclass; only dataclasses can be checkpointed")
+    if CHECKPOINT_DATACLASSES.setdefault(cls.__name__, cls) is not cls:
+        raise TypeError(f"two checkpointable dataclasses are named {cls.__name__!r}; rename one")
+    return cls
 _TYPE_KEY = "__bayes_dc_type__"   # marks a dict that encodes a numpy array or an allowed dataclass
 _PLAIN = (bool, int, float, str, type(None), torch.Tensor, torch.dtype, torch.device, torch.Size)
 
@@ -278,6 +287,6 @@ def load_checkpoint(path: Path, *, allow_unverified: bool = False) -> dict | Non
                           "(or delete the run directory)." + hint)
 
 
-__all__ = ["CHECKPOINT_DATACLASSES", "MANIFEST_FORMAT", "CheckpointError", "CheckpointWarning", "RunDirError",
+__all__ = ["CHECKPOINT_DATACLASSES", "checkpointable", "MANIFEST_FORMAT", "CheckpointError", "CheckpointWarning", "RunDirError",
            "decode_checkpoint", "encode_checkpoint", "file_sha256", "load_checkpoint", "manifest_path",
            "previous_path", "save_checkpoint", "write_manifest"]

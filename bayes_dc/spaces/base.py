@@ -1,5 +1,5 @@
 """The interface of a clustering space (``--reduce``): a :class:`Reducer` maps trunk features to the points a
-clustering backend sees and returns a :class:`Reduction`. The registry of reducers is :mod:`bayes_dc.reduce`."""
+clustering backend sees and returns a :class:`Reduction`. The registry of reducers is :mod:`bayes_dc.spaces.registry`."""
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
@@ -30,7 +30,7 @@ class Reducer(ABC):
 
     name = "base"
     #: whether each process of a multi-process run may reduce its own rows (its sums going through an all-reduce);
-    #: otherwise the pipeline gathers every row to every process first (``bayes_dc.distributed``).
+    #: otherwise the pipeline gathers every row to every process first (``bayes_dc.runtime.distributed``).
     shardable = False
     #: whether :meth:`transform` can place a new point away from every training point (a function of the features);
     #: False for a layout whose out-of-sample map interpolates between training points, where novelty is blind

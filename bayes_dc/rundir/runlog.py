@@ -2,7 +2,7 @@
 
 Layout of ``runs/<name>/``::
 
-    config.json        the full Config (JSON round-trip of bayes_dc.config.Config)
+    config.json        the full Config (JSON round-trip of bayes_dc.config.schema.Config)
     environment.json   versions, git revision, device, command line, host, start time
     metrics.jsonl      one JSON object per epoch (clustering metrics on relabel epochs)
     lineage.jsonl      one JSON object per relabel after the first: components kept / split / merged / born / died
@@ -12,13 +12,13 @@ Layout of ``runs/<name>/``::
     clusters/round_XXXX.npz   compact cluster snapshots: labels, top-k responsibilities, weights
     figures/           PNG + PDF figures made at the end of the run
 
-Everything written here goes through a temporary file and ``os.replace`` (:mod:`bayes_dc.atomic`) so an
+Everything written here goes through a temporary file and ``os.replace`` (:mod:`bayes_dc.rundir.atomic`) so an
 interrupted run never leaves a half-written file behind.
 
 One job per module: this one is the directory (:class:`RunDir`: what goes where, the config check on resume,
-metrics, snapshots); :mod:`bayes_dc.atomic` writes files atomically, :mod:`bayes_dc.checkpoints` writes and
-verifies checkpoints, :mod:`bayes_dc.interrupts` turns Ctrl-C / SIGTERM into a stop at the next checkpoint, and
-:mod:`bayes_dc.environment` records where a run came from. Their public names are importable from here as well.
+metrics, snapshots); :mod:`bayes_dc.rundir.atomic` writes files atomically, :mod:`bayes_dc.rundir.checkpoints` writes and
+verifies checkpoints, :mod:`bayes_dc.rundir.interrupts` turns Ctrl-C / SIGTERM into a stop at the next checkpoint, and
+:mod:`bayes_dc.rundir.environment` records where a run came from. Their public names are importable from here as well.
 """
 from __future__ import annotations
 
@@ -29,14 +29,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from .atomic import atomic_torch_save, atomic_write, atomic_write_bytes, atomic_write_text, remove_stale_temps
-from .checkpoints import (CHECKPOINT_DATACLASSES, MANIFEST_FORMAT, CheckpointError, CheckpointWarning, RunDirError,
-                          decode_checkpoint, encode_checkpoint, file_sha256, load_checkpoint, manifest_path,
-                          previous_path, save_checkpoint, write_manifest)
-from .config import RESUMABLE_CHANGES, Config, diff
-from .environment import environment, git_revision
-from .interrupts import InterruptFlag, graceful_interrupt
-from .jsonl import append_jsonl, read_jsonl
+from bayes_dc.rundir.atomic import (atomic_torch_save, atomic_write, atomic_write_bytes, atomic_write_text, remove_stale_temps)
+from bayes_dc.rundir.checkpoints import (CHECKPOINT_DATACLASSES, MANIFEST_FORMAT, CheckpointError, CheckpointWarning, RunDirError, decode_checkpoint, encode_checkpoint, file_sha256, load_checkpoint, manifest_path, previous_path, save_checkpoint, write_manifest)
+from bayes_dc.config.schema import RESUMABLE_CHANGES, Config, diff
+from bayes_dc.rundir.environment import environment, git_revision
+from bayes_dc.rundir.interrupts import InterruptFlag, graceful_interrupt
+from bayes_dc.rundir.jsonl import append_jsonl, read_jsonl
 
 
 def run_path(cfg: Config) -> Path:

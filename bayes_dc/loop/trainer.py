@@ -7,10 +7,10 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
-from .augment import standardize
-from .context import RunContext
-from .space import negative_positions, umap_loss
-from .targets import ClusterLoss, Targets, swapped_targets
+from bayes_dc.data.augment import standardize
+from bayes_dc.loop.context import RunContext
+from bayes_dc.spaces.parametric import negative_positions, umap_loss
+from bayes_dc.loop.targets import ClusterLoss, Targets, swapped_targets
 
 
 @dataclass

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .data import ImageSource
+from bayes_dc.data import ImageSource
 
 SCALARS = ("nmi", "ari", "acc", "purity", "nmi_prev", "k_active", "k_used", "k_eff", "objective", "n_iter", "loss",
            "agreement", "knn", "cluster_seconds", "epoch_seconds", "cluster_share")

@@ -52,7 +52,7 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
-from .clustering.base import active_threshold as _active_threshold
+from bayes_dc.clustering.base import active_threshold as _active_threshold
 
 # Products per chunk in :func:`overlap`: bounds the temporary (row, col, value) arrays to ~100 MB
 # however large N is, while keeping each chunk fully vectorised.

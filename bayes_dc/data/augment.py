@@ -44,7 +44,7 @@ def _rows(b: int, share: tuple[int, int] | None) -> tuple[int, slice]:
     """(how many images to draw random numbers for, which of them are this batch's).
 
     ``share = (offset, total)``: the batch is rows ``offset .. offset + b`` of a global batch of ``total`` images
-    split over processes (``bayes_dc.distributed``); drawing for all ``total`` and keeping the batch's rows gives
+    split over processes (``bayes_dc.runtime.distributed``); drawing for all ``total`` and keeping the batch's rows gives
     every image the numbers it gets when one process augments the whole batch.
     """
     if share is None:

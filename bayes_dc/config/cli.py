@@ -25,7 +25,7 @@ from typing import Annotated, Any, Literal, Mapping, Optional
 
 import tyro
 
-from .config import Config, merge
+from bayes_dc.config.schema import Config, merge
 
 PRESET_DIR = Path(__file__).resolve().parent.parent / "experiments" / "configs"
 DESCRIPTION = ("Train a ConvNet with DeepCluster, clustering with k-means or a variational DP-GMM. "

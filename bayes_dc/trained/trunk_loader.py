@@ -5,7 +5,7 @@
     trunk.pt      the trunk's state dict (tensors only: loads with ``torch.load(weights_only=True)``)
     trunk.json    architecture (arch, in_channels, width, sobel, feature_dim), input (image_size, per-channel mean
                   and std of images / 255), the sha256 of trunk.pt, and where it came from
-    models.py     a copy of ``bayes_dc/models.py`` (imports only torch), which defines the architectures
+    models.py     a copy of ``bayes_dc/models/nets.py`` (imports only torch), which defines the architectures
     trunk_loader.py   this file
 
 Downstream use (a linear probe, transfer)::
@@ -33,9 +33,9 @@ TRUNK_FORMAT = "bayes_dc-trunk/1"
 
 
 def _models():
-    """The architecture module: ``bayes_dc.models`` inside the package, else the ``models.py`` next to this file."""
+    """The architecture module: ``bayes_dc.models.nets`` inside the package, else the ``models.py`` next to this file."""
     if __package__:
-        from . import models
+        from bayes_dc.models import nets as models
         return models
     spec = importlib.util.spec_from_file_location("_bayes_dc_exported_models", Path(__file__).with_name("models.py"))
     module = importlib.util.module_from_spec(spec)

@@ -19,7 +19,7 @@ from scipy.stats import entropy
 from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 from sklearn.metrics.cluster import contingency_matrix
 
-from .clustering.base import active_threshold
+from bayes_dc.clustering.base import active_threshold
 
 ArrayLike = Any  # np.ndarray | torch.Tensor | sequence
 

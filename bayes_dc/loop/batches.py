@@ -14,7 +14,7 @@ Either way a training batch is the *evaluation view* of its images (no dataset-s
 whether it is streamed or loaded (same draws, same pixels).
 
 Both take an optional row range (``rows``): the shard of the images one process of a multi-process run extracts
-(``bayes_dc.distributed``).
+(``bayes_dc.runtime.distributed``).
 """
 from __future__ import annotations
 
@@ -25,8 +25,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from .data import ImageDataset, StreamingImageFolder
-from .features import extract_features, extract_features_to_memmap
+from bayes_dc.data import ImageDataset, StreamingImageFolder
+from bayes_dc.models.features import extract_features, extract_features_to_memmap
 
 
 class BatchSource:

@@ -4,9 +4,9 @@ Registry ``REDUCERS`` (``--reduce``):
 
 - ``none``: the features as they are (e.g. a low-dimensional projection head's output, ``--cluster-on
   projection``).
-- ``pca``: DeepCluster's PCA whitening + L2 (:class:`bayes_dc.preprocess.Whitener`), refitted every round.
+- ``pca``: DeepCluster's PCA whitening + L2 (:class:`bayes_dc.spaces.whiten.Whitener`), refitted every round.
   The k-means baseline's space (256 dimensions, as DeepCluster).
-- ``pumap``: parametric UMAP (:mod:`bayes_dc.space`): an encoder trained on UMAP's graph loss, warm across
+- ``pumap``: parametric UMAP (:mod:`bayes_dc.spaces.parametric`): an encoder trained on UMAP's graph loss, warm across
   rounds, mapping new points in one forward pass.
 - ``umap``: PCA to ``pca_dim`` (~50, not whitened), then UMAP (McInnes et al. 2018, umap-learn) to
   ``reduce_dim`` (~10) dimensions. Gaussians fit such an embedding far better than a whitened PCA of the same
@@ -31,10 +31,10 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from .preprocess import Whitener
-from .reduction import Reducer, Reduction, check_umap_options
-from .space import exact_knn, make_parametric_umap, principal_axes
-from .threads import torch_threads_kept
+from bayes_dc.spaces.whiten import Whitener
+from bayes_dc.spaces.base import Reducer, Reduction, check_umap_options
+from bayes_dc.spaces.parametric import exact_knn, make_parametric_umap, principal_axes
+from bayes_dc.runtime.threads import torch_threads_kept
 
 # Share of sampled neighbours that must survive between rounds for UMAP to start from the previous layout.
 UMAP_WARM_OVERLAP = 0.5
@@ -60,7 +60,7 @@ class IdentityReducer(Reducer):
 
 
 class PCAReducer(Reducer):
-    """PCA (whitening) + L2 of :class:`~bayes_dc.preprocess.Whitener`, refitted each round.
+    """PCA (whitening) + L2 of :class:`~bayes_dc.spaces.whiten.Whitener`, refitted each round.
 
     State: the fitted projection ``{"mean": (F,), "projection": (F, d)}`` (float32, whitening folded in), so new
     points can be mapped into the round's space; nothing is carried over to the next fit.
@@ -71,7 +71,7 @@ class PCAReducer(Reducer):
 
     def __init__(self, dim: int, whiten: bool = True, l2: bool = True, *,
                  allreduce: Callable[[torch.Tensor], torch.Tensor] | None = None, device: torch.device | None = None):
-        """``allreduce``: see :class:`~bayes_dc.preprocess.Whitener`; ``device``: where the sums and the points are
+        """``allreduce``: see :class:`~bayes_dc.spaces.whiten.Whitener`; ``device``: where the sums and the points are
         computed (default: the features' device)."""
         self.whitener = Whitener(dim=dim, whiten=whiten, l2=l2, allreduce=allreduce)
         self.device = device
@@ -136,7 +136,7 @@ class UMAPReducer(Reducer):
         model = umap.UMAP(n_components=self.dim, n_neighbors=self.n_neighbors, min_dist=self.min_dist,
                           init=init, n_epochs=n_epochs, random_state=int(seed) % (2**31 - 1), n_jobs=1,
                           verbose=False)
-        # umap-learn's numba resets torch's thread count when it ends (bayes_dc.threads); give it back
+        # umap-learn's numba resets torch's thread count when it ends (bayes_dc.runtime.threads); give it back
         with warnings.catch_warnings(), torch_threads_kept():
             warnings.filterwarnings("ignore", message=".*n_jobs.*")
             embedding = model.fit_transform(pcs).astype(np.float32)                                   # (N, dim)
@@ -236,8 +236,8 @@ REDUCERS: dict[str, Callable[..., Reducer]] = {
 def make_reducer(cfg: Any, *, allreduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
                  device: torch.device | None = None, dist: Any = None) -> Reducer:
     """The reducer named by ``cfg.reduce`` (``--reduce``, else the prior's default) for a
-    :class:`bayes_dc.config.Config` (its ``pca_dim`` property resolves the PCA dimension in force). ``allreduce`` and ``device``: see :class:`PCAReducer`;
-    ``dist`` (a :class:`~bayes_dc.distributed.Distributed`): the processes the parametric space is sharded over."""
+    :class:`bayes_dc.config.schema.Config` (its ``pca_dim`` property resolves the PCA dimension in force). ``allreduce`` and ``device``: see :class:`PCAReducer`;
+    ``dist`` (a :class:`~bayes_dc.runtime.distributed.Distributed`): the processes the parametric space is sharded over."""
     name = cfg.reduce
     if name not in REDUCERS:
         raise ValueError(f"unknown --reduce {name!r}; choose one of {sorted(REDUCERS)}")

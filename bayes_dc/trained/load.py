@@ -14,7 +14,7 @@ centroids), the final labels, and the input the model expects (channels, image s
 Images are uint8 (B, C, S, S) at the run's ``image_size`` and ``channels``; :meth:`TrainedRun.transform` makes one
 from a decoded image of any size (the evaluation view: centred square, resized). Any ``--reduce`` whose reducer
 maps new points works (``pca``, ``none``, a parametric space; ``umap`` through its nearest-neighbour interpolation,
-:meth:`bayes_dc.reduce.UMAPReducer.transform`), without special cases here.
+:meth:`bayes_dc.spaces.registry.UMAPReducer.transform`), without special cases here.
 """
 from __future__ import annotations
 
@@ -24,14 +24,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .clustering import ClusterBackend, make_backend
-from .config import Config
-from .data.transforms import centre_crop_resize
-from .features import normalize
-from .jsonl import read_jsonl
-from .pipeline import FINAL_CHECKPOINT, FINAL_FORMAT, build_run_model, clustered_features, resolve_device
-from .reduce import Reducer, make_reducer
-from .runlog import CheckpointError, load_checkpoint
+from bayes_dc.clustering import ClusterBackend, make_backend
+from bayes_dc.config.schema import Config
+from bayes_dc.data.transforms import centre_crop_resize
+from bayes_dc.models.features import normalize
+from bayes_dc.rundir.jsonl import read_jsonl
+from bayes_dc.models.build import build_run_model, clustered_features
+from bayes_dc.rundir.final import FINAL_CHECKPOINT, FINAL_FORMAT
+from bayes_dc.runtime.distributed import resolve_device
+from bayes_dc.spaces.registry import Reducer, make_reducer
+from bayes_dc.rundir.runlog import CheckpointError, load_checkpoint
 
 
 class RunLoadError(ValueError):
@@ -161,7 +163,7 @@ class TrainedRun:
 
 
 def trunk_architecture(config: Config, channels: int) -> dict:
-    """What :func:`bayes_dc.trunk_loader.build_trunk` needs to rebuild a run's trunk (trunk.json's
+    """What :func:`bayes_dc.trained.trunk_loader.build_trunk` needs to rebuild a run's trunk (trunk.json's
     ``architecture``)."""
     m = config.model
     return {"arch": m.arch, "in_channels": int(channels), "sobel": bool(m.sobel), "width": int(config.width)}

@@ -4,14 +4,14 @@ Without it ``--lr nan`` (or inf, or 0) created a run directory and diverged at s
 failed only after the run directory was written. Ranges are intervals in the usual notation: ``(0, inf)`` is
 ``> 0``, ``[0, 1)`` is ``>= 0 and < 1``; a float must also be finite, an option that accepts None may be None,
 and each element of a tuple option (``--alpha-prior``, ``--crop-scale``) must lie in the range.
-``tests/test_cli.py`` checks that every numeric option of :class:`~bayes_dc.config.Config` has an entry here.
+``tests/test_cli.py`` checks that every numeric option of :class:`~bayes_dc.config.schema.Config` has an entry here.
 """
 from __future__ import annotations
 
 import math
 from typing import Any
 
-from .config import OPTIONS, Config
+from bayes_dc.config.schema import OPTIONS, Config
 
 INF = math.inf
 

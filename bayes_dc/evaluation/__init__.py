@@ -1,0 +1,1 @@
+"""Evaluation: clustering and kNN metrics, round-to-round lineage, reports of run directories and their figures."""

@@ -1,0 +1,1 @@
+"""Processes and threads: torch.distributed helpers and CPU thread settings."""
