@@ -15,6 +15,20 @@ from bayes_dc.config.schema import OPTIONS, Config
 
 INF = math.inf
 
+
+class OptionError(ValueError):
+    """A bad value for an option. The library names the parameter (``option``, e.g. ``"pca_dim"``) in its message;
+    the command line shows the same message with the flag (:func:`flag`: ``--pca-dim``) in its place."""
+
+    def __init__(self, option: str, message: str):
+        super().__init__(message)
+        self.option = option
+
+
+def flag(option: str) -> str:
+    """``"pca_dim"`` -> ``"--pca-dim"``: the command-line spelling of a parameter."""
+    return "--" + option.replace("_", "-")
+
 RANGES: dict[str, str] = {
     # data
     "subset": "[1, inf)", "eval_subset": "[1, inf)", "image_size": "[1, inf)", "memory_budget_gb": "(0, inf)",
@@ -80,4 +94,4 @@ def check_ranges(cfg: Config) -> None:
             raise ValueError(f"{flag} must be {each}{describe(text)} ({kind}), got {shown}")
 
 
-__all__ = ["RANGES", "check_ranges", "describe", "in_range", "parse_interval"]
+__all__ = ["OptionError", "flag", "RANGES", "check_ranges", "describe", "in_range", "parse_interval"]
