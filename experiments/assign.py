@@ -35,8 +35,6 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
 from bayes_dc.data import StreamingImageFolder, UnreadableImagesError  # noqa: E402
 from bayes_dc.data.imagefolder import scan_folder  # noqa: E402
 from bayes_dc.trained.load import TrainedRun, load_run  # noqa: E402

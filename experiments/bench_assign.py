@@ -33,7 +33,6 @@ import numpy as np
 
 from benchlib import ROOT, launch
 
-sys.path.insert(0, str(ROOT))
 
 VARIANTS = {   # name -> run.py options besides the common ones
     "dp-umap": ["--prior", "dp", "--reduce", "umap"],
@@ -175,7 +174,8 @@ def novelty_in_space(args) -> None:
     from bayes_dc.clustering import make_backend
     from bayes_dc.config.schema import ClusterConfig
     from bayes_dc.data import load_dataset
-    from bayes_dc.spaces.registry import PCAReducer, UMAPReducer
+    from bayes_dc.spaces.pca import PCAReducer
+    from bayes_dc.spaces.umap import UMAPReducer
 
     torch.set_num_threads(args.threads)
     held_out = 9

@@ -20,11 +20,9 @@ import sys
 import time
 from pathlib import Path
 
-from benchlib import ROOT, launch
+from benchlib import launch
 
-sys.path.insert(0, str(ROOT))
-
-from bayes_dc.evaluation.report import fmt, summarize_run  # noqa: E402
+from bayes_dc.evaluation.report import fmt, summarize_run
 
 
 def parse_args(argv=None):

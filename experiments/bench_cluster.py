@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import threading
 import time
 import warnings
@@ -31,11 +30,9 @@ import numpy as np
 import torch
 from sklearn.metrics import normalized_mutual_info_score
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from bayes_dc.clustering.base import active_mask  # noqa: E402
-from bayes_dc.clustering.dpgmm import DEFAULT_TOL, DPGMM, DPGMMBackend  # noqa: E402
-from bayes_dc.clustering.kmeans import KMeansBackend  # noqa: E402
+from bayes_dc.clustering.base import active_mask
+from bayes_dc.clustering.dpgmm import DEFAULT_TOL, DPGMM, DPGMMBackend
+from bayes_dc.clustering.kmeans import KMeansBackend
 
 DATA = ("synthetic", "fashion-mnist", "fmnist-umap")
 

@@ -30,11 +30,9 @@ from pathlib import Path
 
 import numpy as np
 
-from benchlib import ROOT, launch
+from benchlib import launch
 
-sys.path.insert(0, str(ROOT))
-
-from bayes_dc.evaluation.report import fmt, mean_spread, summarize_run  # noqa: E402
+from bayes_dc.evaluation.report import fmt, mean_spread, summarize_run
 
 # DeepCluster: hard k-means targets, a new head and a relabel every epoch, in its whitened PCA-256 space
 KMEANS_TRAINING = ["--prior", "kmeans", "--targets", "hard", "--head", "reset", "--relabel-every", "1"]
@@ -132,7 +130,7 @@ def anchors(args) -> list[dict]:
     from bayes_dc.evaluation import metrics
     from bayes_dc.clustering.dpgmm import DPGMMBackend
     from bayes_dc.clustering.kmeans import KMeansBackend
-    from bayes_dc.spaces.registry import UMAPReducer
+    from bayes_dc.spaces.umap import UMAPReducer
 
     if args.threads:
         torch.set_num_threads(args.threads)

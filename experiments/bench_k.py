@@ -18,7 +18,7 @@ Parts:
 - ``trunk``: features of a random-init vgg-small trunk (width 16) of the 60,000 train images: whitened PCA-32 + L2
   (the k-means baseline's kind of space, at a dimension full covariances can afford) and UMAP-10.
 
-Embeddings are computed with the project's own reducers (``bayes_dc.spaces.registry``) and cached in ``--cache``.
+Embeddings are computed with the project's own spaces (``bayes_dc.spaces``) and cached in ``--cache``.
 scikit-learn runs with ``n_components = T``, ``weight_concentration_prior_type="dirichlet_process"``,
 ``max_iter 100``, k-means init, its default priors (as the eval protocol's baseline; its bound is not comparable
 to ours, so ELBOs are not shown — ``bench_cluster.py`` compares bounds under one prior).
@@ -34,10 +34,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from bayes_dc.evaluation import metrics  # noqa: E402
-from bayes_dc.clustering.dpgmm import DPGMMBackend  # noqa: E402
+from bayes_dc.evaluation import metrics
+from bayes_dc.clustering.dpgmm import DPGMMBackend
 
 PARTS = ("headline", "n", "d", "trunk")
 
@@ -60,7 +58,7 @@ def pixels(split: str, max_n: int | None = None) -> tuple[torch.Tensor, np.ndarr
 
 
 def umap_of(x: torch.Tensor, dim: int, cache: Path, name: str) -> np.ndarray:
-    from bayes_dc.spaces.registry import UMAPReducer
+    from bayes_dc.spaces.umap import UMAPReducer
 
     return cached_array(cache / f"{name}_umap{dim}.npy",
                         lambda: UMAPReducer(dim=dim, pca_dim=50, n_neighbors=20).reduce(x, seed=0).points.numpy())

@@ -28,15 +28,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench_cluster import fmnist_umap, trunk_features as cached_trunk_features
+from benchlib import fmnist_trunk_features
 
-from bench_cluster import fmnist_umap, trunk_features as cached_trunk_features  # noqa: E402
-from benchlib import fmnist_trunk_features  # noqa: E402
-
-from bayes_dc.evaluation import metrics  # noqa: E402
-from bayes_dc.clustering.dpgmm import DPGMMBackend  # noqa: E402
-from bayes_dc.config.schema import Config  # noqa: E402
-from bayes_dc.spaces.whiten import Whitener  # noqa: E402
+from bayes_dc.evaluation import metrics
+from bayes_dc.clustering.dpgmm import DPGMMBackend
+from bayes_dc.config.schema import Config
+from bayes_dc.spaces.whiten import Whitener
 
 DATA = ("fashion-mnist", "fmnist-umap", "digits", "elongated")
 

@@ -40,7 +40,6 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT), str(ROOT / "experiments")]
 
 CLASSES = 10
 
@@ -242,7 +241,6 @@ def job_extract(spec: dict) -> dict:
     del feats, x
     path.unlink()
     return result
-
 
 
 def run_job(spec: dict, malloc_mmap_threshold: int | None = None) -> dict:

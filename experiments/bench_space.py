@@ -33,16 +33,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from bayes_dc.evaluation import metrics  # noqa: E402
-from bayes_dc.clustering.dpgmm import DPGMMBackend  # noqa: E402
-from bayes_dc.clustering.kmeans import KMeansBackend  # noqa: E402
-from bayes_dc.spaces.registry import PCAReducer, UMAPReducer  # noqa: E402
-from bayes_dc.evaluation.report import fmt  # noqa: E402
-from bayes_dc.spaces.base import Reduction  # noqa: E402
+from bayes_dc.evaluation import metrics
+from bayes_dc.clustering.dpgmm import DPGMMBackend
+from bayes_dc.clustering.kmeans import KMeansBackend
+from bayes_dc.spaces.pca import PCAReducer
+from bayes_dc.spaces.umap import UMAPReducer
+from bayes_dc.evaluation.report import fmt
+from bayes_dc.spaces.base import Reduction
 from bayes_dc.spaces.parametric import (ParametricUMAPReducer, distill_encoder, new_encoder, output_whitening, project, scaled_pca_frame)
-from bayes_dc.trained.load import trunk_state  # noqa: E402
+from bayes_dc.trained.load import trunk_state
 
 
 class DistilledUMAP:

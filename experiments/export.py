@@ -26,12 +26,10 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
 from bayes_dc.models import nets
-from bayes_dc.trained import trunk_loader  # noqa: E402
-from bayes_dc.rundir.runlog import atomic_write_bytes, atomic_write_text  # noqa: E402
-from bayes_dc.trained.load import load_run, trunk_architecture, trunk_state  # noqa: E402
+from bayes_dc.trained import trunk_loader
+from bayes_dc.rundir.runlog import atomic_write_bytes, atomic_write_text
+from bayes_dc.trained.load import load_run, trunk_architecture, trunk_state
 
 
 def export(run_dir: Path, out: Path, force: bool = False) -> dict:

@@ -18,15 +18,13 @@ from pathlib import Path
 import torch
 from torch.nn import functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from bayes_dc.evaluation import metrics  # noqa: E402
-from bayes_dc.config.schema import Config  # noqa: E402
-from bayes_dc.loop.batches import BatchSource  # noqa: E402
-from bayes_dc.loop.pipeline import derive_seed, load_split, resolve_device  # noqa: E402
-from bayes_dc.rundir.runlog import CheckpointError, atomic_write_text, load_checkpoint  # noqa: E402
-from bayes_dc.trained.load import trunk_architecture, trunk_state  # noqa: E402
-from bayes_dc.trained.trunk_loader import build_trunk  # noqa: E402
+from bayes_dc.evaluation import metrics
+from bayes_dc.config.schema import Config
+from bayes_dc.loop.batches import BatchSource
+from bayes_dc.loop.pipeline import derive_seed, load_split, resolve_device
+from bayes_dc.rundir.runlog import CheckpointError, atomic_write_text, load_checkpoint
+from bayes_dc.trained.load import trunk_architecture, trunk_state
+from bayes_dc.trained.trunk_loader import build_trunk
 
 
 def main(argv=None) -> int:

@@ -13,14 +13,11 @@ All options: ``python experiments/run.py --help`` (generated from ``bayes_dc/con
 import json
 import os
 import sys
-from pathlib import Path
 
 # torch and faiss each bring an OpenMP runtime; with both pools spinning while idle, a small CPU run on a busy
 # 2-core machine ran 5-8x slower (48 s vs 7 s). Sleeping idle threads cost nothing measurable on large batches.
 # Set before torch loads (libgomp reads it once); an explicit OMP_WAIT_POLICY in the environment wins.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bayes_dc.config.cli import CLIError, config_from_args  # noqa: E402
 

@@ -55,7 +55,6 @@ from typing import Any, Callable
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT), str(ROOT / "experiments")]
 
 from benchlib import launch, run_argv, run_command  # noqa: E402
 from bayes_dc.config.cli import to_args  # noqa: E402

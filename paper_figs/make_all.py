@@ -25,8 +25,6 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bayes_dc.clustering.base import active_threshold
 from bayes_dc.rundir.jsonl import read_jsonl  # noqa: E402

@@ -19,6 +19,7 @@ TRAINING = ("bayes_dc.loop.pipeline", "bayes_dc.loop.trainer", "bayes_dc.models.
 CHECK = """
 import json, runpy, sys
 sys.argv = ["make_all.py", sys.argv[1], sys.argv[2]]
+sys.path.insert(0, "paper_figs")   # as `python paper_figs/make_all.py` does: the script's folder (style.py) first
 try:
     runpy.run_path("paper_figs/make_all.py", run_name="__main__")
 except SystemExit as stop:

@@ -1,4 +1,4 @@
-"""bayes_dc.spaces.registry: the clustering space (PCA whitening or PCA -> UMAP), its warm start and its errors."""
+"""bayes_dc.spaces: the registry, the identity, PCA and UMAP spaces, UMAP's warm start and the spaces' errors."""
 import numpy as np
 import pytest
 import torch
@@ -8,8 +8,12 @@ from sklearn.neighbors import NearestNeighbors
 
 from bayes_dc.clustering import make_backend
 from bayes_dc.config.schema import ClusterConfig, Config, merge
+from bayes_dc.config.rules import OptionError
+from bayes_dc.spaces.identity import IdentityReducer
+from bayes_dc.spaces.pca import PCAReducer
+from bayes_dc.spaces.registry import REDUCERS, make_reducer
+from bayes_dc.spaces.umap import UMAP_WARM_EPOCHS, UMAPReducer, neighbor_overlap, other_neighbors
 from bayes_dc.spaces.whiten import Whitener
-from bayes_dc.spaces.registry import (UMAP_WARM_EPOCHS, IdentityReducer, PCAReducer, UMAPReducer, make_reducer, nearest_neighbors, neighbor_overlap)
 
 
 def blobs(n=600, f=40, k=4, seed=0):
@@ -36,10 +40,10 @@ def test_identity_reducer_maps_points_as_they_are_and_umap_needs_a_fitted_state(
         UMAPReducer().transform(x, {"embedding": torch.zeros(50, 2)})   # a state saved before transform existed
 
 
-def test_nearest_neighbors_match_scikit_learn():
+def test_umap_probe_neighbors_match_scikit_learn():
     x, _ = blobs(n=300, f=6, seed=1)
     rows = np.array([0, 5, 17, 299])
-    ours = nearest_neighbors(x.numpy(), rows, 7)
+    ours = other_neighbors(x.numpy(), rows, 7)
     ref = NearestNeighbors(n_neighbors=8).fit(x.numpy()).kneighbors(x.numpy()[rows], return_distance=False)[:, 1:]
     assert [set(a) for a in ours] == [set(b) for b in ref]
 
@@ -117,15 +121,17 @@ def test_make_reducer_resolves_defaults_and_names_bad_choices():
     reducer = make_reducer(cfg)
     assert isinstance(reducer, UMAPReducer) and reducer.pca_dim == 50 and reducer.dim == 10
     assert make_reducer(merge(Config(), {"cluster": {"prior": "kmeans"}})).whitener.dim == 256
-    with pytest.raises(ValueError, match="--reduce.*choose one of"):
+    with pytest.raises(OptionError, match="unknown reduce 'tsne'; choose one of") as error:
         make_reducer(merge(Config(), {"features": {"reduce": "tsne"}}))
+    assert error.value.option == "reduce" and all(name in str(error.value) for name in REDUCERS)
 
 
-@pytest.mark.parametrize("kwargs,match", [({"dim": 0}, "reduce-dim"), ({"n_neighbors": 1}, "umap-neighbors"),
-                                          ({"min_dist": -1.0}, "umap-min-dist")])
-def test_bad_umap_options_are_named(kwargs, match):
-    with pytest.raises(ValueError, match=match):
+@pytest.mark.parametrize("kwargs,parameter", [({"dim": 0}, "dim"), ({"pca_dim": 0}, "pca_dim"),
+                                              ({"n_neighbors": 1}, "n_neighbors"), ({"min_dist": -1.0}, "min_dist")])
+def test_bad_umap_options_name_the_parameter(kwargs, parameter):
+    with pytest.raises(OptionError, match=f"^{parameter} must be") as error:
         UMAPReducer(**kwargs)
+    assert error.value.option == parameter and "--" not in str(error.value)
 
 
 def test_umap_refuses_too_few_points():
@@ -140,7 +146,7 @@ def test_a_layout_on_fewer_directions_keeps_the_ones_it_uses_and_the_dp_can_fit_
     import warnings
 
     from bayes_dc.clustering.dpgmm import DPGMMBackend
-    from bayes_dc.spaces.registry import drop_flat_directions
+    from bayes_dc.spaces.umap import drop_flat_directions
 
     generator = torch.Generator().manual_seed(0)
     centres = torch.randn(3, 4, generator=generator) * 4
@@ -163,7 +169,7 @@ def test_a_layout_on_fewer_directions_keeps_the_ones_it_uses_and_the_dp_can_fit_
 def test_the_umap_map_of_new_points_follows_the_dropped_directions():
     """With flat directions dropped, UMAPReducer.transform maps a training point (nearly) onto its clustered point, in
     the reduced coordinates: the Shepard interpolation of the layout, then the same centring and basis."""
-    from bayes_dc.spaces.registry import drop_flat_directions
+    from bayes_dc.spaces.umap import drop_flat_directions
 
     generator = torch.Generator().manual_seed(1)
     pcs = torch.randn(200, 6, generator=generator)

@@ -1,5 +1,6 @@
 """Smoke tests of the command-line scripts on tiny data: each must run and print/write what it promises."""
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -16,8 +17,11 @@ FMNIST = Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz")
 
 
 def run_script(*args, timeout=300):
+    """The scripts import the installed package (no sys.path edits of their own); PYTHONPATH puts this checkout
+    first, so they run the bayes_dc under test even where the installed one is another checkout."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     return subprocess.run([sys.executable, *map(str, args)], cwd=ROOT, capture_output=True, text=True,
-                          timeout=timeout)
+                          timeout=timeout, env=env)
 
 
 def test_run_py_dp_tiny_writes_run_dir(tmp_path):
@@ -121,3 +125,16 @@ def test_bench_dcdp_variants_are_valid_configs_that_differ_from_their_baseline()
     umap, pca = configs["km-k100-umap"], configs["km-k100"]
     assert (umap.features.reduce, pca.features.reduce) == ("umap", "pca")
     assert umap.train == pca.train and umap.targets == pca.targets and umap.cluster == pca.cluster
+
+
+def test_scripts_do_not_edit_sys_path():
+    """experiments/ and paper_figs/ import the installed package; a sibling helper (benchlib, style) is found because
+    a script's own folder is on sys.path when it runs. (export.py's docstring shows a user's sys.path line: not code.)"""
+    import ast
+    edits = []
+    for script in sorted([*ROOT.glob("experiments/*.py"), *ROOT.glob("paper_figs/*.py")]):
+        for node in ast.walk(ast.parse(script.read_text())):
+            if (isinstance(node, ast.Attribute) and node.attr == "path" and isinstance(node.value, ast.Name)
+                    and node.value.id == "sys"):
+                edits.append(f"{script.relative_to(ROOT)}:{node.lineno}")
+    assert not edits, f"sys.path used in {edits}; import bayes_dc from the installed package instead"

@@ -8,7 +8,10 @@ import torch
 
 from bayes_dc.config.schema import Config, merge
 from bayes_dc.spaces.registry import make_reducer
-from bayes_dc.spaces.parametric import (EdgeSampler, ParametricUMAPReducer, fit_ab, fuzzy_graph, knn_search, new_encoder, rebase_first_layer, encode, smooth_knn, train_encoder)
+from bayes_dc.config.rules import OptionError
+from bayes_dc.spaces.knn import nearest_neighbors
+from bayes_dc.spaces.parametric import (EdgeSampler, ParametricUMAPReducer, encode, fit_ab, fuzzy_graph, new_encoder,
+                                        rebase_first_layer, smooth_knn, train_encoder)
 
 
 def blobs(n_per: int = 60, k: int = 4, dim: int = 12, seed: int = 0) -> tuple[torch.Tensor, np.ndarray]:
@@ -25,7 +28,7 @@ def test_fuzzy_graph_equals_umap_learns():
         warnings.simplefilter("ignore")
         from umap.umap_ import fuzzy_simplicial_set
     x, _ = blobs()
-    distances, indices = knn_search(x, 10)
+    distances, indices = nearest_neighbors(x, 10)
     ours = fuzzy_graph(distances, indices).tocsr()
     reference, _, _ = fuzzy_simplicial_set(x.numpy(), 10, np.random.RandomState(0), "euclidean",
                                            knn_indices=indices.numpy(), knn_dists=distances.numpy())
@@ -36,19 +39,10 @@ def test_fuzzy_graph_equals_umap_learns():
 
 def test_smooth_knn_calibrates_each_row_to_log2_k():
     x, _ = blobs(dim=5)
-    distances, _ = knn_search(x, 15)
+    distances, _ = nearest_neighbors(x, 15)
     strengths = smooth_knn(distances)
     np.testing.assert_allclose(strengths.sum(1).numpy(), np.log2(15), rtol=1e-4)
     assert torch.all(strengths.max(1).values == 1.0)                                   # the nearest neighbour
-
-
-def test_knn_search_matches_brute_force_and_puts_each_point_first():
-    x, _ = blobs(n_per=20)
-    distances, indices = knn_search(x, 6)
-    brute = torch.cdist(x.double(), x.double())
-    expected = brute.topk(6, largest=False)
-    assert torch.equal(indices[:, 0], torch.arange(len(x)))
-    np.testing.assert_allclose(distances.numpy(), expected.values.numpy(), atol=1e-4)
 
 
 def test_fit_ab_equals_umap_learns():
@@ -137,7 +131,7 @@ def test_a_warm_start_follows_a_rotated_pca_frame():
 
 def test_train_encoder_lowers_the_loss():
     x, _ = blobs(n_per=40, k=3, dim=6)
-    distances, indices = knn_search(x, 8)
+    distances, indices = nearest_neighbors(x, 8)
     generator = torch.Generator().manual_seed(0)
     encoder = new_encoder(6, 16, 2, generator)
     history = train_encoder(encoder, x, EdgeSampler(fuzzy_graph(distances, indices)), epochs=4, a=1.9, b=0.8,
@@ -153,11 +147,13 @@ def test_make_reducer_builds_pumap_from_the_config():
     assert (reducer.hidden, reducer.epochs, reducer.pca_dim) == (24, 2, 50)
 
 
-@pytest.mark.parametrize("kwargs,match", [({"dim": 0}, "reduce-dim"), ({"n_neighbors": 1}, "umap-neighbors"),
-                                          ({"epochs": 0}, "pumap-epochs"), ({"min_dist": -1.0}, "min-dist")])
-def test_bad_pumap_options_are_named(kwargs, match):
-    with pytest.raises(ValueError, match=match):
+@pytest.mark.parametrize("kwargs,parameter", [({"dim": 0}, "dim"), ({"n_neighbors": 1}, "n_neighbors"),
+                                              ({"epochs": 0}, "epochs"), ({"warm_epochs": -1}, "warm_epochs"),
+                                              ({"hidden": 0}, "hidden"), ({"min_dist": -1.0}, "min_dist")])
+def test_bad_pumap_options_name_the_parameter(kwargs, parameter):
+    with pytest.raises(OptionError, match=f"^{parameter} must be") as error:
         ParametricUMAPReducer(**kwargs)
+    assert error.value.option == parameter and "--" not in str(error.value)
 
 
 def test_transform_before_a_fit_is_refused_clearly():
@@ -225,17 +221,6 @@ def test_ranks_blocks_cover_the_batch_and_their_summed_gradient_is_the_one_proce
         torch.testing.assert_close(sum(g[i] for _, g in parts), grad, rtol=1e-4, atol=1e-6)
 
 
-def test_knn_search_of_a_row_range_is_those_rows_of_the_full_search():
-    """Under torchrun each rank queries its own rows against the gathered points: the same neighbours (global ids,
-    each point first) as those rows of one search over every row."""
-    x = torch.randn(120, 5, generator=torch.Generator().manual_seed(3))
-    x[70] = x[71]                                                  # a duplicate inside the range
-    full_d, full_i = knn_search(x, 6)
-    part_d, part_i = knn_search(x, 6, rows=(50, 90))
-    assert torch.equal(part_i, full_i[50:90]) and torch.allclose(part_d, full_d[50:90])
-    assert torch.equal(part_i[:, 0], torch.arange(50, 90))
-
-
 def test_a_spectral_start_begins_where_a_random_start_ends():
     """The cold encoder regressed onto the graph's spectral embedding (umap-learn's layout init) fits it closely,
     and its first UMAP-loss epoch is already at or below the loss a random-weight encoder reaches after all of its
@@ -265,5 +250,43 @@ def test_distill_encoder_fits_a_smooth_target():
 
 
 def test_an_unknown_pumap_init_is_named():
-    with pytest.raises(ValueError, match="pumap-init"):
+    with pytest.raises(OptionError, match="^init must be one of spectral, random") as error:
         ParametricUMAPReducer(init="pca")
+    assert error.value.option == "init"
+
+
+def test_the_pair_loss_is_umaps_cross_entropy_of_the_two_views(pumap_round):
+    """The parametric space's pair loss against the fuzzy-set cross-entropy written out (q = 1 / (1 + a d^2b)):
+    -log q of each image's two views, -log(1 - q) of each view with the negatives' partners, over the batch; the
+    gradient reaches the views (the trunk), and a space without a pair loss says so with None."""
+    from bayes_dc.spaces.identity import IdentityReducer
+    from bayes_dc.spaces.parametric import negative_positions
+    from bayes_dc.spaces.pca import PCAReducer
+    from bayes_dc.spaces.umap import UMAPReducer
+
+    x, _, reducer, reduction = pumap_round
+    view_a = x[:40].clone().requires_grad_(True)
+    view_b = x[:40] + 0.1 * torch.randn(40, x.shape[1], generator=torch.Generator().manual_seed(1))
+    loss = reducer.pair_loss(view_a, view_b, reduction.state, torch.Generator().manual_seed(5))
+    negatives = negative_positions(40, reducer.negative_rate, torch.Generator().manual_seed(5))   # the same draw
+    y_a, y_b = (reducer.transform(v, reduction.state).double() for v in (view_a, view_b))
+    q = lambda u, v: 1 / (1 + reducer.a * ((u - v).pow(2).sum(1) + 1e-6) ** reducer.b)
+    expected = -torch.log(q(y_a, y_b)).sum() - sum(torch.log1p(-q(y_a, y_b[row])).sum() for row in negatives)
+    assert loss.item() == pytest.approx(expected.item() / 40, rel=1e-4)
+    loss.backward()
+    assert view_a.grad is not None and view_a.grad.abs().sum() > 0
+    for space in (IdentityReducer(), PCAReducer(dim=4), UMAPReducer()):
+        assert space.pair_loss(view_a, view_b, None, torch.Generator()) is None
+
+
+def test_the_trainer_names_space_weight_when_the_space_has_no_pair_loss():
+    from types import SimpleNamespace
+
+    from bayes_dc.loop.trainer import SwappedViews, space_loss
+    from bayes_dc.spaces.pca import PCAReducer
+
+    ctx = SimpleNamespace(reducer=PCAReducer(dim=4))
+    z = torch.randn(8, 6)
+    with pytest.raises(OptionError, match="space_weight > 0 needs a space with a pair loss") as error:
+        space_loss(ctx, z, z, SwappedViews(predictor={}, reduce_state=None), torch.Generator())
+    assert error.value.option == "space_weight"

@@ -20,7 +20,7 @@ from bayes_dc.config.schema import ClusterConfig, Config, merge
 from bayes_dc.data import load_dataset
 from bayes_dc.loop.pipeline import run
 from bayes_dc.rundir.final import FINAL_CHECKPOINT
-from bayes_dc.spaces.registry import PCAReducer
+from bayes_dc.spaces.pca import PCAReducer
 from bayes_dc.rundir.runlog import load_checkpoint, save_checkpoint
 
 ROOT = Path(__file__).resolve().parent.parent

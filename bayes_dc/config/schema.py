@@ -115,13 +115,13 @@ class FeatureConfig:
     pumap_init: PumapInit = field(default="spectral", metadata=PUMAP_ONLY)  # a cold encoder's start: regressed onto the kNN graph's spectral embedding (umap-learn's layout init), or random weights
 
 
-# Options whose default depends on --prior (BENCHMARKS.md sections 6-7). k-means keeps DeepCluster's whitened
-# PCA-256, relabelled every epoch. The DP-GMM models its space with Gaussians: whitened PCA of ConvNet features
-# makes it tile each class with many components (K 82 on PCA-16 in the loop), UMAP-10 packs each group into a
-# compact blob that one full-covariance Gaussian fits (K 12-16). Its rounds cost a UMAP fit, and relabelling every
-# epoch scored the same as every 2 (one seed) at a larger clustering share, so it relabels every 2 epochs. With
-# --reduce pca the DP gets PCA-64: on 256 whitened dimensions of random-init features it collapses to 1-3
-# components.
+# Options whose default depends on --prior (measured in BENCHMARKS.md sections 6, "The DP-GMM as a model: what
+# decides K", and 7, "DeepCluster-DP against k-means DeepCluster"). k-means keeps DeepCluster's whitened PCA-256,
+# relabelled every epoch. The DP-GMM models its space with Gaussians: whitened PCA of ConvNet features makes it
+# tile each class with many components, UMAP-10 packs each group into a compact blob that one full-covariance
+# Gaussian fits. Its rounds cost a UMAP fit, and relabelling every epoch scored no better than every 2 at a larger
+# clustering share, so it relabels every 2 epochs. With --reduce pca the DP gets PCA-64: on 256 whitened
+# dimensions of random-init features it collapses to a few components.
 PRIOR_DEFAULTS: dict[str, dict[str, Any]] = {"reduce": {"kmeans": "pca", "dp": "umap"},
                                              "relabel_every": {"kmeans": 1, "dp": 2},
                                              "pca_dim": {"kmeans": 256, "dp": 64}}
@@ -185,7 +185,7 @@ class TrainConfig:
     weight_decay: float = 1e-5  # SGD weight decay (L2)
     head_lr: float | None = None  # learning rate of the classifier head; None: --lr
     # none, crop-flip (pad, random crop, flip) or resized-crop (random-resized crop + flip, as DeepCluster and
-    # SwAV train). resized-crop by default: higher NMI and kNN on every seed, for the DP and k-means (BENCHMARKS 7)
+    # SwAV train). resized-crop by default: higher NMI and kNN on every seed, for the DP and k-means (BENCHMARKS.md section 7.4)
     augment: Augment = "resized-crop"
     crop_padding: int = field(default=4, metadata=CROP_FLIP)  # zero padding (pixels) before the random crop
     crop_scale: tuple[float, float] = field(default=(0.3, 1.0), metadata=RESIZED_CROP)  # area share range of the crops

@@ -18,7 +18,7 @@ if TYPE_CHECKING:  # type names only: this module must stay importable without t
     from bayes_dc.data import ImageDataset, StreamingImageFolder
     from bayes_dc.runtime.distributed import Distributed
     from bayes_dc.models.nets import DeepClusterNet
-    from bayes_dc.spaces.registry import Reducer
+    from bayes_dc.spaces.base import Reducer
     from bayes_dc.rundir.runlog import RunDir
     from bayes_dc.rundir.tblog import TensorBoardLogger
 

@@ -8,8 +8,8 @@ import torch
 from tqdm.auto import tqdm
 
 from bayes_dc.data.augment import standardize
+from bayes_dc.config.rules import OptionError
 from bayes_dc.loop.context import RunContext
-from bayes_dc.spaces.parametric import negative_positions, umap_loss
 from bayes_dc.loop.targets import ClusterLoss, Targets, swapped_targets
 
 
@@ -34,13 +34,14 @@ def view_responsibilities(ctx: RunContext, embeddings: torch.Tensor, views: Swap
 
 def space_loss(ctx: RunContext, z_a: torch.Tensor, z_b: torch.Tensor, views: SwappedViews,
                generator: torch.Generator) -> torch.Tensor:
-    """``--space-weight``: UMAP's cross-entropy in the round's parametric space (encoder fixed) with the two views of
-    an image as the positive pair and shuffled pairs as negatives; its gradient reaches the trunk through the
-    embeddings (B, P), so the ConvNet learns the neighbourhood structure the space is built from."""
-    y_a = ctx.reducer.transform(z_a, views.reduce_state)
-    y_b = ctx.reducer.transform(z_b, views.reduce_state)
-    negatives = negative_positions(len(y_a), ctx.reducer.negative_rate, generator).to(y_a.device)
-    return umap_loss(y_a, y_b, ctx.reducer.a, ctx.reducer.b, negatives, len(y_a))
+    """``space_weight``'s loss: the space's pair loss (:meth:`bayes_dc.spaces.base.Reducer.pair_loss`) on the
+    embeddings (B, P) of an image's two views in the round's space; its gradient reaches the trunk through them, so
+    the ConvNet learns the structure the space is built from."""
+    loss = ctx.reducer.pair_loss(z_a, z_b, views.reduce_state, generator)
+    if loss is None:
+        raise OptionError("space_weight", f"space_weight > 0 needs a space with a pair loss; the {ctx.reducer.name!r} "
+                          "space has none (use the 'pumap' space or set space_weight to 0)")
+    return loss
 
 
 def train_epoch(ctx: RunContext, targets: Targets, indices: torch.Tensor, *, generator: torch.Generator,

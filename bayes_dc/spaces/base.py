@@ -1,5 +1,17 @@
-"""The interface of a clustering space (``--reduce``): a :class:`Reducer` maps trunk features to the points a
-clustering backend sees and returns a :class:`Reduction`. The registry of reducers is :mod:`bayes_dc.spaces.registry`."""
+"""The interface of a clustering space (``reduce`` option): a :class:`Reducer` maps a round's trunk features to the
+points a clustering backend sees. Each space is a module of this package (identity, pca, umap, parametric); the
+registry that names them is :mod:`bayes_dc.spaces.registry`.
+
+What the round loop and the trainer may ask of any space, without knowing which one it is:
+
+- :meth:`Reducer.reduce`: fit on a round's features -> a :class:`Reduction` (the points and a checkpointable state);
+- :meth:`Reducer.transform`: map new features into a fitted round's space, given that round's state;
+- :attr:`Reducer.shardable`: whether each process of a multi-process run may fit on its own rows;
+- :attr:`Reducer.maps_novel_points_apart`: whether :meth:`~Reducer.transform` can place a new point away from every
+  training point (what novelty scores need);
+- :meth:`Reducer.pair_loss`: an optional loss on two views of the same images in the fitted space, which the trainer
+  adds to its own (``space_weight``); None for a space that has none.
+"""
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
@@ -14,7 +26,8 @@ class Reduction:
 
     Attributes:
         points: (N, d) float32 tensor on the features' device, the backend's input.
-        state: opaque warm state for the next round (plain tensors / numbers, checkpointable), or None.
+        state: what maps new points into this round's space (:meth:`Reducer.transform`) and warm-starts the next
+            round: plain tensors / numbers (checkpointable), or None.
         seconds: wall-clock seconds of the reduction.
         info: scalars worth logging (e.g. whether UMAP was warm-started and the neighbour overlap).
     """
@@ -38,23 +51,21 @@ class Reducer(ABC):
 
     @abstractmethod
     def reduce(self, features: torch.Tensor, *, seed: int, warm_state: dict | None = None) -> Reduction:
-        """Map ``features`` (N, F) float32 to (N, d) float32; see :class:`Reduction`."""
+        """Fit the space on a round's ``features`` (N, F) float32 and map them to (N, d) float32; ``warm_state`` is
+        the previous round's :attr:`Reduction.state` (or None for a cold start). See :class:`Reduction`."""
 
     def transform(self, features: torch.Tensor, state: dict | None) -> torch.Tensor:
         """Map new features (B, F) into the space of the round whose :class:`Reduction` had ``state`` (for
-        targets computed on the fly, ``--two-views``)."""
-        raise ValueError(f"--reduce {self.name} cannot map new points into a fitted space; use --reduce pca or none")
+        targets computed on the fly, two views, and the trained-run API)."""
+        raise ValueError(f"the {self.name!r} space cannot map new points into a fitted space; use the 'pca' or "
+                         "'none' space")
+
+    def pair_loss(self, view_a: torch.Tensor, view_b: torch.Tensor, state: dict | None,
+                  generator: torch.Generator) -> torch.Tensor | None:
+        """A loss (scalar tensor, differentiable in the views) that pulls two views of each image together in the
+        space of the round with ``state``, from the trunk embeddings of the two views (B, F) each; ``generator``
+        draws any randomness (negatives). None (the default): this space has no pair loss."""
+        return None
 
 
-def check_umap_options(dim: int, pca_dim: int, n_neighbors: int, min_dist: float, space: str) -> None:
-    """ValueError naming the option when UMAP's settings (shared by ``--reduce umap`` and ``pumap``) are out of
-    range."""
-    if dim < 1 or pca_dim < 1:
-        raise ValueError(f"--reduce {space} needs --reduce-dim >= 1 and --pca-dim >= 1, got {dim} and {pca_dim}")
-    if n_neighbors < 2:
-        raise ValueError(f"--umap-neighbors must be >= 2, got {n_neighbors}")
-    if min_dist < 0:
-        raise ValueError(f"--umap-min-dist must be >= 0, got {min_dist}")
-
-
-__all__ = ["Reducer", "Reduction", "check_umap_options"]
+__all__ = ["Reducer", "Reduction"]

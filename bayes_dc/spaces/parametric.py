@@ -6,7 +6,7 @@ replaces the free layout by an encoder network trained on the same loss, so any 
 forward pass. Here, every round:
 
 1. PCA of the features to ``pca_dim`` (not whitened; the sums are those of :class:`~bayes_dc.spaces.whiten.Whitener`);
-2. the exact k-nearest-neighbour graph of those PCs (faiss; GPU when the PCs are on a GPU and faiss has one), made
+2. the exact k-nearest-neighbour graph of those PCs (:func:`~bayes_dc.spaces.knn.nearest_neighbors`), made
    into UMAP's fuzzy simplicial set (:func:`fuzzy_graph`: per-point ``rho`` and ``sigma`` with
    ``sum_j exp(-(d_ij - rho_i) / sigma_i) = log2(k)``, then the fuzzy union ``W + W^T - W * W^T``);
 3. an MLP encoder ``pca_dim -> hidden -> hidden -> dim`` trained with UMAP's cross-entropy (:func:`umap_loss`):
@@ -14,11 +14,14 @@ forward pass. Here, every round:
    shuffled pairs per edge push apart, ``q(d) = 1 / (1 + a d^(2b))`` with (a, b) fitted to ``min_dist``;
 4. the points are the encoder's outputs for every row.
 
+Its pair loss (:meth:`ParametricUMAPReducer.pair_loss`, ``space_weight``) is the same cross-entropy with the two
+augmented views of an image as the positive pair, the encoder fixed: the trunk learns the neighbourhoods the space
+is built from.
+
 Cold start: the encoder is first regressed onto the spectral embedding of the round's fuzzy graph (umap-learn's own
 layout initialisation, ``init="spectral"``; :func:`spectral_targets`, :func:`distill_encoder`), then trained on the
-UMAP loss. From random weights the encoder leaves the clusters wider: on 20,000 Fashion-MNIST pixels the DP found
-40 components (NMI 0.560) against 19 (NMI 0.609) from the spectral start, and 11 (0.633) on umap-learn's layout
-(BENCHMARKS.md 12.1).
+UMAP loss. From random weights the encoder leaves the clusters wider, and the DP then splits them into more
+components (BENCHMARKS.md section 12.1, "One round on the same features").
 
 Warm start: the encoder keeps its weights from the previous round and only the graph is rebuilt. The PCA basis is
 refitted (the trunk moved), so the first layer is re-expressed in the new basis (``W1 U_old^T U_new``, exact on
@@ -26,9 +29,9 @@ the new span) before ``warm_epochs`` of training instead of ``epochs``. A relabe
 encoder epochs and a forward pass, not a new layout.
 
 Why not a library: umap-learn's ``ParametricUMAP`` needs TensorFlow/Keras; TorchDR's ``UMAP(encoder=...)`` was
-slower than umap-learn on this CPU (125 s vs 79 s on 20,000 points) and its untuned encoder split Fashion-MNIST
-into 45 components, and neither keeps an encoder warm across refits of a changing PCA basis. The pieces here
-are small: faiss for the graph, ~40 lines of UMAP's graph maths, a torch training loop.
+slower than umap-learn and its untuned encoder over-split Fashion-MNIST (README.md, "Why our own ... rather than
+a library"), and neither keeps an encoder warm across refits of a changing PCA basis. The pieces here are small:
+faiss for the graph (:mod:`bayes_dc.spaces.knn`), UMAP's graph maths, a torch training loop.
 
 Randomness: one ``torch.Generator`` seeded by the round's seed draws the initial weights, edges and negatives, so
 the same seed on the same machine gives the same space (and a resumed run the uninterrupted one's).
@@ -44,10 +47,13 @@ import numpy as np
 import scipy.sparse
 import torch
 
+from bayes_dc.config.rules import OptionError
 from bayes_dc.runtime.distributed import Distributed
-from bayes_dc.spaces.whiten import Whitener
-from bayes_dc.spaces.base import Reducer, Reduction, check_umap_options
 from bayes_dc.runtime.threads import torch_threads_kept
+from bayes_dc.spaces.base import Reducer, Reduction
+from bayes_dc.spaces.knn import nearest_neighbors
+from bayes_dc.spaces.umap import check_umap_options
+from bayes_dc.spaces.whiten import Whitener, principal_axes, summed
 
 #: Share of an encoder fit's steps over which the learning rate warms up (:func:`train_encoder`).
 WARMUP_SHARE = 0.05
@@ -57,7 +63,7 @@ SIGMA_BISECTION_STEPS = 64
 #: of a multi-process encoder fit takes.
 NEGATIVE_BLOCK = 256
 #: Adam steps of the cold encoder's regression onto the spectral embedding (:func:`distill_encoder`), on batches of
-#: max(256, N / 50) rows (so ~30 epochs at any N >= 12,800): on 10,000 points ~1 % relative squared error in ~3 s.
+#: max(256, N / 50) rows (so ~30 epochs at any N >= 12,800).
 DISTILL_STEPS = 1500
 #: Encoder initialisations of a cold round (``--pumap-init``).
 PUMAP_INITS = ("spectral", "random")
@@ -72,41 +78,6 @@ def fit_ab(min_dist: float, spread: float = 1.0) -> tuple[float, float]:
     target = np.where(d < min_dist, 1.0, np.exp(-(d - min_dist) / spread))
     (a, b), _ = curve_fit(lambda x, a, b: 1.0 / (1.0 + a * x ** (2 * b)), d, target)
     return float(a), float(b)
-
-
-def knn_search(points: torch.Tensor, k: int, rows: tuple[int, int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Exact k nearest neighbours of the rows ``rows = (start, stop)`` of ``points`` (N, p) (default: every row)
-    among all rows, itself included (first).
-
-    Returns (distances (M, k) float32 Euclidean, indices (M, k) int64 into ``points``) on the CPU, M = stop -
-    start. faiss ``IndexFlatL2``; on a GPU when ``points`` are on one and faiss was built with GPU support. Under
-    torchrun each rank queries its own rows against the index of the gathered points (the search is the cost; the
-    index is N x p floats).
-    """
-    x = np.ascontiguousarray(points.detach().float().cpu().numpy())
-    start, stop = rows if rows is not None else (0, len(x))
-    sq_dist, idx = exact_knn(x, x[start:stop], k, gpu=points.device if points.is_cuda else None)
-    # a duplicate point can come before the point itself: put each row's own id first
-    ids = np.arange(start, stop)
-    for r in np.flatnonzero(idx[:, 0] != ids):
-        where = np.flatnonzero(idx[r] == ids[r])
-        j = where[0] if len(where) else k - 1
-        idx[r, 1:j + 1], sq_dist[r, 1:j + 1] = idx[r, :j].copy(), sq_dist[r, :j].copy()
-        idx[r, 0], sq_dist[r, 0] = ids[r], 0.0
-    return torch.from_numpy(np.sqrt(np.maximum(sq_dist, 0))), torch.from_numpy(idx.astype(np.int64))
-
-
-def exact_knn(reference: np.ndarray, queries: np.ndarray, k: int,
-              gpu: torch.device | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """(squared L2 distances, ids) (B, k) of the k nearest ``reference`` rows (N, p) float32 of each query (B, p):
-    a faiss ``IndexFlatL2`` (exact), on ``gpu`` when given and faiss was built with GPU support."""
-    import faiss   # imported here, as the k-means backend does: `import bayes_dc` works without faiss
-
-    index = faiss.IndexFlatL2(reference.shape[1])
-    if gpu is not None and hasattr(faiss, "StandardGpuResources"):
-        index = faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), gpu.index or 0, index)
-    index.add(np.ascontiguousarray(reference, dtype=np.float32))
-    return index.search(np.ascontiguousarray(queries, dtype=np.float32), k)
 
 
 def smooth_knn(distances: torch.Tensor) -> torch.Tensor:
@@ -360,12 +331,12 @@ class ParametricUMAPReducer(Reducer):
                  hidden: int = 128, epochs: int = 10, warm_epochs: int = 3, negative_rate: int = 5,
                  batch_size: int = 2048, lr: float = 3e-3, init: str = "spectral", device: torch.device | None = None,
                  dist: Distributed | None = None):
-        check_umap_options(dim, pca_dim, n_neighbors, min_dist, "pumap")
+        check_umap_options(dim, pca_dim, n_neighbors, min_dist)
         if init not in PUMAP_INITS:
-            raise ValueError(f"--pumap-init must be one of {', '.join(PUMAP_INITS)}, got {init!r}")
-        if epochs < 1 or warm_epochs < 0 or hidden < 1:
-            raise ValueError(f"--pumap-epochs must be >= 1, --pumap-warm-epochs >= 0 and --pumap-hidden >= 1, got "
-                             f"{epochs}, {warm_epochs} and {hidden}")
+            raise OptionError("init", f"init must be one of {', '.join(PUMAP_INITS)}, got {init!r}")
+        for name, value, least in (("epochs", epochs, 1), ("warm_epochs", warm_epochs, 0), ("hidden", hidden, 1)):
+            if value < least:
+                raise OptionError(name, f"{name} must be >= {least}, got {value}")
         self.dim, self.pca_dim, self.n_neighbors, self.min_dist = int(dim), int(pca_dim), int(n_neighbors), min_dist
         self.hidden, self.epochs, self.warm_epochs = int(hidden), int(epochs), int(warm_epochs)
         self.negative_rate, self.batch_size, self.lr, self.device = int(negative_rate), int(batch_size), lr, device
@@ -380,8 +351,8 @@ class ParametricUMAPReducer(Reducer):
         sizes = dist.row_counts(features.shape[0])
         n, first = sum(sizes), sum(sizes[:dist.rank])                       # N, and where this rank's rows start
         if n <= self.n_neighbors:
-            raise ValueError(f"--reduce pumap with --umap-neighbors {self.n_neighbors} needs more than "
-                             f"{self.n_neighbors} points, got N={n}; lower --umap-neighbors")
+            raise OptionError("n_neighbors", f"the parametric UMAP space with n_neighbors={self.n_neighbors} needs "
+                              f"more than {self.n_neighbors} points, got N={n}; lower n_neighbors")
         device = self.device or features.device
         features = features.to(device)
         allreduce = dist.all_reduce if dist.active else None
@@ -390,7 +361,7 @@ class ParametricUMAPReducer(Reducer):
         # every rank holds all N PCs (N x p, small beside the features): the kNN index, and the tails and negatives
         # its edges reach; it queries and smooths only its own rows, and the graph is the union of all ranks' rows
         pcs = dist.gather_rows(own)                                                       # (N, p)
-        distances, indices = knn_search(pcs, self.n_neighbors, rows=(first, first + own.shape[0]))
+        distances, indices = nearest_neighbors(pcs, self.n_neighbors, rows=torch.arange(first, first + own.shape[0]))
         graph = fuzzy_union(dist.gather_rows(smooth_knn(distances)), dist.gather_rows(indices))
         sampler = EdgeSampler(graph)
 
@@ -414,7 +385,7 @@ class ParametricUMAPReducer(Reducer):
             raw = encode(weights, own)                                                    # (M, dim)
         if not dist.all_reduce(torch.isfinite(raw).all().double().reshape(1)).item() == dist.world:
             raise ValueError("the parametric UMAP encoder produced non-finite coordinates; check the features "
-                             "(NaN/inf rows) or use --reduce umap / pca")
+                             "(NaN/inf rows) or use the 'umap' or 'pca' space")
         out_mean, out_whiten = output_whitening(raw, allreduce=allreduce)
         state = {"mean": mean, "basis": basis, "encoder": weights, "out_mean": out_mean, "out_whiten": out_whiten,
                  "loss": history}
@@ -425,14 +396,18 @@ class ParametricUMAPReducer(Reducer):
 
     def transform(self, features: torch.Tensor, state: dict | None) -> torch.Tensor:
         if state is None:
-            raise ValueError("--reduce pumap has no fitted encoder yet (transform before the first round)")
+            raise ValueError("the parametric UMAP space has no fitted encoder yet (transform before the first round)")
         pcs = project(features, state["mean"], state["basis"])
         return whiten_output(encode(state["encoder"], pcs), state)
 
-
-def summed(t: torch.Tensor, allreduce: Callable[[torch.Tensor], torch.Tensor] | None) -> torch.Tensor:
-    """``t`` summed over the processes that each hold some rows (``allreduce``), or ``t`` itself in one process."""
-    return t if allreduce is None else allreduce(t)
+    def pair_loss(self, view_a: torch.Tensor, view_b: torch.Tensor, state: dict | None,
+                  generator: torch.Generator) -> torch.Tensor:
+        """UMAP's cross-entropy (:func:`umap_loss`) in the round's space (encoder fixed) with the two views of each
+        image (B, F) as the positive pair and ``negative_rate`` shuffles of the batch (:func:`negative_positions`,
+        drawn from ``generator``) as negatives; its gradient reaches the trunk through the views."""
+        y_a, y_b = self.transform(view_a, state), self.transform(view_b, state)
+        negatives = negative_positions(len(y_a), self.negative_rate, generator).to(y_a.device)
+        return umap_loss(y_a, y_b, self.a, self.b, negatives, len(y_a))
 
 
 def scaled_pca_frame(features: torch.Tensor, pca_dim: int, *,
@@ -479,23 +454,6 @@ def output_whitening(points: torch.Tensor, floor: float = 1e-6,
     return mean.float().cpu(), (eigvecs / eigvals.sqrt()).float().cpu()
 
 
-def principal_axes(points: torch.Tensor, share: float,
-                   allreduce: Callable[[torch.Tensor], torch.Tensor] | None = None
-                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(mean (d,), variances (d',), axes (d, d')) float64 of points (M, d): the principal directions whose variance
-    exceeds ``share`` of the largest (at least the largest), largest first. ``allreduce`` sums the moments over the
-    processes that each hold some rows."""
-    x = points.double()
-    n = summed(torch.tensor([float(x.shape[0])], dtype=torch.float64, device=x.device), allreduce)
-    mean = summed(x.sum(0), allreduce) / n
-    centred = x - mean
-    cov = summed(centred.T @ centred, allreduce) / (n - 1)                                  # two passes, as Whitener
-    eigvals, eigvecs = torch.linalg.eigh(cov)                                   # ascending
-    keep = eigvals > share * float(eigvals.max().clamp_min(1e-300))
-    keep[-1] = True
-    return mean, eigvals[keep].flip(0), eigvecs[:, keep].flip(1)
-
-
 def rebase_first_layer(previous: dict, mean: torch.Tensor, basis: torch.Tensor) -> dict[str, torch.Tensor]:
     """The previous encoder's weights with its first layer re-expressed for inputs in a new PCA frame.
 
@@ -513,16 +471,7 @@ def rebase_first_layer(previous: dict, mean: torch.Tensor, basis: torch.Tensor) 
     return weights
 
 
-def make_parametric_umap(cfg, *, device: torch.device | None = None, dist: Distributed | None = None,
-                         **_: Callable) -> ParametricUMAPReducer:
-    """The ``pumap`` entry of :data:`bayes_dc.spaces.registry.REDUCERS` for a :class:`bayes_dc.config.schema.Config`."""
-    f = cfg.features
-    return ParametricUMAPReducer(dim=f.reduce_dim, pca_dim=cfg.pca_dim, n_neighbors=f.umap_neighbors,
-                                 min_dist=f.umap_min_dist, hidden=f.pumap_hidden, epochs=f.pumap_epochs,
-                                 warm_epochs=f.pumap_warm_epochs, init=f.pumap_init, device=device, dist=dist)
-
-
-__all__ = ["EdgeSampler", "ParametricUMAPReducer", "distill_encoder", "encode", "exact_knn", "fit_ab", "fuzzy_graph",
-           "fuzzy_union", "knn_search", "make_parametric_umap", "negative_positions", "new_encoder", "principal_axes",
-           "rank_blocks", "rebase_first_layer", "scaled_pca_frame", "smooth_knn", "spectral_targets", "train_encoder",
-           "umap_loss"]
+__all__ = ["DISTILL_STEPS", "EdgeSampler", "NEGATIVE_BLOCK", "PUMAP_INITS", "ParametricUMAPReducer", "distill_encoder",
+           "encode", "fit_ab", "fuzzy_graph", "fuzzy_union", "negative_positions", "new_encoder", "output_whitening",
+           "project", "rank_blocks", "rebase_first_layer", "scaled_pca_frame", "smooth_knn", "spectral_targets",
+           "train_encoder", "umap_loss", "whiten_output"]

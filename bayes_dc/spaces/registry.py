@@ -1,227 +1,31 @@
-"""The clustering space: trunk features (N, F) -> the points (N, d) a clustering backend sees.
+"""The registry of clustering spaces (``reduce`` option): trunk features (N, F) -> the points (N, d) a clustering
+backend sees. Each space is one module behind the interface of :mod:`bayes_dc.spaces.base`:
 
-Registry ``REDUCERS`` (``--reduce``):
+- ``none`` (:mod:`bayes_dc.spaces.identity`): the features as they are (e.g. a low-dimensional projection head's
+  output).
+- ``pca`` (:mod:`bayes_dc.spaces.pca`): DeepCluster's PCA whitening + L2, refitted every round; the k-means
+  baseline's space.
+- ``umap`` (:mod:`bayes_dc.spaces.umap`): PCA, then a UMAP layout (umap-learn), warm-started across rounds when the
+  neighbourhoods changed little.
+- ``pumap`` (:mod:`bayes_dc.spaces.parametric`): parametric UMAP, an encoder trained on UMAP's graph loss, warm
+  across rounds, mapping new points in one forward pass; it has a pair loss.
 
-- ``none``: the features as they are (e.g. a low-dimensional projection head's output, ``--cluster-on
-  projection``).
-- ``pca``: DeepCluster's PCA whitening + L2 (:class:`bayes_dc.spaces.whiten.Whitener`), refitted every round.
-  The k-means baseline's space (256 dimensions, as DeepCluster).
-- ``pumap``: parametric UMAP (:mod:`bayes_dc.spaces.parametric`): an encoder trained on UMAP's graph loss, warm across
-  rounds, mapping new points in one forward pass.
-- ``umap``: PCA to ``pca_dim`` (~50, not whitened), then UMAP (McInnes et al. 2018, umap-learn) to
-  ``reduce_dim`` (~10) dimensions. Gaussians fit such an embedding far better than a whitened PCA of the same
-  features: UMAP-10 of Fashion-MNIST pixels + a full-covariance DP-GMM keeps ~18 components at NMI 0.63,
-  PCA-10 + a diagonal one ~80 at 0.48 (BENCHMARKS.md, bench_k). N2D (McConville et al. 2020) and DeepDPM
-  (Ronen et al. 2022) cluster in such embeddings.
-
-Each reducer returns the points and a small *warm state* for the next round. UMAP's warm start: the features
-change between rounds (the trunk trains), so the previous embedding is only a good starting layout when the
-neighbourhoods changed little. The state keeps the k nearest neighbours (in the PCA space) of a fixed random
-sample of points; the next round recomputes them and, if on average at least ``UMAP_WARM_OVERLAP`` of them are
-the same, initialises UMAP from the previous embedding with ``UMAP_WARM_EPOCHS`` optimisation epochs instead of
-a spectral layout with umap-learn's default (200 for N >= 10,000). Randomness comes from the seed passed in, so
-a resumed run repeats the uninterrupted one (umap-learn runs single-threaded when seeded).
+A new space is one module with a :class:`~bayes_dc.spaces.base.Reducer` subclass and one line in :data:`REDUCERS`.
 """
 from __future__ import annotations
 
-import time
-import warnings
 from typing import Any, Callable
 
-import numpy as np
 import torch
 
-from bayes_dc.spaces.whiten import Whitener
-from bayes_dc.spaces.base import Reducer, Reduction, check_umap_options
-from bayes_dc.spaces.parametric import exact_knn, make_parametric_umap, principal_axes
-from bayes_dc.runtime.threads import torch_threads_kept
+from bayes_dc.config.rules import OptionError
+from bayes_dc.spaces.base import Reducer, Reduction  # Reduction: what every reducer returns, for the round loop
+from bayes_dc.spaces.identity import IdentityReducer
+from bayes_dc.spaces.parametric import ParametricUMAPReducer
+from bayes_dc.spaces.pca import PCAReducer
+from bayes_dc.spaces.umap import UMAPReducer
 
-# Share of sampled neighbours that must survive between rounds for UMAP to start from the previous layout.
-UMAP_WARM_OVERLAP = 0.5
-# Optimisation epochs of a warm-started layout (it only has to follow the change, not unfold a new graph).
-UMAP_WARM_EPOCHS = 100
-# Points whose neighbourhoods are compared between rounds (brute force against all N: cheap).
-UMAP_PROBE_POINTS = 1000
-#: A layout direction whose variance is below this share of the largest is dropped (:func:`drop_flat_directions`).
-FLAT_DIRECTION_SHARE = 1e-4
-
-
-class IdentityReducer(Reducer):
-    """The features themselves (``--reduce none``)."""
-
-    name = "none"
-    shardable = True   # row by row
-
-    def reduce(self, features: torch.Tensor, *, seed: int, warm_state: dict | None = None) -> Reduction:
-        return Reduction(features.float(), None, 0.0, {"reduce_dim": int(features.shape[1])})
-
-    def transform(self, features: torch.Tensor, state: dict | None) -> torch.Tensor:
-        return features.float()
-
-
-class PCAReducer(Reducer):
-    """PCA (whitening) + L2 of :class:`~bayes_dc.spaces.whiten.Whitener`, refitted each round.
-
-    State: the fitted projection ``{"mean": (F,), "projection": (F, d)}`` (float32, whitening folded in), so new
-    points can be mapped into the round's space; nothing is carried over to the next fit.
-    """
-
-    name = "pca"
-    shardable = True   # mean and scatter are sums (Whitener's allreduce)
-
-    def __init__(self, dim: int, whiten: bool = True, l2: bool = True, *,
-                 allreduce: Callable[[torch.Tensor], torch.Tensor] | None = None, device: torch.device | None = None):
-        """``allreduce``: see :class:`~bayes_dc.spaces.whiten.Whitener`; ``device``: where the sums and the points are
-        computed (default: the features' device)."""
-        self.whitener = Whitener(dim=dim, whiten=whiten, l2=l2, allreduce=allreduce)
-        self.device = device
-
-    def reduce(self, features: torch.Tensor, *, seed: int, warm_state: dict | None = None) -> Reduction:
-        start = time.perf_counter()
-        points = self.whitener.fit_transform(features, self.device)
-        mean, projection = self.whitener.folded_projection(points.device)
-        state = {"mean": mean.cpu(), "projection": projection.cpu()}
-        return Reduction(points, state, time.perf_counter() - start, {"reduce_dim": int(points.shape[1])})
-
-    def transform(self, features: torch.Tensor, state: dict | None) -> torch.Tensor:
-        points = (features.float() - state["mean"].to(features.device)) @ state["projection"].to(features.device)
-        return torch.nn.functional.normalize(points, dim=1, eps=1e-12) if self.whitener.l2 else points
-
-
-class UMAPReducer(Reducer):
-    """PCA to ``pca_dim`` (not whitened, so UMAP's Euclidean neighbourhoods follow the feature geometry), then
-    UMAP to ``dim`` dimensions with ``n_neighbors`` neighbours and ``min_dist`` (0: pack clusters tightly, the
-    setting N2D uses for clustering).
-
-    Warm state: ``{"embedding": (N, dim) float32, "probe": (P,) int64, "probe_neighbors": (P, k) int64}``, and
-    what :meth:`transform` maps new points with: ``"pca_mean"`` (F,), ``"pca_projection"`` (F, p) and the training
-    points' PCs ``"pcs"`` (N, p), all float32.
-    """
-
-    name = "umap"
-    #: :meth:`transform` interpolates between training points' embeddings, so a new point lands among or between
-    #: them, never away from them: novelty in this space misses images unlike the training images (a held-out
-    #: synthetic cluster: 1 % flagged, BENCHMARKS.md section 9)
-    maps_novel_points_apart = False
-
-    def __init__(self, dim: int = 10, pca_dim: int = 50, n_neighbors: int = 20, min_dist: float = 0.0):
-        check_umap_options(dim, pca_dim, n_neighbors, min_dist, "umap")
-        self.dim, self.pca_dim, self.n_neighbors, self.min_dist = int(dim), int(pca_dim), int(n_neighbors), min_dist
-
-    def reduce(self, features: torch.Tensor, *, seed: int, warm_state: dict | None = None) -> Reduction:
-        with warnings.catch_warnings():
-            # numba/umap import-time deprecation chatter is not actionable for users of this toolkit
-            warnings.simplefilter("ignore")
-            import umap
-
-        start = time.perf_counter()
-        n = features.shape[0]
-        if n <= self.n_neighbors + 1:
-            raise ValueError(f"UMAP with --umap-neighbors {self.n_neighbors} needs more than {self.n_neighbors + 1} "
-                             f"points, got N={n}; lower --umap-neighbors or use --reduce pca")
-        if self.dim >= n - 1:
-            raise ValueError(f"--reduce-dim {self.dim} must be below N - 1 = {n - 1}")
-        pca = Whitener(dim=self.pca_dim, whiten=False, l2=False)
-        pcs = pca.fit_transform(features).cpu().numpy()                                           # (N, p)
-        generator = np.random.default_rng(seed)
-        probe = (torch.as_tensor(warm_state["probe"]).numpy() if warm_state is not None
-                 else np.sort(generator.choice(n, size=min(UMAP_PROBE_POINTS, n), replace=False)))
-        probe_neighbors = nearest_neighbors(pcs, probe, self.n_neighbors)                         # (P, k)
-        init, n_epochs, overlap = "spectral", None, None
-        if warm_state is not None:
-            overlap = neighbor_overlap(torch.as_tensor(warm_state["probe_neighbors"]).numpy(), probe_neighbors)
-            previous = torch.as_tensor(warm_state["embedding"]).numpy()
-            if overlap >= UMAP_WARM_OVERLAP and previous.shape == (n, self.dim):
-                init, n_epochs = previous.astype(np.float32), UMAP_WARM_EPOCHS
-        model = umap.UMAP(n_components=self.dim, n_neighbors=self.n_neighbors, min_dist=self.min_dist,
-                          init=init, n_epochs=n_epochs, random_state=int(seed) % (2**31 - 1), n_jobs=1,
-                          verbose=False)
-        # umap-learn's numba resets torch's thread count when it ends (bayes_dc.runtime.threads); give it back
-        with warnings.catch_warnings(), torch_threads_kept():
-            warnings.filterwarnings("ignore", message=".*n_jobs.*")
-            embedding = model.fit_transform(pcs).astype(np.float32)                                   # (N, dim)
-        if not np.isfinite(embedding).all():
-            raise ValueError("UMAP returned non-finite coordinates; check the features (duplicate or constant rows) "
-                             "or use --reduce pca")
-        pca_mean, pca_projection = pca.folded_projection(torch.device("cpu"))
-        state = {"embedding": torch.from_numpy(embedding), "probe": torch.from_numpy(probe.astype(np.int64)),
-                 "probe_neighbors": torch.from_numpy(probe_neighbors.astype(np.int64)), "pca_mean": pca_mean,
-                 "pca_projection": pca_projection, "pcs": torch.from_numpy(np.ascontiguousarray(pcs, dtype=np.float32))}
-        points, flat = drop_flat_directions(torch.from_numpy(embedding))
-        if flat is not None:
-            state.update(flat)
-        points = points.to(features.device)
-        info = {"reduce_dim": int(points.shape[1]), "umap_warm": not isinstance(init, str),
-                "umap_neighbor_overlap": overlap}
-        return Reduction(points, state, time.perf_counter() - start, info)
-
-    def transform(self, features: torch.Tensor, state: dict | None) -> torch.Tensor:
-        """Out-of-sample map of new features (B, F) into the round's layout (B, dim): the round's PCA, then the
-        inverse-distance weighted mean of the embeddings of the ``n_neighbors`` nearest training points in that
-        PCA space (:func:`knn_interpolate`). Cheaper than umap-learn's ``transform`` (no optimisation), and a
-        training point lands (nearly) on its own embedding. It interpolates the layout, so a point unlike every
-        training point still lands among them: novelty is better judged in a PCA or parametric space."""
-        if state is None or "pcs" not in state:
-            raise ValueError("this UMAP layout was fitted before layouts kept what maps new points (its PCA and the "
-                             "training PCs); refit it (a new run), or use --reduce pca")
-        pcs = (features.float() - state["pca_mean"].to(features.device)) @ state["pca_projection"].to(features.device)
-        embedding = knn_interpolate(state["pcs"], state["embedding"], pcs.cpu(), self.n_neighbors)
-        if "flat_basis" in state:
-            embedding = (embedding - state["flat_mean"]) @ state["flat_basis"]
-        return embedding.to(features.device)
-
-
-def drop_flat_directions(points: torch.Tensor, share: float = FLAT_DIRECTION_SHARE
-                         ) -> tuple[torch.Tensor, dict[str, torch.Tensor] | None]:
-    """A layout (N, d) as it is, or, when some of its principal directions have a variance below ``share`` of the
-    largest, its coordinates (N, d') on the other principal axes (centred; a rotation, so distances within the kept
-    span are unchanged) and the map ``{"flat_mean": (d,), "flat_basis": (d, d')}`` that gives them.
-
-    umap-learn's 10-d layout of CIFAR-10 pixels lay on 5 directions (the other 5 at 2e-7 - 6e-6 of the largest
-    variance); float32 rounding then makes its covariance indefinite and the DP's prior, scaled from it, cannot be
-    built. A full-rank layout is passed on untouched (the same bits).
-    """
-    mean, _, axes = principal_axes(points, share)
-    if axes.shape[1] == points.shape[1]:
-        return points, None
-    flat = {"flat_mean": mean.float(), "flat_basis": axes.float()}
-    return (points.float() - flat["flat_mean"]) @ flat["flat_basis"], flat                   # as transform maps
-
-
-def knn_interpolate(reference: torch.Tensor, values: torch.Tensor, queries: torch.Tensor, k: int) -> torch.Tensor:
-    """Shepard interpolation: for each query (B, p), the mean of ``values`` (N, dim) at its k nearest ``reference``
-    points (N, p) (faiss, exact L2), weighted by 1 / (distance + a floor of 1e-3 x the k-th distance), so a
-    query equal to a reference point gets ~its value and the others a smooth blend. float32 (B, dim)."""
-    reference = torch.as_tensor(reference).numpy()
-    sq_dist, ids = exact_knn(reference, queries.numpy(), min(int(k), reference.shape[0]))        # (B, k) each
-    dist = torch.from_numpy(np.sqrt(np.maximum(sq_dist, 0.0)))
-    weights = 1.0 / (dist + 1e-3 * dist[:, -1:] + 1e-12)                                           # (B, k)
-    neighbours = torch.as_tensor(values, dtype=torch.float32)[torch.from_numpy(ids)]               # (B, k, dim)
-    return (weights[:, :, None] * neighbours).sum(1) / weights.sum(1, keepdim=True)
-
-
-def nearest_neighbors(x: np.ndarray, rows: np.ndarray, k: int) -> np.ndarray:
-    """Indices (len(rows), k) of the k nearest other points of each ``x[rows]`` among all of x (N, p), by
-    Euclidean distance, brute force in chunks (P x N distances; P is small)."""
-    xt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
-    sq = (xt * xt).sum(1)                                                                    # (N,)
-    out = np.empty((len(rows), k), dtype=np.int64)
-    for start in range(0, len(rows), 256):
-        idx = torch.from_numpy(rows[start:start + 256])
-        dist = sq[idx, None] - 2.0 * xt[idx] @ xt.T + sq[None, :]                             # (c, N)
-        dist[torch.arange(len(idx)), idx] = float("inf")                                     # not itself
-        out[start:start + 256] = torch.topk(dist, k, dim=1, largest=False).indices.numpy()
-    return out
-
-
-def neighbor_overlap(before: np.ndarray, after: np.ndarray) -> float:
-    """Mean share of each row's neighbour ids (P, k) found again in the same row of ``after`` (P, k)."""
-    if before.shape != after.shape:
-        return 0.0
-    shared = [np.intersect1d(a, b, assume_unique=True).size for a, b in zip(before, after)]
-    return float(np.mean(shared) / before.shape[1])
-
-
+#: name -> factory(cfg, *, allreduce, device, dist) of a :class:`bayes_dc.config.schema.Config`'s space
 REDUCERS: dict[str, Callable[..., Reducer]] = {
     "none": lambda cfg, **_: IdentityReducer(),
     "pca": lambda cfg, allreduce=None, device=None, **_: PCAReducer(
@@ -229,21 +33,23 @@ REDUCERS: dict[str, Callable[..., Reducer]] = {
     "umap": lambda cfg, **_: UMAPReducer(dim=cfg.features.reduce_dim, pca_dim=cfg.pca_dim,
                                          n_neighbors=cfg.features.umap_neighbors,
                                          min_dist=cfg.features.umap_min_dist),
-    "pumap": make_parametric_umap,
+    "pumap": lambda cfg, device=None, dist=None, **_: ParametricUMAPReducer(
+        dim=cfg.features.reduce_dim, pca_dim=cfg.pca_dim, n_neighbors=cfg.features.umap_neighbors,
+        min_dist=cfg.features.umap_min_dist, hidden=cfg.features.pumap_hidden, epochs=cfg.features.pumap_epochs,
+        warm_epochs=cfg.features.pumap_warm_epochs, init=cfg.features.pumap_init, device=device, dist=dist),
 }
 
 
 def make_reducer(cfg: Any, *, allreduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
                  device: torch.device | None = None, dist: Any = None) -> Reducer:
-    """The reducer named by ``cfg.reduce`` (``--reduce``, else the prior's default) for a
-    :class:`bayes_dc.config.schema.Config` (its ``pca_dim`` property resolves the PCA dimension in force). ``allreduce`` and ``device``: see :class:`PCAReducer`;
-    ``dist`` (a :class:`~bayes_dc.runtime.distributed.Distributed`): the processes the parametric space is sharded over."""
+    """The space named by ``cfg.reduce`` (the prior's default when unset) for a
+    :class:`bayes_dc.config.schema.Config` (its ``pca_dim`` property resolves the PCA dimension in force).
+    ``allreduce`` and ``device``: see :class:`~bayes_dc.spaces.pca.PCAReducer`; ``dist`` (a
+    :class:`~bayes_dc.runtime.distributed.Distributed`): the processes the parametric space is sharded over."""
     name = cfg.reduce
     if name not in REDUCERS:
-        raise ValueError(f"unknown --reduce {name!r}; choose one of {sorted(REDUCERS)}")
+        raise OptionError("reduce", f"unknown reduce {name!r}; choose one of {sorted(REDUCERS)}")
     return REDUCERS[name](cfg, allreduce=allreduce, device=device, dist=dist)
 
 
-__all__ = ["REDUCERS", "IdentityReducer", "PCAReducer", "Reducer", "Reduction", "UMAPReducer", "drop_flat_directions",
-           "make_reducer", "nearest_neighbors",
-           "neighbor_overlap"]
+__all__ = ["REDUCERS", "Reducer", "Reduction", "make_reducer"]

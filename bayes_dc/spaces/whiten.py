@@ -1,4 +1,5 @@
-"""PCA whitening + L2 normalisation of trunk features, refitted every clustering round.
+"""PCA whitening + L2 normalisation of trunk features, refitted every clustering round (the ``pca`` space's
+maths, :mod:`bayes_dc.spaces.pca`), and the principal axes the UMAP and parametric spaces use.
 
 This is DeepCluster's ``clustering.py::preprocess_features`` (Caron et al., ECCV 2018): a faiss
 ``PCAMatrix(F, dim, eigen_power=-0.5)`` followed by row L2 normalisation, re-stated in torch so it runs on
@@ -111,7 +112,7 @@ class Whitener:
 
     def _sum(self, tensor: torch.Tensor) -> torch.Tensor:
         """``tensor`` summed over the processes (itself in one process)."""
-        return tensor if self.allreduce is None else self.allreduce(tensor)
+        return summed(tensor, self.allreduce)
 
     @torch.no_grad()
     def fit(self, X: torch.Tensor | np.ndarray, device: torch.device | None = None) -> "Whitener":
@@ -213,4 +214,26 @@ class Whitener:
         return f"Whitener(dim={self.dim}, whiten={self.whiten}, l2={self.l2}, eps={self.eps}{fitted})"
 
 
-__all__ = ["Whitener"]
+def summed(t: torch.Tensor, allreduce: Callable[[torch.Tensor], torch.Tensor] | None) -> torch.Tensor:
+    """``t`` summed over the processes that each hold some rows (``allreduce``), or ``t`` itself in one process."""
+    return t if allreduce is None else allreduce(t)
+
+
+def principal_axes(points: torch.Tensor, share: float,
+                   allreduce: Callable[[torch.Tensor], torch.Tensor] | None = None
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(mean (d,), variances (d',), axes (d, d')) float64 of points (M, d): the principal directions whose variance
+    exceeds ``share`` of the largest (at least the largest), largest first. ``allreduce`` sums the moments over the
+    processes that each hold some rows."""
+    x = points.double()
+    n = summed(torch.tensor([float(x.shape[0])], dtype=torch.float64, device=x.device), allreduce)
+    mean = summed(x.sum(0), allreduce) / n
+    centred = x - mean
+    cov = summed(centred.T @ centred, allreduce) / (n - 1)                                  # two passes, as Whitener
+    eigvals, eigvecs = torch.linalg.eigh(cov)                                   # ascending
+    keep = eigvals > share * float(eigvals.max().clamp_min(1e-300))
+    keep[-1] = True
+    return mean, eigvals[keep].flip(0), eigvecs[:, keep].flip(1)
+
+
+__all__ = ["Whitener", "principal_axes", "summed"]

@@ -14,7 +14,7 @@ centroids), the final labels, and the input the model expects (channels, image s
 Images are uint8 (B, C, S, S) at the run's ``image_size`` and ``channels``; :meth:`TrainedRun.transform` makes one
 from a decoded image of any size (the evaluation view: centred square, resized). Any ``--reduce`` whose reducer
 maps new points works (``pca``, ``none``, a parametric space; ``umap`` through its nearest-neighbour interpolation,
-:meth:`bayes_dc.spaces.registry.UMAPReducer.transform`), without special cases here.
+:meth:`bayes_dc.spaces.umap.UMAPReducer.transform`), without special cases here.
 """
 from __future__ import annotations
 
@@ -32,7 +32,8 @@ from bayes_dc.rundir.jsonl import read_jsonl
 from bayes_dc.models.build import build_run_model, clustered_features
 from bayes_dc.rundir.final import FINAL_CHECKPOINT, FINAL_FORMAT
 from bayes_dc.runtime.distributed import resolve_device
-from bayes_dc.spaces.registry import Reducer, make_reducer
+from bayes_dc.spaces.base import Reducer
+from bayes_dc.spaces.registry import make_reducer
 from bayes_dc.rundir.runlog import CheckpointError, load_checkpoint
 
 

@@ -16,22 +16,11 @@ The prior is meant to say the same thing at every dimension d and every number o
   ``prior_scale_update`` re-estimates s between sweeps by maximising the ELBO (closed form, see
   :func:`updated_scale`).
 
-Defaults, measured with ``experiments/bench_prior.py`` (full covariance, T = 100, CPU, seed 0; K_active / NMI):
-
-    prior scale s               0.03       0.1        0.3        1
-    UMAP-10 F-MNIST test        20 / .604  15 / .629  13 / .638   9 / .663
-    digits, PCA-8               10 / .752  15 / .776  17 / .775  20 / .763
-    digits, PCA-32               5 / .647   6 / .707   9 / .814  11 / .818
-    10 rotated Gaussians d 8/32 10 / .97+  10 / .97+  10 / .97+  10 / .97+
-    F-MNIST trunk, PCA-64 (T 300) 17 / .543 20 / .552  24 / .536  27 / .533
-
-K moves by a factor of about 2 over a 33x range of s (the former d-scaled pseudo-count moved it from 1 to 80), in
-either direction depending on the data; s = 0.3 is the middle of the range that does best overall. kappa0 hardly
-matters: 0.001 / 0.01 / 0.1 / 1 give K 12 / 13 / 12 / 13 (UMAP), 8 / 9 / 9 / 9 (digits PCA-32), 44 / 44 / 47 / 40
-(trunk PCA-32) at s = 0.3; 0.01 makes the prior spread of the means, E[Sigma] / kappa0 = 30 x the data
-covariance, flat over the data. The empirical-Bayes update of s (off by default) moves s to 6.5e-5 on UMAP (K 56,
-NMI .525), 4.7 on digits PCA-32 (K 13, NMI .830), 5.1 on the rotated Gaussians (K 10) and 2.8 on trunk PCA-32
-(K 55, NMI .498): the ELBO-optimal s does not make K more meaningful.
+Defaults, measured with ``experiments/bench_prior.py`` (K_active and NMI per prior scale, kappa0 and the scale
+update on several data sets: BENCHMARKS.md section 6, "The prior scale, its empirical-Bayes update"): K moves
+with s in either direction depending on the data, and s = 0.3 is the middle of the range that does best overall.
+kappa0 hardly matters; 0.01 makes the prior spread of the means, E[Sigma] / kappa0 = 30 x the data covariance,
+flat over the data. The empirical-Bayes update of s (off by default) does not make K more meaningful.
 """
 from __future__ import annotations
 
