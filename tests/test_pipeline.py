@@ -434,6 +434,15 @@ def test_two_heads_on_grouped_components_record_both_counts_and_resume_bit_ident
     assert all(np.isfinite(r["loss"]) for r in records if r["phase"] == "train")
     model = torch.load(run_dir / "last.pt", weights_only=False)["model"]
     assert model["coarse_head.weight"].shape == model["head.weight"].shape
+    # a loaded run reports the group of a new image: the final grouping of its component
+    import bayes_dc
+    loaded = bayes_dc.load_run(run_dir)
+    images = load_dataset("synthetic", "train", subset=300, seed=0).images[:50]
+    labels = loaded.assign(images)[0]
+    np.testing.assert_array_equal(labels, snaps[-1]["labels"][:50])
+    groups = loaded.groups(labels)
+    assert (groups >= 0).all() and groups.max() < rounds[-1]["k_groups"]
+    np.testing.assert_array_equal(groups, loaded.component_group[labels])
 
 
 def test_the_coarse_head_trains_on_the_groups_of_the_fine_targets(tiny_config, tmp_path, monkeypatch):

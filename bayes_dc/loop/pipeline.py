@@ -572,16 +572,16 @@ def _final_record(ctx: RunContext, state: dict) -> dict:
     if done:
         return done[-1]
     epochs = ctx.cfg.train.epochs
-    feats, result, reduction, _, info = _cluster_round(ctx, dict(state))
+    feats, result, reduction, grouping, info = _cluster_round(ctx, dict(state))
     record = {"epoch": epochs, "phase": "final", **info}
     if ctx.eval_set is not None:
         record["knn"] = _knn(ctx, feats)
     _snapshot_and_lineage(ctx.rundir, state["round"], epochs, result)
-    _save_final(ctx, reduction, result)
+    _save_final(ctx, reduction, result, grouping)
     return ctx.rundir.log(record)
 
 
-def _save_final(ctx: RunContext, reduction: Reduction, result: ClusterResult) -> None:
+def _save_final(ctx: RunContext, reduction: Reduction, result: ClusterResult, grouping: Grouping | None = None) -> None:
     """Write ``final.pt`` (verified checkpoint, sha256 manifest) before the final record is logged, so a run whose
     final record exists always has it."""
     if not ctx.dist.is_main:
@@ -590,6 +590,7 @@ def _save_final(ctx: RunContext, reduction: Reduction, result: ClusterResult) ->
     save_checkpoint({"format": FINAL_FORMAT, "bayes_dc_version": __version__, "config": ctx.cfg.to_dict(),
                      "model": ctx.model.state_dict(), "reduce_state": reduction.state, "predictor": result.predictor,
                      "labels": result.labels, "weights": result.weights,
+                     "component_group": None if grouping is None else grouping.component_group,
                      "input": {"channels": int(ctx.train_set.num_channels), "image_size": int(ctx.train_set.image_size),
                                "mean": ctx.mean.cpu().float(), "std": ctx.std.cpu().float()}},
                     ctx.rundir.path / FINAL_CHECKPOINT, keep_previous=False)
