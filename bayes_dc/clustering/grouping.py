@@ -26,7 +26,9 @@ score 0.093; a uniform-density stretch tiled by Gaussians scores Phi(-sqrt(3)) =
 tile's sd is its width / sqrt 12). A cut of 0.025 (Hennig's suggestion) merges both kinds of tile and keeps
 apart every pair further than 3.92 sd, well beyond the 2 sd at which the pair's mixture becomes bimodal; 0.05
 would leave uniform tiles unmerged. The entropy cut, 0.19 bits, is calibrated to merge at the same separation:
-it is the entropy score of two equal Gaussians 3.92 sd apart (numerical integration).
+it is the entropy score of two equal Gaussians 3.92 sd apart (numerical integration). Both assume exact
+posteriors; a fitted DP's variational responsibilities are sharper (each component's covariance follows its own
+tile), so on real features fewer pairs merge than this calibration suggests, and ``group_cut`` lowers the cut.
 """
 from __future__ import annotations
 
