@@ -14,7 +14,7 @@ from bayes_dc.clustering.dpgmm import DPGMMBackend
 from bayes_dc.clustering.grouping import (DEFAULT_CUTS, GROUPINGS, component_mass, group_components, grouped_result,
                                           merge_by_entropy, pair_overlap)
 from bayes_dc.config.rules import OptionError
-from bayes_dc.config.schema import Grouping as GroupingChoice
+from bayes_dc.config.schema import GroupMethod
 
 METHODS = list(DEFAULT_CUTS)
 
@@ -203,4 +203,4 @@ def test_bad_method_or_cut_names_the_parameter():
 
 
 def test_the_group_option_lists_the_registry():
-    assert list(typing.get_args(GroupingChoice)) == list(GROUPINGS)
+    assert list(typing.get_args(GroupMethod)) == list(GROUPINGS)
