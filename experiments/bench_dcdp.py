@@ -59,6 +59,15 @@ VARIANTS: dict[str, list[str]] = {
     "dp-pca32": ["--reduce", "pca", "--pca-dim", "32"],
     # the DP in k-means DeepCluster's own space (whitened PCA-256), diagonal so that 256-d stays cheap
     "dp-pca256-diag": ["--reduce", "pca", "--pca-dim", "256", "--covariance", "diag"],
+    # issue 24 directions 2 and 3: fine components train, their groups (merged by overlap or entropy) are reported
+    # (K_active counts groups, k_fine in metrics.jsonl the components); 2heads also trains a coarse head on the groups
+    "dp-pca256-diag-groups": ["--reduce", "pca", "--pca-dim", "256", "--covariance", "diag", "--group", "overlap"],
+    "dp-pca256-diag-groups-entropy": ["--reduce", "pca", "--pca-dim", "256", "--covariance", "diag",
+                                      "--group", "entropy"],
+    "dp-pca256-diag-2heads": ["--reduce", "pca", "--pca-dim", "256", "--covariance", "diag", "--group", "overlap",
+                              "--coarse-head"],
+    "dp-umap-groups": ["--reduce", "umap", "--group", "overlap"],
+    "dp-umap-2heads": ["--reduce", "umap", "--group", "overlap", "--coarse-head"],
     "dp-pca-two-views": ["--reduce", "pca", "--pca-dim", "16", "--two-views"],
     "dp-projection": ["--cluster-on", "projection", "--reduce", "none"],
     "dp-diag": ["--covariance", "diag"],

@@ -407,3 +407,70 @@ def test_a_2000_image_dp_run_with_the_defaults_keeps_its_clusters(tmp_path):
     rounds = [r for r in read(tmp_path / "runs" / "small") if "round" in r]
     assert len(rounds) == 2                                                 # epoch 0 and the final one
     assert all(r["k_active"] >= 5 for r in rounds), [r["k_active"] for r in rounds]
+
+
+# diagonal components and a larger concentration tile the synthetic classes, so that some components merge
+DP_TWO_HEADS = {"cluster": {"prior": "dp", "truncation": 20, "max_iter": 30, "group": "overlap", "covariance": "diag",
+                            "alpha": 10.0},
+                "features": {"pca_dim": 6}, "targets": {"targets": "soft", "coarse_head": True}}
+
+
+def test_two_heads_on_grouped_components_record_both_counts_and_resume_bit_identically(tiny_config, tmp_path,
+                                                                                         monkeypatch):
+    """--coarse-head --group overlap: the resume test above (interrupted at epoch 2, resumed: same records, same
+    weights, coarse head included), then what the run recorded and trained on."""
+    test_resume_after_interruption_matches_uninterrupted_run(tiny_config, tmp_path, monkeypatch, DP_TWO_HEADS)
+    run_dir = tmp_path / "runs" / "full"
+    records = read(run_dir)
+    rounds = [r for r in records if "round" in r]
+    assert [r["epoch"] for r in rounds] == [0, 2, 4]                    # two relabels and the final clustering
+    classes = load_dataset("synthetic", "train", subset=300, seed=0).labels
+    snaps = [np.load(p) for p in sorted((run_dir / "clusters").glob("round_*.npz"))]
+    for rec, snap in zip(rounds, snaps):
+        assert 1 <= rec["k_active"] <= rec["k_groups"] and 0.0 <= rec["nmi"] <= 1.0
+        assert rec["k_fine"] == int((snap["weights"] >= 0.005).sum())   # the components' count (T = 20: 0.5 %)
+        assert rec["nmi_fine"] == pytest.approx(normalized_mutual_info_score(classes, snap["labels"]), abs=1e-12)
+    assert sum(r["group_merges"] for r in rounds) > 0 and any(r["k_active"] < r["k_fine"] for r in rounds)
+    assert all(np.isfinite(r["loss"]) for r in records if r["phase"] == "train")
+    model = torch.load(run_dir / "last.pt", weights_only=False)["model"]
+    assert model["coarse_head.weight"].shape == model["head.weight"].shape
+    # a loaded run reports the group of a new image: the final grouping of its component
+    import bayes_dc
+    loaded = bayes_dc.load_run(run_dir)
+    images = load_dataset("synthetic", "train", subset=300, seed=0).images[:50]
+    labels = loaded.assign(images)[0]
+    np.testing.assert_array_equal(labels, snaps[-1]["labels"][:50])
+    groups = loaded.groups(labels)
+    assert (groups >= 0).all() and groups.max() < rounds[-1]["k_groups"]
+    np.testing.assert_array_equal(groups, loaded.component_group[labels])
+
+
+def test_the_coarse_head_trains_on_the_groups_of_the_fine_targets(tiny_config, tmp_path, monkeypatch):
+    seen = []
+    real_train_epoch = pipeline.train_epoch
+
+    def spy(ctx, targets, *args, **kwargs):
+        seen.append((targets, ctx.model.coarse_head.weight.detach().clone()))
+        return real_train_epoch(ctx, targets, *args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "train_epoch", spy)
+    cfg = merge(merge(tiny_config, {"train": {"epochs": 2, "relabel_every": 1}}), DP_TWO_HEADS)
+    pipeline.run(merge(cfg, {"targets": {"targets": "hard"}}))
+    for targets, _ in seen:
+        coarse = targets.coarse
+        # each component's points share one coarse label: the coarse labels are a function of the fine ones
+        for component in np.unique(targets.labels.numpy()):
+            assert len(np.unique(coarse.labels.numpy()[targets.labels.numpy() == component])) == 1
+        assert coarse.used.sum() <= targets.used.sum()
+    assert not torch.equal(seen[0][1], seen[1][1])                     # a fresh coarse head each relabel
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"targets": {"coarse_head": True}}, "--coarse-head.*--group"),
+    ({"cluster": {"group": "overlap"}, "targets": {"coarse_head": True, "targets": "soft"},
+      "train": {"two_views": True}, "features": {"cluster_on": "projection", "reduce": "none"}}, "--two-views"),
+])
+def test_coarse_head_without_groups_fails_clearly(tiny_config, overrides, message):
+    cfg = merge(merge(tiny_config, {"cluster": {"prior": "dp"}}), overrides)
+    with pytest.raises(ValueError, match=message):
+        pipeline.validate(cfg)

@@ -50,6 +50,7 @@ ClusterOn = Literal["trunk", "projection"]
 Augment = Literal["none", "crop-flip", "resized-crop"]
 Streaming = Literal["auto", "always", "never"]
 MemmapDtype = Literal["float32", "float16"]
+GroupMethod = Literal["none", "overlap", "entropy"]
 
 DP = {"backend": "dp"}
 KMEANS = {"backend": "kmeans"}
@@ -64,6 +65,7 @@ PUMAP_ONLY = {"only_if": {"reduce": ["pumap"]}}
 PROJECTION = {"only_if": {"cluster_on": ["projection"]}}
 CROP_FLIP = {"only_if": {"augment": ["crop-flip"]}}
 RESIZED_CROP = {"only_if": {"augment": ["resized-crop"]}}
+GROUPED = {"only_if": {"group": ["overlap", "entropy"]}}
 IMAGEFOLDER = {"only_if": {"dataset": ["imagefolder"]}}  # the only dataset that can stream (bayes_dc.data.STREAMABLE)
 
 
@@ -158,6 +160,8 @@ class ClusterConfig:
     svi_steps: int = field(default=2000, metadata=DP_SVI)  # Pyro SVI optimisation steps per round
     svi_batch: int = field(default=1024, metadata=DP_SVI)  # Pyro SVI mini-batch size (points)
     svi_lr: float = field(default=0.05, metadata=DP_SVI)  # Pyro SVI learning rate (Adam)
+    group: GroupMethod = "none"  # clusters reported as groups of components: none (the components), overlap (Hennig's misclassification probability) or entropy (Baudry et al.); K_active then counts groups, k_fine the components (bayes_dc.clustering.grouping)
+    group_cut: float | None = field(default=None, metadata=GROUPED)  # merge pairs of groups while the best score exceeds this; None: 0.025 (overlap) / 0.19 bits (entropy)
 
 
 @dataclass
@@ -168,6 +172,7 @@ class TargetConfig:
     sharpen: float = field(default=1.0, metadata=SOFT)  # temperature tau of soft targets, q ~ r^(1/tau); <1 sharpens
     balanced: bool = True  # cluster-balanced sampling (DeepCluster's uniform-per-cluster sampler)
     head: HeadPolicy = "reset"  # at a relabel: reset (fresh head) or keep (rows follow DP component ids)
+    coarse_head: bool = field(default=False, metadata=GROUPED)  # also train a second head on the groups (--group), reset every relabel; loss = mean of the two heads' losses
 
 
 @dataclass

@@ -34,6 +34,7 @@ from bayes_dc.evaluation import metrics
 from bayes_dc.data.augment import Augmenter
 from bayes_dc.loop.batches import BatchSource
 from bayes_dc.clustering import BACKENDS, ClusterResult, make_backend
+from bayes_dc.clustering.grouping import GROUPINGS, Grouping, group_components, grouped_result
 from bayes_dc.config.schema import Config, HeadPolicy, RelabelRule
 from bayes_dc.loop.context import RunContext
 from bayes_dc.data import load_dataset
@@ -103,6 +104,11 @@ def validate(cfg: Config) -> None:
     if c.prior == "kmeans" and t.targets != "hard":
         raise ValueError(f"--targets {t.targets} needs responsibilities; k-means gives hard labels only. "
                          "Use --targets hard with --prior kmeans, or --prior dp")
+    if c.group not in GROUPINGS:
+        raise ValueError(f"unknown --group {c.group!r}; choose one of {list(GROUPINGS)}")
+    if t.coarse_head and (c.group == "none" or tr.two_views):
+        raise ValueError("--coarse-head trains a second head on the groups of components of one view: it needs "
+                         "--group overlap or entropy, and no --two-views")
     if tr.relabel not in RELABEL_RULES:
         raise ValueError(f"unknown --relabel {tr.relabel!r}; choose one of {list(RELABEL_RULES)}")
     if tr.two_views and c.prior != "dp":
@@ -143,17 +149,20 @@ class _Progress:
         self.bar.close()
 
 
-def _head_optimizer(cfg: Config, head: torch.nn.Module) -> torch.optim.Optimizer:
+def _head_optimizer(cfg: Config, *heads: torch.nn.Module | None) -> torch.optim.Optimizer:
+    """One optimiser over the heads (the classifier head and, with ``--coarse-head``, the coarse one; None: none)."""
     tr = cfg.train
-    return torch.optim.SGD(head.parameters(), lr=tr.head_lr or tr.lr, momentum=tr.momentum,
-                           weight_decay=tr.weight_decay)
+    params = [p for head in heads if head is not None for p in head.parameters()]
+    return torch.optim.SGD(params, lr=tr.head_lr or tr.lr, momentum=tr.momentum, weight_decay=tr.weight_decay)
 
 
-def install_head(ctx: RunContext, head: torch.nn.Linear) -> None:
-    """Put ``head`` on the model, with a fresh optimiser (DeepCluster: momentum does not carry over); several
-    processes wrap the model in DDP again (DDP fixes its parameters when it is built)."""
+def install_head(ctx: RunContext, head: torch.nn.Linear, coarse_head: torch.nn.Linear | None = None) -> None:
+    """Put ``head`` (and ``coarse_head``, if given) on the model, with a fresh optimiser (DeepCluster: momentum does
+    not carry over); several processes wrap the model in DDP again (DDP fixes its parameters when it is built)."""
     ctx.model.head = head
-    ctx.head_opt = _head_optimizer(ctx.cfg, head)
+    if coarse_head is not None:
+        ctx.model.coarse_head = coarse_head
+    ctx.head_opt = _head_optimizer(ctx.cfg, ctx.model.head, ctx.model.coarse_head)
     if ctx.dist.active:
         ctx.ddp = wrap_ddp(ctx.model, ctx.device)
 
@@ -198,7 +207,7 @@ def setup(cfg: Config) -> RunContext:
                for split, ds in (("train", train_set), ("eval", eval_set)) if ds is not None}
     ctx = RunContext(cfg=cfg, device=device, train_set=train_set, eval_set=eval_set, train_source=sources["train"],
                      eval_source=sources.get("eval"), mean=mean, std=std, model=model, trunk_opt=trunk_opt,
-                     head_opt=_head_optimizer(cfg, model.head), backend=backend, reducer=reducer,
+                     head_opt=_head_optimizer(cfg, model.head, model.coarse_head), backend=backend, reducer=reducer,
                      augmenter=Augmenter(tr.augment, padding=tr.crop_padding, scale=tr.crop_scale), rundir=rundir,
                      dist=dist, start=start)
     if dist.active:
@@ -437,7 +446,7 @@ def _relabel(ctx: RunContext, state: dict, epoch: int) -> tuple[torch.Tensor, di
     Returns (trunk features (N, F) of the training images, the record fields of the round).
     """
     cfg = ctx.cfg
-    train_feats, result, reduction, info = _cluster_round(ctx, state)
+    train_feats, result, reduction, grouping, info = _cluster_round(ctx, state)
     _snapshot_and_lineage(ctx.rundir, state["round"], epoch, result)
     if ctx.tb is not None:
         ctx.tb.log_clusters(epoch, ctx.train_set, result.labels, result.weights)
@@ -448,7 +457,13 @@ def _relabel(ctx: RunContext, state: dict, epoch: int) -> tuple[torch.Tensor, di
         head = permute_head(ctx.model.head, result.permutation, gen)
     else:
         head = new_head(ctx.model.embed_dim, head_outputs(cfg), gen).to(ctx.device)
-    install_head(ctx, head)
+    coarse_head = None
+    if cfg.targets.coarse_head:   # groups are renumbered every round, so the coarse head is always reset
+        state["targets"].coarse = build_targets(grouped_result(result, grouping), cfg.targets.targets,
+                                                tau=cfg.targets.sharpen, balanced=cfg.targets.balanced)
+        coarse_gen = torch.Generator().manual_seed(derive_seed(cfg.run.seed, "coarse-head", state["round"]))
+        coarse_head = new_head(ctx.model.embed_dim, head_outputs(cfg), coarse_gen).to(ctx.device)
+    install_head(ctx, head, coarse_head)
     state["warm_state"], state["prev_labels"] = result.state, result.labels
     state["reduce_state"], state["predictor"] = reduction.state, result.predictor
     state["round"] += 1
@@ -456,12 +471,16 @@ def _relabel(ctx: RunContext, state: dict, epoch: int) -> tuple[torch.Tensor, di
     return train_feats, info
 
 
-def _cluster_round(ctx: RunContext, state: dict) -> tuple[torch.Tensor, ClusterResult, Reduction, dict]:
-    """Features -> reducer (PCA whitening or UMAP) -> clustering -> metrics.
+def _cluster_round(ctx: RunContext, state: dict
+                   ) -> tuple[torch.Tensor, ClusterResult, Reduction, Grouping | None, dict]:
+    """Features -> reducer (PCA whitening or UMAP) -> clustering -> grouping (``--group``) -> metrics.
 
     Returns (trunk features, clustering result, reduction (with the reducer's warm state for the next round),
-    record fields). ``cluster_seconds`` covers the reducer and the backend; ``reduce_seconds`` and
-    ``fit_seconds`` split it.
+    the grouping of the components or None, record fields). ``cluster_seconds`` covers the reducer, the backend
+    and the grouping; ``reduce_seconds``, ``fit_seconds`` and ``group_seconds`` split it. With a grouping the record
+    reports the clusters a user is shown (eval protocol: a method that over-clusters on purpose reports both counts
+    and scores the clusters shown): ``k_active`` and NMI/ACC/ARI/purity are those of the groups, ``k_fine`` and
+    ``nmi_fine`` those of the components (the targets of the fine head).
     """
     cfg = ctx.cfg
     t0 = time.perf_counter()
@@ -473,22 +492,33 @@ def _cluster_round(ctx: RunContext, state: dict) -> tuple[torch.Tensor, ClusterR
     x = reduction.points
     result = ctx.backend.fit(x, seed=derive_seed(cfg.run.seed, "cluster", state["round"]),
                              warm_state=state["warm_state"])
-    t2 = time.perf_counter()
     if not math.isfinite(result.objective):
         raise FloatingPointError(f"the clustering objective ({ctx.backend.name}) became {result.objective}")
+    t_group = time.perf_counter()
+    # every process holds all N responsibilities (the backend gathers them), so each groups alike
+    grouping = None if cfg.cluster.group == "none" else group_components(result, cfg.cluster.group,
+                                                                          cfg.cluster.group_cut)
+    t2 = time.perf_counter()
     info = {"round": state["round"], "extract_seconds": t1 - t0, "cluster_seconds": t2 - t1,
             "reduce_seconds": reduction.seconds, "reduce_info": reduction.info,
             "fit_seconds": result.seconds, "objective": result.objective, "n_iter": result.n_iter,
             "history": result.history, "k_active": result.k_active, "k_used": result.k_used,
             "k_eff": result.k_eff, "weights": np.sort(result.weights)[::-1][: max(result.k_used, 1)],
             "backend_info": result.info, "feature_dim": int(x.shape[1])}
+    shown = result.labels
+    if grouping is not None:
+        shown = grouping.labels
+        info.update(k_active=grouping.k_active, k_fine=result.k_active, k_groups=grouping.n_groups,
+                    group_seconds=t2 - t_group, group_merges=len(grouping.scores))
     labels_true = ctx.train_set.labels
     if labels_true is not None:
-        scores = metrics.cluster_metrics(labels_true, result.labels, result.weights)
+        scores = metrics.cluster_metrics(labels_true, shown, result.weights if grouping is None else grouping.weights)
         info.update({k: scores[k] for k in ("nmi", "ari", "acc", "purity")})
+        if grouping is not None:
+            info["nmi_fine"] = metrics.nmi(labels_true, result.labels)
     if state["prev_labels"] is not None:
         info["nmi_prev"] = metrics.nmi(state["prev_labels"], result.labels)
-    return feats, result, reduction, info
+    return feats, result, reduction, grouping, info
 
 
 def _reduce(ctx: RunContext, space: torch.Tensor, *, seed: int, warm_state: dict | None) -> Reduction:
@@ -542,16 +572,16 @@ def _final_record(ctx: RunContext, state: dict) -> dict:
     if done:
         return done[-1]
     epochs = ctx.cfg.train.epochs
-    feats, result, reduction, info = _cluster_round(ctx, dict(state))
+    feats, result, reduction, grouping, info = _cluster_round(ctx, dict(state))
     record = {"epoch": epochs, "phase": "final", **info}
     if ctx.eval_set is not None:
         record["knn"] = _knn(ctx, feats)
     _snapshot_and_lineage(ctx.rundir, state["round"], epochs, result)
-    _save_final(ctx, reduction, result)
+    _save_final(ctx, reduction, result, grouping)
     return ctx.rundir.log(record)
 
 
-def _save_final(ctx: RunContext, reduction: Reduction, result: ClusterResult) -> None:
+def _save_final(ctx: RunContext, reduction: Reduction, result: ClusterResult, grouping: Grouping | None = None) -> None:
     """Write ``final.pt`` (verified checkpoint, sha256 manifest) before the final record is logged, so a run whose
     final record exists always has it."""
     if not ctx.dist.is_main:
@@ -560,6 +590,7 @@ def _save_final(ctx: RunContext, reduction: Reduction, result: ClusterResult) ->
     save_checkpoint({"format": FINAL_FORMAT, "bayes_dc_version": __version__, "config": ctx.cfg.to_dict(),
                      "model": ctx.model.state_dict(), "reduce_state": reduction.state, "predictor": result.predictor,
                      "labels": result.labels, "weights": result.weights,
+                     "component_group": None if grouping is None else grouping.component_group,
                      "input": {"channels": int(ctx.train_set.num_channels), "image_size": int(ctx.train_set.image_size),
                                "mean": ctx.mean.cpu().float(), "std": ctx.std.cpu().float()}},
                     ctx.rundir.path / FINAL_CHECKPOINT, keep_previous=False)

@@ -37,6 +37,8 @@ class Targets:
         resp_index: (N, k) int64.
         used: (num_outputs,) bool, components with any target mass (others are masked out of the loss).
         sample_weights: (N,) float64 cluster-balanced sampling weights, sum to 1.
+        coarse: the targets of the coarse head (``--coarse-head``: the groups of components, same kind, their own
+            ``used``), or None. An epoch is drawn by the fine targets' ``sample_weights``.
     """
 
     kind: str
@@ -45,6 +47,7 @@ class Targets:
     resp_index: torch.Tensor
     used: torch.Tensor
     sample_weights: torch.Tensor
+    coarse: "Targets | None" = None
 
     @property
     def num_outputs(self) -> int:

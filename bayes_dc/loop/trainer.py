@@ -44,6 +44,14 @@ def space_loss(ctx: RunContext, z_a: torch.Tensor, z_b: torch.Tensor, views: Swa
     return loss
 
 
+def two_head_loss(fine: torch.Tensor, coarse: torch.Tensor) -> torch.Tensor:
+    """``--coarse-head``: the mean of the fine and the coarse head's losses. The mean, not the sum, keeps the trunk's
+    gradient on the scale of one head, so a learning rate chosen for one head stays right (DeepCluster-v2 averages
+    the loss over its prototype sets the same way); equal weights because which granularity teaches depends on the
+    data (issue 24: coarse on grey images, fine on natural ones), so neither is favoured a priori."""
+    return 0.5 * (fine + coarse)
+
+
 def train_epoch(ctx: RunContext, targets: Targets, indices: torch.Tensor, *, generator: torch.Generator,
                 desc: str = "train", views: SwappedViews | None = None) -> dict:
     """One pass of ``ctx.model`` over ``indices`` (the epoch's sampled point ids) in mini-batches.
@@ -70,6 +78,7 @@ def train_epoch(ctx: RunContext, targets: Targets, indices: torch.Tensor, *, gen
     loss_fn = ClusterLoss(targets.kind)
     model.train()
     used = targets.used.to(device)
+    coarse_used = targets.coarse.used.to(device) if targets.coarse is not None else None
     total, steps, agree, seen = 0.0, 0, 0, 0
     t0 = time.perf_counter()
     # this process's part of each global batch (all of it in one process), and where it sits in that batch
@@ -80,9 +89,14 @@ def train_epoch(ctx: RunContext, targets: Targets, indices: torch.Tensor, *, gen
         if global_size < 2:  # batch norm cannot train on a single sample
             continue
         share = (offset, global_size) if dist.active else None
-        if views is None:
+        if views is None and targets.coarse is None:
             logits = model(standardize(ctx.augmenter(batch, generator, share), ctx.mean, ctx.std))
             loss = loss_fn(logits, targets.batch(idx, device), used)
+        elif views is None:   # --coarse-head
+            logits, coarse_logits = model(standardize(ctx.augmenter(batch, generator, share), ctx.mean, ctx.std),
+                                          coarse=True)
+            loss = two_head_loss(loss_fn(logits, targets.batch(idx, device), used),
+                                 loss_fn(coarse_logits, targets.coarse.batch(idx, device), coarse_used))
         else:   # one process (pipeline.check_distributed): the model is ctx.model itself
             z_a = model.embed(standardize(ctx.augmenter(batch, generator), ctx.mean, ctx.std))
             z_b = model.embed(standardize(ctx.augmenter(batch, generator), ctx.mean, ctx.std))

@@ -10,17 +10,20 @@ from bayes_dc.models.nets import build_model
 
 
 def head_outputs(cfg: Config) -> int:
-    """Outputs of the classifier head: one per cluster (k-means) or per DP component (T)."""
+    """Outputs of the classifier head: one per cluster (k-means) or per DP component (T); the coarse head has as
+    many (there are never more groups than components)."""
     return cfg.cluster.k if cfg.cluster.prior == "kmeans" else cfg.cluster.truncation
 
 
 def build_run_model(cfg: Config, channels: int) -> torch.nn.Module:
-    """The model ``cfg`` describes for images of ``channels`` (trunk, optional projection, head); shared by a run and
-    by ``load_run``, so a loaded checkpoint always finds the architecture it was saved from."""
+    """The model ``cfg`` describes for images of ``channels`` (trunk, optional projection, head, optional coarse
+    head); shared by a run and by ``load_run``, so a loaded checkpoint always finds the architecture it was saved
+    from."""
     m = cfg.model
     return build_model(m.arch, channels, sobel=m.sobel, width=cfg.width, num_outputs=head_outputs(cfg),
                        projection_dim=m.projection_dim if cfg.features.cluster_on == "projection" else 0,
-                       projection_hidden=m.projection_hidden, projection_l2=m.projection_l2)
+                       projection_hidden=m.projection_hidden, projection_l2=m.projection_l2,
+                       coarse_outputs=head_outputs(cfg) if cfg.targets.coarse_head else 0)
 
 
 @torch.no_grad()

@@ -121,18 +121,22 @@ class Projection(nn.Module):
 
 
 class DeepClusterNet(nn.Module):
-    """Trunk [+ projection] + head.
+    """Trunk [+ projection] + head [+ coarse head].
 
     ``forward`` gives head logits (B, num_outputs); ``trunk(x)`` gives the features (B, F) that kNN and linear
     probes evaluate; :meth:`embed` gives what the head sees — the projection (B, P) when there is one (the
-    clustering space for ``--cluster-on projection``), else the trunk features.
+    clustering space for ``--cluster-on projection``), else the trunk features. ``coarse_outputs > 0`` adds a second
+    linear head on the same input (``--coarse-head``: trained on the groups of components while ``head`` trains on
+    the components, as IIC, SeLa and DeepCluster-v2 train several heads on one trunk).
     """
 
-    def __init__(self, trunk: Trunk, num_outputs: int = 10, projection: Projection | None = None):
+    def __init__(self, trunk: Trunk, num_outputs: int = 10, projection: Projection | None = None,
+                 coarse_outputs: int = 0):
         super().__init__()
         self.trunk = trunk
         self.projection = projection
         self.head = new_head(self.embed_dim, num_outputs)
+        self.coarse_head = new_head(self.embed_dim, coarse_outputs) if coarse_outputs else None
 
     @property
     def feature_dim(self) -> int:
@@ -147,15 +151,23 @@ class DeepClusterNet(nn.Module):
         features = self.trunk(x)
         return self.projection(features) if self.projection is not None else features
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.embed(x))
+    def forward(self, x: torch.Tensor, coarse: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """Head logits (B, num_outputs); with ``coarse`` also the coarse head's (B, coarse_outputs), from one pass
+        (under DDP both heads must come out of ``forward`` for their gradients to be reduced)."""
+        z = self.embed(x)
+        if not coarse:
+            return self.head(z)
+        if self.coarse_head is None:
+            raise ValueError("this model has no coarse head; build it with coarse_outputs > 0 (--coarse-head)")
+        return self.head(z), self.coarse_head(z)
 
 
 def build_model(arch: str, in_channels: int, *, sobel: bool = False, width: int = 64,
                 num_outputs: int = 10, projection_dim: int = 0, projection_hidden: int = 512,
-                projection_l2: bool = True) -> DeepClusterNet:
+                projection_l2: bool = True, coarse_outputs: int = 0) -> DeepClusterNet:
     """Build ``arch`` (a key of ARCHS) for images with ``in_channels`` channels; ``projection_dim > 0`` adds a
-    projection head of that output dimension between the trunk and the classifier head."""
+    projection head of that output dimension between the trunk and the classifier head, ``coarse_outputs > 0`` a
+    second classifier head of that many outputs."""
     if arch not in ARCHS:
         raise ValueError(f"unknown architecture {arch!r}; choose one of {sorted(ARCHS)} (--arch)")
     if width < 1:
@@ -168,4 +180,4 @@ def build_model(arch: str, in_channels: int, *, sobel: bool = False, width: int 
         trunk.sobel = Sobel(in_channels)
     projection = (Projection(trunk.feature_dim, projection_dim, projection_hidden, projection_l2)
                   if projection_dim else None)
-    return DeepClusterNet(trunk, num_outputs, projection)
+    return DeepClusterNet(trunk, num_outputs, projection, coarse_outputs)

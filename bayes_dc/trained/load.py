@@ -59,7 +59,8 @@ class Novelty:
 class TrainedRun:
     """A finished run, loaded (see the module docstring). Attributes: ``config``, ``trunk`` (eval mode),
     ``model`` (trunk, projection, head), ``device``, ``channels``, ``image_size``, ``mean``/``std`` (C,),
-    ``labels`` (N,) the final labels of the training images, ``backend``, ``reducer``."""
+    ``labels`` (N,) the final labels of the training images, ``backend``, ``reducer``, ``component_group`` (T,) the
+    group (cluster shown to a user) of each component when the run grouped them (``--group``), else None."""
 
     def __init__(self, checkpoint: dict, config: Config, device: torch.device):
         self.config, self.device = config, device
@@ -72,6 +73,8 @@ class TrainedRun:
         self.trunk = self.model.trunk
         self.labels = np.asarray(checkpoint["labels"])
         self.weights = np.asarray(checkpoint["weights"])
+        group = checkpoint.get("component_group")   # runs saved before grouping existed have none
+        self.component_group = None if group is None else np.asarray(group)
         self.backend: ClusterBackend = make_backend(config.cluster, device)
         self.reducer: Reducer = make_reducer(config, device=device)
         self.reduce_state, self.predictor = checkpoint["reduce_state"], checkpoint["predictor"]
@@ -122,6 +125,11 @@ class TrainedRun:
         values, index = self.backend.responsibilities(self.predictor, points)
         index = index.cpu().numpy().astype(np.int64)
         return index[:, 0].copy(), values.cpu().numpy().astype(np.float32), index
+
+    def groups(self, labels: np.ndarray) -> np.ndarray:
+        """The group (the cluster a user is shown) (B,) int64 of component labels (B,) from :meth:`assign`; the labels
+        themselves when the run did not group its components."""
+        return np.asarray(labels) if self.component_group is None else self.component_group[labels]
 
     def novelty(self, images: torch.Tensor, batch_size: int = 1024) -> Novelty:
         """How little the final clustering explains each image (:class:`Novelty`)."""
