@@ -299,3 +299,51 @@ def test_no_progress_silences_every_bar_including_the_image_loading_one(tmp_path
     assert run_py.main([*argv, "--name", "quiet", "--no-progress"]) == 0
     quiet = capsys.readouterr().err
     assert not TQDM_BAR.search(quiet) and "loading" not in quiet, quiet
+
+
+def _backend_name_comparisons(path: Path) -> list[str]:
+    """``file:line`` of every comparison (==, !=, in, not in, is) with a string literal that names a backend, in
+    the source of ``path``, read from its syntax tree (so ``prior == "dp"``, ``"kmeans" != c.prior`` and
+    ``c.prior in ("dp", "x")`` all count, in whatever spacing or quotes)."""
+    import ast
+
+    def literals(node) -> list[str]:
+        if isinstance(node, ast.Constant) and isinstance(node.value, str):
+            return [node.value]
+        if isinstance(node, (ast.Tuple, ast.List, ast.Set)):
+            return [v for elt in node.elts for v in literals(elt)]
+        return []
+
+    tree = ast.parse(path.read_text())
+    return [f"{path.name}:{node.lineno}" for node in ast.walk(tree) if isinstance(node, ast.Compare)
+            and set(literals(node.left) + [v for c in node.comparators for v in literals(c)]) & set(C.BACKEND_TRAITS)]
+
+
+@pytest.mark.parametrize("relative", ["bayes_dc/loop/pipeline.py", "bayes_dc/config/schema.py",
+                                      "bayes_dc/models/build.py"])
+def test_the_loop_and_the_config_never_compare_a_backend_name(relative):
+    """What the loop needs to know about a backend is on its traits (``BackendTraits``), so adding a backend touches
+    its module, the registry and its config section only: no ``prior == "kmeans"`` / ``!= "dp"`` anywhere here."""
+    assert _backend_name_comparisons(ROOT / relative) == []
+
+
+def test_the_name_check_sees_every_spelling(tmp_path):
+    source = tmp_path / "probe.py"
+    source.write_text('a = p == "dp"\nb = "kmeans" != p\nc = p in ("x", \'dp\')\nd = p == "other"\n')
+    assert _backend_name_comparisons(source) == ["probe.py:1", "probe.py:2", "probe.py:3"]
+
+
+def test_every_backend_points_at_its_traits():
+    """The registry, the ``Backend`` Literal and the traits name the same backends, and each built backend carries
+    its own traits (which the pipeline reads, e.g. ``has_identities``)."""
+    from bayes_dc.clustering import BACKENDS, make_backend
+
+    assert set(BACKENDS) == set(C.BACKEND_TRAITS) == set(typing.get_args(C.Backend))
+    for name, traits in C.BACKEND_TRAITS.items():
+        cfg = dataclasses.replace(C.ClusterConfig(), prior=name)
+        backend = make_backend(cfg)
+        assert backend.name == name and backend.traits is traits and backend.has_identities == traits.identities
+        assert cfg.n_components == getattr(cfg, traits.size_option)
+        assert traits.size_option in OPTIONS and all(option in OPTIONS for option, _ in traits.one_process)
+        assert set(traits.ignores) <= set(OPTIONS)
+        assert traits.reduce in typing.get_args(C.Reduce) and name in traits.option_tags

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from bayes_dc.clustering.base import ClusterBackend, ClusterResult, active_mask, check_features
+from bayes_dc.config.schema import BACKEND_TRAITS
 
 
 class KMeansBackend(ClusterBackend):
@@ -24,7 +25,7 @@ class KMeansBackend(ClusterBackend):
     """
 
     name = "kmeans"
-    has_identities = False
+    traits = BACKEND_TRAITS[name]
 
     def __init__(self, k: int, niter: int = 20, verbose: bool = False, use_gpu: bool = False, dist: Any = None):
         if k < 2:

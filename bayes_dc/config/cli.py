@@ -27,7 +27,7 @@ import tyro
 
 from bayes_dc.config.schema import Config, merge
 
-PRESET_DIR = Path(__file__).resolve().parent.parent / "experiments" / "configs"
+PRESET_DIR = Path(__file__).resolve().parents[2] / "experiments" / "configs"   # bayes_dc/config/cli.py -> the repository
 DESCRIPTION = ("Train a ConvNet with DeepCluster, clustering with k-means or a variational DP-GMM. "
                "Precedence: defaults < --preset < --config < the options given here.")
 

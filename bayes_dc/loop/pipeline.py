@@ -34,7 +34,7 @@ from bayes_dc.evaluation import metrics
 from bayes_dc.data.augment import Augmenter
 from bayes_dc.loop.batches import BatchSource
 from bayes_dc.clustering import BACKENDS, ClusterResult, make_backend
-from bayes_dc.config.schema import Config, HeadPolicy, RelabelRule
+from bayes_dc.config.schema import Config, HeadPolicy, RelabelRule, backends_where
 from bayes_dc.loop.context import RunContext
 from bayes_dc.data import load_dataset
 from bayes_dc.runtime.distributed import (Distributed, check_batch_size, convert_sync_batchnorm, init_from_env, resolve_device, shutdown, wrap_ddp)
@@ -56,7 +56,7 @@ RELABEL_RULES = typing.get_args(RelabelRule)
 def relabel_due(cfg: Config, epoch: int, last_relabel: int | None, agreement: float | None) -> bool:
     """Whether epoch ``epoch`` starts with a new clustering.
 
-    ``fixed``: every ``cfg.relabel_every`` epochs (unset: DeepCluster's 1 for k-means, 2 for the DP).
+    ``fixed``: every ``cfg.relabel_every`` epochs (unset: the backend's default, ``BackendTraits.relabel_every``).
     ``adaptive``: once the head agreed with its targets on at least ``relabel_agreement`` of the previous epoch's
     samples (the targets are learned, so they teach nothing new), and at the latest ``relabel_max_gap`` epochs
     after the last relabel.
@@ -97,17 +97,18 @@ def validate(cfg: Config) -> None:
         raise ValueError(f"unknown --targets {t.targets!r}; choose one of {list(TARGET_KINDS)}")
     if t.head not in HEAD_POLICIES:
         raise ValueError(f"unknown --head {t.head!r}; choose one of {list(HEAD_POLICIES)}")
-    if t.head == "keep" and c.prior == "kmeans":
-        raise ValueError("--head keep needs component identities that persist across rounds; k-means clusters "
-                         "are renumbered every run, so use --head reset with --prior kmeans (or --prior dp)")
-    if c.prior == "kmeans" and t.targets != "hard":
-        raise ValueError(f"--targets {t.targets} needs responsibilities; k-means gives hard labels only. "
-                         "Use --targets hard with --prior kmeans, or --prior dp")
+    traits = c.traits   # what the backend can do: nothing here tests a backend's name
+    if t.head == "keep" and not traits.identities:
+        raise ValueError(f"--head keep needs component identities that persist across rounds; {traits.summary}, so "
+                         f"use --head reset with --prior {c.prior} (or --prior {' / '.join(backends_where('identities'))})")
+    if t.targets != "hard" and not traits.soft:
+        raise ValueError(f"--targets {t.targets} needs responsibilities; {traits.summary}. Use --targets hard with "
+                         f"--prior {c.prior}, or --prior {' / '.join(backends_where('soft'))}")
     if tr.relabel not in RELABEL_RULES:
         raise ValueError(f"unknown --relabel {tr.relabel!r}; choose one of {list(RELABEL_RULES)}")
-    if tr.two_views and c.prior != "dp":
-        raise ValueError("--two-views assigns augmented views to the round's clusters on the fly, which needs the DP "
-                         "posterior: use --prior dp")
+    if tr.two_views and not traits.assigns_new_points:
+        raise ValueError("--two-views assigns augmented views to the round's clusters on the fly, which needs a "
+                         f"backend that assigns new points: use --prior {' / '.join(backends_where('assigns_new_points'))}")
     if tr.space_weight > 0 and not (tr.two_views and cfg.reduce == "pumap"):
         raise ValueError("--space-weight trains the trunk with the parametric space's loss on two views of each image; "
                          "it needs --two-views and --reduce pumap (or set --space-weight 0)")
@@ -235,9 +236,11 @@ def check_distributed(cfg: Config, world: int) -> None:
     if cfg.train.two_views:
         raise ValueError("--two-views runs in one process for now (its two forward passes per step bypass DDP's "
                          "gradient reduction); run experiments/run.py without torchrun, or drop --two-views")
-    if cfg.cluster.prior == "dp" and cfg.cluster.inference == "svi":
-        raise ValueError("--inference svi (Pyro) runs in one process; under torchrun use --inference cavi (its "
-                         "statistics are all-reduced over the processes), or run experiments/run.py without torchrun")
+    for option, value in cfg.cluster.traits.one_process:
+        if getattr(cfg.cluster, option) == value:
+            raise ValueError(f"--{option.replace('_', '-')} {value} runs in one process with --prior {cfg.cluster.prior};"
+                             f" under torchrun choose another --{option.replace('_', '-')} (--inference cavi all-reduces"
+                             " its statistics over the processes), or run experiments/run.py without torchrun")
 
 
 def check_sizes(cfg: Config, train_set, eval_set, world: int = 1) -> None:
@@ -249,11 +252,10 @@ def check_sizes(cfg: Config, train_set, eval_set, world: int = 1) -> None:
     randomness used).
     """
     n, c, tr = len(train_set), cfg.cluster, cfg.train
-    if c.prior == "kmeans" and c.k > n:
-        raise ValueError(f"--k {c.k} exceeds the number of training images ({n}); lower --k or use more images")
-    if c.prior == "dp" and c.truncation > n:
-        raise ValueError(f"--truncation {c.truncation} exceeds the number of training images ({n}); a component "
-                         f"needs at least one point, so lower --truncation to at most {n}")
+    if c.n_components > n:
+        option = c.traits.size_option
+        raise ValueError(f"--{option} {c.n_components} exceeds the number of training images ({n}); a component needs "
+                         f"at least one point, so lower --{option} to at most {n} or use more images")
     samples = tr.epoch_samples or n
     if tr.epoch_samples is not None and tr.epoch_samples < 1:
         raise ValueError(f"--epoch-samples must be >= 1 (or None: N), got {tr.epoch_samples}")
@@ -444,7 +446,7 @@ def _relabel(ctx: RunContext, state: dict, epoch: int) -> tuple[torch.Tensor, di
     state["targets"] = build_targets(result, cfg.targets.targets, tau=cfg.targets.sharpen,
                                      balanced=cfg.targets.balanced)
     gen = torch.Generator().manual_seed(derive_seed(cfg.run.seed, "head", state["round"]))
-    if cfg.targets.head == "keep" and result.permutation is not None:
+    if cfg.targets.head == "keep" and ctx.backend.has_identities and result.permutation is not None:
         head = permute_head(ctx.model.head, result.permutation, gen)
     else:
         head = new_head(ctx.model.embed_dim, head_outputs(cfg), gen).to(ctx.device)

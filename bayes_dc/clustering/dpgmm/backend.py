@@ -11,6 +11,7 @@ from bayes_dc.clustering.base import ClusterBackend, ClusterResult, active_mask,
 from bayes_dc.clustering.dpgmm.engine import DPGMM, check_choice, predict_responsibilities
 from bayes_dc.clustering.dpgmm.predictive import NOVELTY_THRESHOLD, new_component_probability
 from bayes_dc.clustering.dpgmm.sharded import ShardedDPGMM
+from bayes_dc.config.schema import BACKEND_TRAITS
 
 INFERENCES = ("cavi", "svi")
 
@@ -25,7 +26,7 @@ class DPGMMBackend(ClusterBackend):
     """
 
     name = "dp"
-    has_identities = True
+    traits = BACKEND_TRAITS[name]
     #: the run's ``bayes_dc.runtime.distributed.Distributed`` under torchrun (set by the pipeline): each rank then passes
     #: its own rows to :meth:`fit` and gets the result for all rows (:class:`ShardedDPGMM`)
     dist: Any = None
