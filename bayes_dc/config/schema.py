@@ -385,9 +385,9 @@ def option_used(name: str, values: Mapping[str, Any], defaults: Mapping[str, Any
         raise ValueError(f"unknown option {name!r}")
     defaults = option_defaults() if defaults is None else defaults
     meta = OPTIONS[name][1].metadata
-    traits = backend_traits(values.get("prior", defaults["prior"]))
+    traits = BACKEND_TRAITS.get(values.get("prior", defaults["prior"]))   # None: an unknown prior, refused later
     tag = meta.get("backend")
-    if tag is not None and (tag not in traits.option_tags or name in traits.ignores):
+    if tag is not None and (traits is None or tag not in traits.option_tags or name in traits.ignores):
         return False
     for other, allowed in meta.get("only_if", {}).items():
         value = values.get(other, defaults[other])
