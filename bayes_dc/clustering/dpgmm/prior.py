@@ -41,6 +41,7 @@ from typing import Callable
 import torch
 
 from bayes_dc.clustering.dpgmm.families import Components, CovarianceFamily
+from bayes_dc.clustering.dpgmm.weights import StickBreaking, WeightPrior
 
 DEFAULT_PRIOR_DOF = 3.0     # pseudo-observations per variance: nu0 = d + 2 for full covariance
 DEFAULT_KAPPA0 = 0.01       # mean precision factor: prior spread of the means = 100 x E[Sigma_k]
@@ -62,6 +63,12 @@ class DPGMMPrior:
     scale: float
     alpha: float
     alpha_prior: tuple[float, float] | None = None
+    #: the prior on the mixture weights (None: the stick-breaking prior of ``alpha`` / ``alpha_prior``)
+    weight_prior: WeightPrior | None = None
+
+    def __post_init__(self) -> None:
+        if self.weight_prior is None:
+            self.weight_prior = StickBreaking(self.alpha, self.alpha_prior)
 
     @property
     def shared(self) -> bool:
@@ -135,7 +142,7 @@ def data_moments(x: torch.Tensor, covariance_matrix: bool, allreduce: Callable[[
 def build_prior(family: CovarianceFamily, mean: torch.Tensor, data_cov: torch.Tensor, truncation: int, *,
                 prior_scale: float | torch.Tensor = DEFAULT_PRIOR_SCALE, prior_dof: float | None = None,
                 kappa0: float | None = None, alpha: float = 1.0,
-                alpha_prior: tuple[float, float] | None = None) -> DPGMMPrior:
+                alpha_prior: tuple[float, float] | None = None, weight_prior: WeightPrior | None = None) -> DPGMMPrior:
     """The prior for ``family`` from the data mean (d,) and covariance ((d, d), or (d,) variances).
 
     Raises ValueError naming the fix when the data covariance is singular for a full-covariance prior.
@@ -160,7 +167,8 @@ def build_prior(family: CovarianceFamily, mean: torch.Tensor, data_cov: torch.Te
                                  "drop constant or duplicate dimensions, or use --covariance diag")
     unit = family.prior(mean.double(), unit_cov, dof, kappa, truncation)
     return DPGMMPrior(components=family.rescaled(unit, scale), unit=unit, scale=scale, alpha=float(alpha),
-                      alpha_prior=None if alpha_prior is None else (float(alpha_prior[0]), float(alpha_prior[1])))
+                      alpha_prior=None if alpha_prior is None else (float(alpha_prior[0]), float(alpha_prior[1])),
+                      weight_prior=weight_prior)
 
 
 def updated_scale(family: CovarianceFamily, q: Components, prior: DPGMMPrior, occupied: torch.Tensor) -> float:
