@@ -21,6 +21,7 @@ def _lazy(module: str, cls: str) -> Callable[..., ClusterBackend]:
 BACKENDS: dict[str, Callable[..., ClusterBackend]] = {
     "kmeans": _lazy("bayes_dc.clustering.kmeans", "KMeansBackend"),
     "dp": _lazy("bayes_dc.clustering.dpgmm", "DPGMMBackend"),
+    "dirichlet": _lazy("bayes_dc.clustering.dirichlet", "DirichletGMMBackend"),
 }
 
 

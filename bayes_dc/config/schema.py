@@ -38,7 +38,7 @@ from typing import Any, Literal, Mapping
 Dataset = Literal["fashion-mnist", "mnist", "cifar10", "stl10", "imagefolder", "digits", "synthetic"]
 Split = Literal["train", "test", "unlabeled", "none"]
 Arch = Literal["vgg-small", "alexnet-bn", "vgg16-bn"]
-Backend = Literal["kmeans", "dp"]
+Backend = Literal["kmeans", "dp", "dirichlet"]
 Inference = Literal["cavi", "svi"]
 Covariance = Literal["full", "diag", "spherical"]
 WarmStart = Literal["none", "init", "prior"]
@@ -150,6 +150,11 @@ BACKEND_TRAITS: dict[str, BackendTraits] = {
                         warm_starts=True, reduce="umap", pca_dim=64, relabel_every=2, option_tags=("dp",),
                         one_process=(("inference", "svi"),),
                         summary="the DP-GMM infers K below --truncation"),
+    # the finite Bayesian GMM: the DP's engine, options and defaults, with a symmetric Dirichlet(alpha / T) on the weights
+    "dirichlet": BackendTraits(size_option="truncation", size_label="T", soft=True, identities=True,
+                               assigns_new_points=True, warm_starts=True, reduce="umap", pca_dim=64, relabel_every=2,
+                               option_tags=("dirichlet", "dp"), ignores=("alpha_prior", "inference"),
+                               summary="the finite Dirichlet GMM prunes the components of --truncation it does not need"),
 }
 # Options whose default depends on --prior, read from the traits.
 PRIOR_DEFAULTS: dict[str, dict[str, Any]] = {
@@ -179,13 +184,13 @@ WIDTH_DEFAULTS = {"digits": 16, "synthetic": 16}
 class ClusterConfig:
     """The clustering step: faiss k-means (DeepCluster's baseline) or the variational DP-GMM."""
 
-    prior: Backend = "dp"  # clustering backend: dp (DP-GMM, K inferred) or kmeans (DeepCluster, K fixed)
+    prior: Backend = "dp"  # clustering backend: dp (DP-GMM, K inferred), dirichlet (finite Bayesian GMM, symmetric Dirichlet(alpha/T) weights, unused components pruned) or kmeans (DeepCluster, K fixed)
     k: int = field(default=100, metadata=KMEANS)  # number of k-means clusters
     truncation: int = field(default=300, metadata=DP)  # DP truncation T: the most clusters the DP-GMM can use
     kmeans_niter: int = field(default=20, metadata=KMEANS)  # k-means iterations (faiss)
     inference: Inference = field(default="cavi", metadata=DP)  # cavi (closed-form, fast) or svi (Pyro)
     covariance: Covariance = field(default="full", metadata=DP)  # full (Normal-Wishart), diag (per dimension) or spherical
-    alpha: float = field(default=1.0, metadata=DP)  # DP concentration (more: more clusters); start if --alpha-prior
+    alpha: float = field(default=1.0, metadata=DP)  # concentration (more: more clusters): the DP's, or the dirichlet prior's total (alpha/T per component); start if --alpha-prior
     alpha_prior: tuple[float, float] | None = field(default=None, metadata=DP)  # Gamma(shape, rate); None: alpha fixed
     prior_scale: float = field(default=0.3, metadata=DP)  # prior E[cluster covariance] = this x the data covariance
     prior_dof: float | None = field(default=None, metadata=DP)  # pseudo-observations per variance (> 2); None: 3 (nu0 = d + 2)
