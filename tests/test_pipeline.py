@@ -151,13 +151,13 @@ def test_existing_run_directory_is_never_overwritten(tiny_config):
 
 @pytest.mark.parametrize("overrides, message", [
     ({"cluster": {"prior": "gmm"}}, "choose one of"),
-    ({"cluster": {"prior": "kmeans"}, "train": {"two_views": True}}, "--two-views"),
+    ({"cluster": {"prior": "kmeans"}, "train": {"two_views": True}}, "two_views"),
     ({"targets": {"head": "keep"}}, "identities"),
-    ({"cluster": {"prior": "dp"}, "train": {"two_views": True, "space_weight": 1.0}}, "--reduce pumap"),
+    ({"cluster": {"prior": "dp"}, "train": {"two_views": True, "space_weight": 1.0}}, "reduce='pumap'"),
     ({"cluster": {"prior": "dp"}, "features": {"reduce": "pumap"}, "train": {"space_weight": float("nan")}},
-     "--space-weight"),
+     "space_weight"),
     ({"targets": {"targets": "soft"}}, "responsibilities"),
-    ({"train": {"relabel_every": 0}}, "relabel-every"),
+    ({"train": {"relabel_every": 0}}, "relabel_every"),
     ({"model": {"arch": "resnet"}}, "choose one of"),
     ({"data": {"dataset": "imagenet21k"}}, "imagenet21k"),
 ])

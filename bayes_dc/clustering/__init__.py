@@ -7,6 +7,7 @@ from typing import Callable
 import torch
 
 from bayes_dc.clustering.base import (ACTIVE_WEIGHT, ClusterBackend, ClusterResult, active_mask, active_threshold, check_features)
+from bayes_dc.config.rules import OptionError
 
 
 def _lazy(module: str, cls: str) -> Callable[..., ClusterBackend]:
@@ -28,7 +29,7 @@ BACKENDS: dict[str, Callable[..., ClusterBackend]] = {
 def make_backend(cfg, device: torch.device | str = "cpu") -> ClusterBackend:
     """Build the backend named by ``cfg.prior`` (a :class:`bayes_dc.config.schema.ClusterConfig`)."""
     if cfg.prior not in BACKENDS:
-        raise ValueError(f"unknown clustering prior {cfg.prior!r}; choose one of {sorted(BACKENDS)} (--prior)")
+        raise OptionError("prior", f"unknown clustering prior {cfg.prior!r}; choose one of {sorted(BACKENDS)} (`prior`)")
     return BACKENDS[cfg.prior](cfg, torch.device(device))
 
 

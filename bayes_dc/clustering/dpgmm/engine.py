@@ -20,6 +20,7 @@ from typing import Any, Callable, Iterable
 import torch
 
 from bayes_dc.clustering.base import active_mask, check_features
+from bayes_dc.config.rules import OptionError, check_option
 from bayes_dc.clustering.dpgmm.families import FAMILIES, FULL_MEMORY_LIMIT_BYTES, Components, SuffStats, make_family
 from bayes_dc.clustering.dpgmm.moves import MoveRunner
 from bayes_dc.clustering.dpgmm.prior import (DEFAULT_PRIOR_SCALE, DPGMMPrior, build_prior, check_prior_options, data_moments, updated_scale)
@@ -47,9 +48,10 @@ class ClusterCountWarning(UserWarning):
     the truncation than about the data."""
 
 
-def check_choice(name: str, value: str, choices: Iterable[str], flag: str) -> None:
+def check_choice(name: str, value: str, choices: Iterable[str], option: str | None = None) -> None:
+    """OptionError naming ``option`` (default: ``name``) when ``value`` is not one of ``choices``."""
     if value not in choices:
-        raise ValueError(f"unknown {name} {value!r}; choose one of {list(choices)} ({flag})")
+        raise OptionError(option or name, f"unknown {name} {value!r}; choose one of {list(choices)} (`{option or name}`)")
 
 
 def parse_moves(moves: bool | str | Iterable[str] | None) -> tuple[str, ...]:
@@ -60,7 +62,7 @@ def parse_moves(moves: bool | str | Iterable[str] | None) -> tuple[str, ...]:
         return ()
     names = [m.strip() for m in moves.split(",")] if isinstance(moves, str) else list(moves)
     for name in names:
-        check_choice("move", name, MOVES, "--moves")
+        check_choice("move", name, MOVES, "moves")
     return tuple(m for m in MOVES if m in names)
 
 
@@ -79,10 +81,8 @@ class VariationalMixture:
     """
 
     def __init__(self, *, max_iter: int = 100, tol: float = DEFAULT_TOL, verbose: bool = False):
-        if max_iter < 1:
-            raise ValueError(f"max_iter must be >= 1, got {max_iter} (--max-iter)")
-        if not 0 < tol < 1:
-            raise ValueError(f"tol is a share of the responsibility mass and must be in (0, 1), got {tol} (--tol)")
+        check_option("max_iter", max_iter)
+        check_option("tol", tol)   # a share of the responsibility mass
         self.max_iter, self.tol, self.verbose = int(max_iter), float(tol), verbose
 
     def fit(self, x: torch.Tensor, *, seed: int = 0, warm_state: Any = None) -> "VariationalMixture":
@@ -195,26 +195,21 @@ class DPGMM(VariationalMixture):
                  chunk_size: int | None = None, profile_gemm: bool = False, memory_limit: int | None = None,
                  weights: Callable[..., WeightPrior] = StickBreaking.from_options, verbose: bool = False):
         super().__init__(max_iter=max_iter, tol=tol, verbose=verbose)
-        if truncation < 2:
-            raise ValueError(f"truncation T must be >= 2 (T-1 sticks), got {truncation}; pass --truncation 2 or more")
-        check_choice("covariance", covariance, COVARIANCES, "--covariance")
-        check_choice("warm_start", warm_start, WARM_STARTS, "--warm-start")
-        if not alpha > 0:
-            raise ValueError(f"DP concentration alpha must be > 0, got {alpha} (--alpha)")
-        if alpha_prior is not None and not (len(alpha_prior) == 2 and min(alpha_prior) > 0):
-            raise ValueError(f"alpha_prior must be (shape, rate) with both > 0, got {alpha_prior} (--alpha-prior)")
+        check_option("truncation", truncation)   # T >= 2: T-1 sticks
+        check_choice("covariance", covariance, COVARIANCES)
+        check_choice("warm_start", warm_start, WARM_STARTS)
+        check_option("alpha", alpha)
+        if alpha_prior is not None and len(alpha_prior) != 2:
+            raise OptionError("alpha_prior", f"`alpha_prior` is (shape, rate) of a Gamma, got {alpha_prior}")
+        check_option("alpha_prior", alpha_prior)
         check_prior_options(prior_scale, prior_dof, kappa0)
-        if topk < 1:
-            raise ValueError(f"topk must be >= 1, got {topk} (--topk)")
-        if not 0 < prior_decay <= 1:
-            raise ValueError(f"prior_decay (rho) must be in (0, 1], got {prior_decay} (--prior-decay)")
-        if min_size < 0:
-            raise ValueError(f"min_size must be >= 0, got {min_size} (--min-size)")
-        if move_every < 1:
-            raise ValueError(f"move_every must be >= 1, got {move_every} (--move-every)")
+        for option, value in (("topk", topk), ("prior_decay", prior_decay), ("min_size", min_size),
+                              ("move_every", move_every)):
+            check_option(option, value)
         if prior_scale_update and warm_start == "prior":
-            raise ValueError("prior_scale_update needs one prior shared by all components, but warm_start='prior' "
-                             "gives each its own; use --warm-start init or --no-prior-scale-update")
+            raise OptionError("prior_scale_update", "prior_scale_update=True needs one prior shared by all components, "
+                                                    "but warm_start='prior' gives each its own; use warm_start='init' "
+                                                    "or prior_scale_update=False")
         self.truncation, self.covariance, self.alpha, self.alpha_prior = int(truncation), covariance, float(alpha), alpha_prior
         self.prior_scale, self.prior_dof, self.kappa0 = prior_scale, prior_dof, kappa0
         self.prior_scale_update, self.topk = bool(prior_scale_update), min(int(topk), int(truncation))
@@ -265,9 +260,10 @@ class DPGMM(VariationalMixture):
         limit = self.memory_limit if self.memory_limit is not None else FULL_MEMORY_LIMIT_BYTES
         need = family.memory_bytes(self.truncation)
         if need > limit:
-            raise ValueError(f"full covariance for T={self.truncation} components of d={x.shape[1]} dimensions needs "
-                             f"about {need / 2 ** 30:.1f} GiB for its (T, d, d) arrays (limit {limit / 2 ** 30:.1f} "
-                             "GiB); use --covariance diag, a lower --pca-dim or a smaller --truncation")
+            raise OptionError("covariance", f"full covariance for T={self.truncation} components of d={x.shape[1]} "
+                                            f"dimensions needs about {need / 2 ** 30:.1f} GiB for its (T, d, d) arrays "
+                                            f"(limit {limit / 2 ** 30:.1f} GiB); use covariance='diag', a lower "
+                                            "`pca_dim` or a smaller `truncation`")
         n, mean, cov = data_moments(x, family.needs_covariance_matrix, self._allreduce)
         prior = build_prior(family, mean, cov, self.truncation, prior_scale=self.prior_scale, prior_dof=self.prior_dof,
                             kappa0=self.kappa0, alpha=self.alpha, alpha_prior=self.alpha_prior,
@@ -308,7 +304,7 @@ class DPGMM(VariationalMixture):
                              "use the same points in the same order every round")
         if warm_state["truncation"] != self.truncation:
             raise ValueError(f"warm_state has truncation T={warm_state['truncation']} but this model has "
-                             f"T={self.truncation}; keep --truncation fixed across rounds")
+                             f"T={self.truncation}; keep `truncation` fixed across rounds")
 
     def _initialize(self, x: torch.Tensor, seed: int, warm_state: Any) -> None:
         n, d = x.shape
@@ -322,8 +318,8 @@ class DPGMM(VariationalMixture):
             return
         n = int(self._allreduce(torch.tensor([float(n)], dtype=torch.float64, device=x.device)).item())  # all ranks'
         if n < self.truncation:
-            raise ValueError(f"a cold start seeds T={self.truncation} components from distinct points but N={n}; "
-                             f"lower --truncation to at most {n} or cluster more points")
+            raise OptionError("truncation", f"a cold start seeds T={self.truncation} components from distinct points "
+                                            f"but N={n}; lower `truncation` to at most {n} or cluster more points")
         self._setup(x)
         self._initialize_cold(seed)
         self.init_elbo_ = None
