@@ -324,7 +324,7 @@ def _backend_name_comparisons(path: Path) -> list[str]:
 
 
 @pytest.mark.parametrize("relative", ["bayes_dc/loop/pipeline.py", "bayes_dc/config/schema.py",
-                                      "bayes_dc/models/build.py"])
+                                      "bayes_dc/config/rules.py", "bayes_dc/models/build.py"])
 def test_the_loop_and_the_config_never_compare_a_backend_name(relative):
     """What the loop needs to know about a backend is on its traits (``BackendTraits``), so adding a backend touches
     its module, the registry and its config section only: no ``prior == "kmeans"`` / ``!= "dp"`` anywhere here."""

@@ -16,17 +16,9 @@ from bayes_dc.config.cli import config_from_args
 from bayes_dc.config.rules import OptionError
 from bayes_dc.config.schema import ClusterConfig, unused_options
 from bayes_dc.loop import pipeline
+from test_dpgmm import blobs   # k Gaussian clusters: (x (n, d), labels (n,))
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def blobs(n, d, k, separation, seed):
-    """k Gaussian clusters with per-dimension scales in [0.5, 1.5]; returns (x (n, d), labels (n,))."""
-    g = torch.Generator().manual_seed(seed)
-    centres = torch.randn(k, d, generator=g) * separation
-    labels = torch.randint(k, (n,), generator=g)
-    scales = 0.5 + torch.rand(k, d, generator=g)
-    return centres[labels] + torch.randn(n, d, generator=g) * scales[labels], labels.numpy()
 
 
 def quiet(fit, *args, **kwargs):
