@@ -134,7 +134,7 @@ class BackendTraits:
     option_tags: tuple[str, ...]  # the ``metadata["backend"]`` tags of the options it reads (its own name, shared ones)
     ignores: tuple[str, ...] = ()  # options among those tagged that it does not read
     one_process: tuple[tuple[str, str], ...] = ()  # (option, value) pairs it runs in one process only (no torchrun)
-    summary: str = ""  # what it is, for messages
+    summary: str = ""  # what it is, for messages (parameters in backquotes: the command line shows them as flags)
 
 
 # Each backend's traits; the keys are the names of ``Backend`` and of ``bayes_dc.clustering.BACKENDS``.
@@ -149,12 +149,12 @@ BACKEND_TRAITS: dict[str, BackendTraits] = {
     "dp": BackendTraits(size_option="truncation", size_label="T", soft=True, identities=True, assigns_new_points=True,
                         warm_starts=True, reduce="umap", pca_dim=64, relabel_every=2, option_tags=("dp",),
                         one_process=(("inference", "svi"),),
-                        summary="the DP-GMM infers K below --truncation"),
-    # the finite Bayesian GMM: the DP's engine, options and defaults, with a symmetric Dirichlet(alpha / T) on the weights
+                        summary="the DP-GMM infers K below `truncation`"),
+    # the finite Bayesian GMM: the DP's engine, options and defaults, a symmetric Dirichlet(alpha / T) on the weights
     "dirichlet": BackendTraits(size_option="truncation", size_label="T", soft=True, identities=True,
                                assigns_new_points=True, warm_starts=True, reduce="umap", pca_dim=64, relabel_every=2,
                                option_tags=("dirichlet", "dp"), ignores=("alpha_prior", "inference"),
-                               summary="the finite Dirichlet GMM prunes the components of --truncation it does not need"),
+                               summary="the finite Dirichlet GMM prunes the `truncation` components it does not need"),
 }
 # Options whose default depends on --prior, read from the traits.
 PRIOR_DEFAULTS: dict[str, dict[str, Any]] = {
@@ -182,11 +182,11 @@ WIDTH_DEFAULTS = {"digits": 16, "synthetic": 16}
 
 @dataclass
 class ClusterConfig:
-    """The clustering step: faiss k-means (DeepCluster's baseline) or the variational DP-GMM."""
+    """The clustering step: faiss k-means (DeepCluster's baseline), the variational DP-GMM or a finite Bayesian GMM."""
 
     prior: Backend = "dp"  # clustering backend: dp (DP-GMM, K inferred), dirichlet (finite Bayesian GMM, symmetric Dirichlet(alpha/T) weights, unused components pruned) or kmeans (DeepCluster, K fixed)
     k: int = field(default=100, metadata=KMEANS)  # number of k-means clusters
-    truncation: int = field(default=300, metadata=DP)  # DP truncation T: the most clusters the DP-GMM can use
+    truncation: int = field(default=300, metadata=DP)  # truncation T: the most clusters the DP-GMM (or the dirichlet GMM) can use
     kmeans_niter: int = field(default=20, metadata=KMEANS)  # k-means iterations (faiss)
     inference: Inference = field(default="cavi", metadata=DP)  # cavi (closed-form, fast) or svi (Pyro)
     covariance: Covariance = field(default="full", metadata=DP)  # full (Normal-Wishart), diag (per dimension) or spherical

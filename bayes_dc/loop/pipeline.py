@@ -49,7 +49,6 @@ from bayes_dc.models.build import build_run_model, clustered_features, head_outp
 from bayes_dc.rundir.final import FINAL_CHECKPOINT, FINAL_FORMAT
 
 
-
 def relabel_due(cfg: Config, epoch: int, last_relabel: int | None, agreement: float | None) -> bool:
     """Whether epoch ``epoch`` starts with a new clustering.
 
