@@ -79,6 +79,7 @@ VARIANTS: dict[str, list[str]] = {
     "dp-pumap-r1": ["--reduce", "pumap", "--relabel", "fixed", "--relabel-every", "1"],
     "dp-pumap-two-views": ["--reduce", "pumap", "--two-views"],
     "dp-pumap-two-views-space": ["--reduce", "pumap", "--two-views", "--space-weight", "1"],
+    "dirichlet-default": ["--prior", "dirichlet"],   # the finite Bayesian GMM (alpha / T per component) against dp-default
 }
 CPU_GRID = list(VARIANTS)
 

@@ -19,7 +19,8 @@ import sys
 # Set before torch loads (libgomp reads it once); an explicit OMP_WAIT_POLICY in the environment wins.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from bayes_dc.config.cli import CLIError, config_from_args  # noqa: E402
+from bayes_dc.config.cli import CLIError, check_command_line, config_from_args  # noqa: E402
+from bayes_dc.config.rules import OptionError, command_line_message  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -27,7 +28,7 @@ def main(argv=None) -> int:
     130 stopped by Ctrl-C / SIGTERM (resumable with --resume)."""
     say = _say
     try:
-        cfg = config_from_args(argv)
+        cfg = check_command_line(config_from_args(argv))
     except CLIError as err:
         say(f"error: {err}")
         return 2
@@ -45,6 +46,9 @@ def main(argv=None) -> int:
     except RunDiverged as err:
         say(f"error: {err}")
         return 1
+    except OptionError as err:   # the library names parameters (pca_dim); here they are flags (--pca-dim)
+        say(f"error: {command_line_message(err)}")
+        return 2
     except (ValueError, FileNotFoundError, RuntimeError, ImportError) as err:
         say(f"error: {err}")
         return 2

@@ -12,9 +12,10 @@ import numpy as np
 import pytest
 
 from bayes_dc.config import schema as C
-from bayes_dc.config.cli import CLIError, config_from_args, list_presets, one_line, to_args
+from bayes_dc.config.cli import CLIError, check_command_line, config_from_args, list_presets, one_line, to_args
 from bayes_dc.config.schema import OPTIONS, Config
-from bayes_dc.config.rules import RANGES, check_ranges, parse_interval
+from bayes_dc.config.rules import (CROSS_RULES, RANGES, OptionError, check_config, check_option, check_ranges,
+                                   command_line_message, describe, flag, parse_interval)
 
 ROOT = Path(__file__).resolve().parent.parent
 HINTS = {name: typing.get_type_hints(type(getattr(Config(), section)))[name] for name, (section, _) in OPTIONS.items()}
@@ -265,12 +266,15 @@ def outside(name: str) -> list:
 
 @pytest.mark.parametrize("name", sorted(RANGES))
 def test_a_numeric_option_outside_its_range_is_refused_by_validate_naming_it(name):
+    """The library names the parameter (`` `lr` must be``), the command line shows the flag (``--lr must be``)."""
     from bayes_dc.loop.pipeline import validate
 
     section = OPTIONS[name][0]
     for value in outside(name):
-        with pytest.raises(ValueError, match=f"^--{name.replace('_', '-')} must be "):
+        with pytest.raises(OptionError, match=f"^`{name}` must be ") as err:
             validate(C.merge(Config(), {section: {name: value}}))
+        assert err.value.option == name
+        assert command_line_message(err.value).startswith(f"{flag(name)} must be ")
 
 
 # ---- --no-progress -----------------------------------------------------------------------------------------------
@@ -299,3 +303,101 @@ def test_no_progress_silences_every_bar_including_the_image_loading_one(tmp_path
     assert run_py.main([*argv, "--name", "quiet", "--no-progress"]) == 0
     quiet = capsys.readouterr().err
     assert not TQDM_BAR.search(quiet) and "loading" not in quiet, quiet
+
+
+def _backend_name_comparisons(path: Path) -> list[str]:
+    """``file:line`` of every comparison (==, !=, in, not in, is) with a string literal that names a backend, in
+    the source of ``path``, read from its syntax tree (so ``prior == "dp"``, ``"kmeans" != c.prior`` and
+    ``c.prior in ("dp", "x")`` all count, in whatever spacing or quotes)."""
+    import ast
+
+    def literals(node) -> list[str]:
+        if isinstance(node, ast.Constant) and isinstance(node.value, str):
+            return [node.value]
+        if isinstance(node, (ast.Tuple, ast.List, ast.Set)):
+            return [v for elt in node.elts for v in literals(elt)]
+        return []
+
+    tree = ast.parse(path.read_text())
+    return [f"{path.name}:{node.lineno}" for node in ast.walk(tree) if isinstance(node, ast.Compare)
+            and set(literals(node.left) + [v for c in node.comparators for v in literals(c)]) & set(C.BACKEND_TRAITS)]
+
+
+@pytest.mark.parametrize("relative", ["bayes_dc/loop/pipeline.py", "bayes_dc/config/schema.py",
+                                      "bayes_dc/config/rules.py", "bayes_dc/models/build.py"])
+def test_the_loop_and_the_config_never_compare_a_backend_name(relative):
+    """What the loop needs to know about a backend is on its traits (``BackendTraits``), so adding a backend touches
+    its module, the registry and its config section only: no ``prior == "kmeans"`` / ``!= "dp"`` anywhere here."""
+    assert _backend_name_comparisons(ROOT / relative) == []
+
+
+def test_the_name_check_sees_every_spelling(tmp_path):
+    source = tmp_path / "probe.py"
+    source.write_text('a = p == "dp"\nb = "kmeans" != p\nc = p in ("x", \'dp\')\nd = p == "other"\n')
+    assert _backend_name_comparisons(source) == ["probe.py:1", "probe.py:2", "probe.py:3"]
+
+
+def test_every_backend_points_at_its_traits():
+    """The registry, the ``Backend`` Literal and the traits name the same backends, and each built backend carries
+    its own traits (which the pipeline reads, e.g. ``has_identities``)."""
+    from bayes_dc.clustering import BACKENDS, make_backend
+
+    assert set(BACKENDS) == set(C.BACKEND_TRAITS) == set(typing.get_args(C.Backend))
+    for name, traits in C.BACKEND_TRAITS.items():
+        cfg = dataclasses.replace(C.ClusterConfig(), prior=name)
+        backend = make_backend(cfg)
+        assert backend.name == name and backend.traits is traits and backend.has_identities == traits.identities
+        assert cfg.n_components == getattr(cfg, traits.size_option)
+        assert traits.size_option in OPTIONS and all(option in OPTIONS for option, _ in traits.one_process)
+        assert set(traits.ignores) <= set(OPTIONS)
+        assert traits.reduce in typing.get_args(C.Reduce) and name in traits.option_tags
+
+
+# ---- option rules in one place (bayes_dc.config.rules) -----------------------------------------------------------
+
+def test_command_line_message_spells_parameters_as_flags_and_leaves_prose_alone():
+    text = ("`pca_dim` must be >= 1; k=61 exceeds 60 images, so lower `k`; use head='reset' with prior='kmeans', "
+            "two_views=True, whiten=False; the k-means clusters, alpha (the DP's), foo=3 and `bar` stay")
+    assert command_line_message(text) == (
+        "--pca-dim must be >= 1; --k 61 exceeds 60 images, so lower --k; use --head reset with --prior kmeans, "
+        "--two-views, --no-whiten; the k-means clusters, alpha (the DP's), foo=3 and `bar` stay")
+
+
+def test_a_config_read_from_json_gets_its_choices_checked():
+    """The parser checks a Literal's choices, a JSON config does not pass through it: check_config does."""
+    for section, name, value in (("cluster", "covariance", "banded"), ("targets", "head", "freeze"),
+                                 ("features", "reduce", "tsne")):
+        with pytest.raises(OptionError, match=f"unknown `{name}` '{value}'; choose one of") as err:
+            check_config(C.merge(Config(), {section: {name: value}}))
+        assert err.value.option == name
+
+
+@pytest.mark.parametrize("overrides, option", [
+    ({"cluster": {"prior": "kmeans"}, "targets": {"head": "keep"}}, "head"),
+    ({"cluster": {"prior": "kmeans"}, "targets": {"targets": "soft"}}, "targets"),
+    ({"cluster": {"prior": "kmeans"}, "train": {"two_views": True}}, "two_views"),
+    ({"train": {"space_weight": 1.0}}, "space_weight"),
+])
+def test_each_rule_between_options_blames_its_option_and_the_command_line_shows_flags(overrides, option):
+    assert option in dict(CROSS_RULES)
+    with pytest.raises(OptionError) as err:
+        check_config(C.merge(Config(), overrides))
+    assert err.value.option == option and flag(option) in command_line_message(err.value)
+    with pytest.raises(CLIError, match=re.escape(flag(option))):
+        check_command_line(config_from_args(to_args({k: v for section in overrides.values() for k, v in section.items()})))
+
+
+def test_constructors_and_the_table_accept_the_same_values():
+    """One source: the engine checks its arguments against RANGES, and the parametric space accepts 0 warm epochs
+    (reuse the encoder as it is) as the table does."""
+    from bayes_dc.clustering.dpgmm import DPGMM
+    from bayes_dc.spaces.registry import make_reducer
+
+    cfg = C.merge(Config(), {"features": {"reduce": "pumap", "pumap_warm_epochs": 0}})
+    check_config(cfg)
+    assert make_reducer(cfg).warm_epochs == 0
+    for name, low_bad, low_ok in (("topk", 0, 1), ("min_size", -0.5, 0.0), ("max_iter", 0, 1), ("tol", 1.0, 0.5),
+                                  ("prior_decay", 0.0, 1.0), ("move_every", 0, 1), ("alpha", 0.0, 0.1)):
+        DPGMM(10, **{name: low_ok})
+        with pytest.raises(OptionError, match=f"^`{name}` must be {re.escape(describe(RANGES[name]))}"):
+            DPGMM(10, **{name: low_bad})

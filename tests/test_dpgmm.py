@@ -12,6 +12,7 @@ from sklearn.mixture import BayesianGaussianMixture
 from bayes_dc.clustering import make_backend
 from bayes_dc.clustering.dpgmm import DPGMM, ClusterCountWarning, ConvergenceWarning, DPGMMBackend, make_family
 from bayes_dc.clustering.dpgmm.prior import build_prior
+from bayes_dc.config.rules import OptionError
 from bayes_dc.config.schema import ClusterConfig
 
 
@@ -260,28 +261,30 @@ def test_prior_scale_is_the_expected_cluster_covariance(covariance):
 
 
 @pytest.mark.parametrize("kwargs,match", [
-    (dict(truncation=1), "truncation T must be >= 2"),
-    (dict(alpha=0.0), "alpha must be > 0"),
-    (dict(covariance="banded"), r"unknown covariance 'banded'.*\['full', 'diag', 'spherical'\].*--covariance"),
+    (dict(truncation=1), "`truncation` must be >= 2"),
+    (dict(alpha=0.0), "`alpha` must be > 0"),
+    (dict(covariance="banded"), r"unknown covariance 'banded'.*\['full', 'diag', 'spherical'\].*`covariance`"),
     (dict(warm_start="hot"), r"unknown warm_start 'hot'.*\['none', 'init', 'prior'\]"),
     (dict(inference="mcmc"), r"unknown inference 'mcmc'.*\['cavi', 'svi'\]"),
-    (dict(prior_decay=0.0), r"prior_decay \(rho\) must be in \(0, 1\]"),
-    (dict(prior_decay=1.5), r"prior_decay \(rho\) must be in \(0, 1\]"),
-    (dict(prior_scale=0.0), r"prior_scale must be > 0.*--prior-scale"),
-    (dict(prior_scale=-1.0), r"prior_scale must be > 0.*--prior-scale"),
-    (dict(prior_scale=torch.tensor([[1.0, 2.0], [2.0, 1.0]])), r"not positive definite.*--prior-scale"),
-    (dict(prior_scale=torch.tensor([1.0, -0.5])), r"must all be > 0.*--prior-scale"),
-    (dict(prior_dof=2.0), r"prior_dof must be > 2.*--prior-dof"),
-    (dict(kappa0=0.0), r"kappa0 must be > 0.*--kappa0"),
-    (dict(moves="merge,jump"), r"unknown move 'jump'.*--moves"),
-    (dict(tol=0.0), r"tol is a share of the responsibility mass.*\(0, 1\).*--tol"),
-    (dict(tol=1.0), r"tol is a share of the responsibility mass.*\(0, 1\).*--tol"),
-    (dict(prior_scale_update=True, warm_start="prior"), r"prior_scale_update needs one prior.*--warm-start init"),
+    (dict(prior_decay=0.0), r"`prior_decay` must be > 0 and <= 1"),
+    (dict(prior_decay=1.5), r"`prior_decay` must be > 0 and <= 1"),
+    (dict(prior_scale=0.0), r"`prior_scale` must be > 0"),
+    (dict(prior_scale=-1.0), r"`prior_scale` must be > 0"),
+    (dict(prior_scale=torch.tensor([[1.0, 2.0], [2.0, 1.0]])), r"not positive definite.*`prior_scale`"),
+    (dict(prior_scale=torch.tensor([1.0, -0.5])), r"must all be > 0.*`prior_scale`"),
+    (dict(prior_dof=2.0), r"`prior_dof` must be > 2"),
+    (dict(kappa0=0.0), r"`kappa0` must be > 0"),
+    (dict(moves="merge,jump"), r"unknown move 'jump'.*`moves`"),
+    (dict(tol=0.0), r"`tol` must be > 0 and < 1"),
+    (dict(tol=1.0), r"`tol` must be > 0 and < 1"),
+    (dict(prior_scale_update=True, warm_start="prior"), r"prior_scale_update=True needs one prior.*warm_start='init'"),
 ])
 def test_bad_options_raise(kwargs, match):
+    """The engine names its parameters (an OptionError naming the first key given), never command-line flags."""
     kwargs = {"truncation": 10, **kwargs}
-    with pytest.raises(ValueError, match=match):
+    with pytest.raises(OptionError, match=match) as err:
         DPGMMBackend(**kwargs)
+    assert err.value.option in kwargs and "--" not in str(err.value)
 
 
 def test_a_warm_start_survives_a_change_of_dimension():
@@ -300,7 +303,7 @@ def test_bad_inputs_raise():
     bad[3, 1] = float("nan")
     with pytest.raises(ValueError, match="NaN or inf in 1 of 200 rows"):
         DPGMMBackend(10).fit(bad, seed=0)
-    with pytest.raises(ValueError, match="lower --truncation to at most 200"):
+    with pytest.raises(OptionError, match="lower `truncation` to at most 200"):
         DPGMMBackend(300).fit(x, seed=0)
     state = DPGMMBackend(10).fit(x, seed=0).state
     with pytest.raises(ValueError, match="N=200 points but got N=150"):
@@ -308,15 +311,15 @@ def test_bad_inputs_raise():
     with pytest.raises(ValueError, match="truncation T=10 but this model has T=12"):
         DPGMMBackend(12).fit(x, seed=0, warm_state=state)
     collinear = torch.cat([x, x[:, :1]], 1)                # a duplicated dimension: singular data covariance
-    with pytest.raises(ValueError, match="singular.*--pca-dim.*--covariance diag"):
+    with pytest.raises(OptionError, match="singular.*`pca_dim`.*covariance='diag'"):
         DPGMMBackend(10).fit(collinear, seed=0)
-    with pytest.raises(ValueError, match=r"prior scale tensor for --covariance full must have shape \(4, 4\)"):
+    with pytest.raises(OptionError, match=r"prior scale tensor for covariance='full' must have shape \(4, 4\)"):
         DPGMMBackend(10, prior_scale=torch.ones(4)).fit(x, seed=0)
 
 
 def test_full_covariance_refused_beyond_the_memory_limit():
     x = torch.randn(300, 1024)
-    with pytest.raises(ValueError, match=r"full covariance for T=300 components of d=1024.*GiB.*--covariance diag"):
+    with pytest.raises(OptionError, match=r"full covariance for T=300 components of d=1024.*GiB.*covariance='diag'"):
         DPGMMBackend(300, covariance="full").fit(x, seed=0)
     with pytest.raises(ValueError, match=r"d=64.*limit 0\.0 GiB"):
         DPGMMBackend(10, covariance="full", memory_limit=1000).fit(torch.randn(100, 64), seed=0)

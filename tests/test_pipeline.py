@@ -151,13 +151,13 @@ def test_existing_run_directory_is_never_overwritten(tiny_config):
 
 @pytest.mark.parametrize("overrides, message", [
     ({"cluster": {"prior": "gmm"}}, "choose one of"),
-    ({"cluster": {"prior": "kmeans"}, "train": {"two_views": True}}, "--two-views"),
+    ({"cluster": {"prior": "kmeans"}, "train": {"two_views": True}}, "two_views"),
     ({"targets": {"head": "keep"}}, "identities"),
-    ({"cluster": {"prior": "dp"}, "train": {"two_views": True, "space_weight": 1.0}}, "--reduce pumap"),
+    ({"cluster": {"prior": "dp"}, "train": {"two_views": True, "space_weight": 1.0}}, "reduce='pumap'"),
     ({"cluster": {"prior": "dp"}, "features": {"reduce": "pumap"}, "train": {"space_weight": float("nan")}},
-     "--space-weight"),
+     "space_weight"),
     ({"targets": {"targets": "soft"}}, "responsibilities"),
-    ({"train": {"relabel_every": 0}}, "relabel-every"),
+    ({"train": {"relabel_every": 0}}, "relabel_every"),
     ({"model": {"arch": "resnet"}}, "choose one of"),
     ({"data": {"dataset": "imagenet21k"}}, "imagenet21k"),
 ])
@@ -466,9 +466,9 @@ def test_the_coarse_head_trains_on_the_groups_of_the_fine_targets(tiny_config, t
 
 
 @pytest.mark.parametrize("overrides, message", [
-    ({"targets": {"coarse_head": True}}, "--coarse-head.*--group"),
+    ({"targets": {"coarse_head": True}}, "coarse_head=True.*group="),
     ({"cluster": {"group": "overlap"}, "targets": {"coarse_head": True, "targets": "soft"},
-      "train": {"two_views": True}, "features": {"cluster_on": "projection", "reduce": "none"}}, "--two-views"),
+      "train": {"two_views": True}, "features": {"cluster_on": "projection", "reduce": "none"}}, "two_views=False"),
 ])
 def test_coarse_head_without_groups_fails_clearly(tiny_config, overrides, message):
     cfg = merge(merge(tiny_config, {"cluster": {"prior": "dp"}}), overrides)

@@ -118,7 +118,7 @@ def test_bench_dcdp_variants_are_valid_configs_that_differ_from_their_baseline()
 
     configs = {name: config_from_args(list(args)) for name, args in bench_dcdp.VARIANTS.items()}
     for name, config in configs.items():
-        assert config.cluster.prior == ("kmeans" if name.startswith("km-") else "dp"), name
+        assert config.cluster.prior == name.split("-")[0].replace("km", "kmeans"), name   # km-, dp-, dirichlet-
         baseline = configs["km-k10" if name.startswith("km-") else "dp-default"]
         assert name in ("km-k10", "dp-default") or config != baseline, name
     # the space ablation keeps DeepCluster's training and changes only the space (and k)

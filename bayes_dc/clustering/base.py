@@ -9,10 +9,12 @@ from __future__ import annotations
 import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
+
+from bayes_dc.config.schema import BackendTraits
 
 # Weight at or above which a component counts as active (eval-protocol: K_active uses 0.5 %) while the
 # number of components is small enough for that cut not to cap K_active; see :func:`active_threshold`.
@@ -124,8 +126,14 @@ class ClusterBackend(ABC):
     """
 
     name: str = "base"
-    #: whether component ids persist across rounds (so a classifier head may keep its rows).
-    has_identities: bool = False
+    #: what the round loop needs to know about this backend, torch-free (``bayes_dc.config.schema.BACKEND_TRAITS``
+    #: ``[name]``): head outputs, soft or hard targets, identities, new points, processes, default space
+    traits: ClassVar[BackendTraits]
+
+    @property
+    def has_identities(self) -> bool:
+        """Whether component ids persist across rounds (so a classifier head may keep its rows)."""
+        return self.traits.identities
 
     @abstractmethod
     def fit(self, features: torch.Tensor, *, seed: int, warm_state: Any = None) -> ClusterResult:
@@ -136,7 +144,7 @@ class ClusterBackend(ABC):
         """Top-k responsibilities (values, index) (B, k) of new points x (B, d) under the fit that produced
         ``predictor`` (``ClusterResult.predictor``); ``allowed`` (T,) bool limits the components."""
         raise ValueError(f"the {self.name} backend cannot assign new points to a fitted clustering "
-                         "(needed by --two-views); use --prior dp")
+                         "(needed by --two-views)")
 
     #: what :meth:`novelty` returns: "probability" (in [0, 1], flag above ``novelty_threshold``) or "distance"
     #: (>= 0, no probabilistic meaning, no flag)

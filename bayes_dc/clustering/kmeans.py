@@ -13,6 +13,8 @@ import numpy as np
 import torch
 
 from bayes_dc.clustering.base import ClusterBackend, ClusterResult, active_mask, check_features
+from bayes_dc.config.rules import OptionError, check_option
+from bayes_dc.config.schema import BACKEND_TRAITS
 
 
 class KMeansBackend(ClusterBackend):
@@ -24,13 +26,12 @@ class KMeansBackend(ClusterBackend):
     """
 
     name = "kmeans"
-    has_identities = False
+    traits = BACKEND_TRAITS[name]
 
     def __init__(self, k: int, niter: int = 20, verbose: bool = False, use_gpu: bool = False, dist: Any = None):
         if k < 2:
-            raise ValueError(f"k-means needs k >= 2 clusters, got k={k}; pass --k 2 or more")
-        if niter < 1:
-            raise ValueError(f"kmeans niter must be >= 1, got {niter}")
+            raise OptionError("k", f"k-means needs k >= 2 clusters, got k={k}; pass k=2 or more")
+        check_option("kmeans_niter", niter)
         self.k, self.niter, self.verbose, self.use_gpu = int(k), int(niter), verbose, use_gpu
         self.dist = dist
 
@@ -44,7 +45,8 @@ class KMeansBackend(ClusterBackend):
         points = self.dist.gather_rows(x) if sharded else x        # (N, d): what is clustered
         n, d = points.shape
         if n < self.k:
-            raise ValueError(f"k-means with k={self.k} needs at least k points, got N={n}; lower --k or use more data")
+            raise OptionError("k", f"k-means with k={self.k} needs at least k points, got N={n}; lower `k` or use more "
+                                   "data")
         t0 = time.perf_counter()
         if not sharded:
             km = self._train(_host(points), seed)

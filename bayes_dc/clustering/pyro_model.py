@@ -73,6 +73,7 @@ from bayes_dc.clustering import stick
 from bayes_dc.clustering.dpgmm.families import Components
 from bayes_dc.clustering.dpgmm.prior import DPGMMPrior
 from bayes_dc.clustering.dpgmm.variational import DPGMMParams
+from bayes_dc.clustering.dpgmm.weights import StickParams
 
 if TYPE_CHECKING:
     from bayes_dc.clustering.dpgmm.engine import DPGMM
@@ -313,7 +314,7 @@ def guide_params(spec: ModelSpec, base: DPGMMParams) -> DPGMMParams:
     with torch.no_grad():
         live_rows = _to(guide_components(spec), torch.float64)
     sticks = (pyro.param(name).detach().double() if name in store else None for name in STICK_PARAMS)
-    return DPGMMParams(base.components.put_rows(spec.live, live_rows), *sticks)
+    return DPGMMParams(base.components.put_rows(spec.live, live_rows), StickParams(*sticks))
 
 
 def trace_elbo(x: torch.Tensor, prior: DPGMMPrior, q: DPGMMParams, resp: torch.Tensor, *, particles: int = 200,

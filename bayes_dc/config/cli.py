@@ -8,7 +8,8 @@ Precedence: defaults < ``--preset NAME`` (``experiments/configs/NAME.json``) < `
 given on the command line. Both files are read before the command line is parsed, so that the options
 override them and ``--help`` shows the defaults they set.
 
-Errors raise :class:`CLIError` with a one-line message (``experiments/run.py`` prints it and exits with 2);
+Errors raise :class:`CLIError` with a one-line message (``experiments/run.py`` prints it and exits with 2), the
+rules of :mod:`.rules` included (their messages with flags, :func:`.rules.command_line_message`);
 ``--help`` raises ``SystemExit(0)`` after printing.
 """
 from __future__ import annotations
@@ -25,9 +26,10 @@ from typing import Annotated, Any, Literal, Mapping, Optional
 
 import tyro
 
+from bayes_dc.config.rules import OptionError, check_config, command_line_message, flag
 from bayes_dc.config.schema import Config, merge
 
-PRESET_DIR = Path(__file__).resolve().parents[2] / "experiments" / "configs"
+PRESET_DIR = Path(__file__).resolve().parents[2] / "experiments" / "configs"   # bayes_dc/config/cli.py -> the repository
 DESCRIPTION = ("Train a ConvNet with DeepCluster, clustering with k-means or a variational DP-GMM. "
                "Precedence: defaults < --preset < --config < the options given here.")
 
@@ -118,13 +120,13 @@ def to_args(options: Mapping[str, Any]) -> list[str]:
     that set them (``--pca-dim 32 --no-whiten --alpha-prior 1 1 --subset None``); the inverse of parsing."""
     args: list[str] = []
     for key, value in options.items():
-        flag = "--" + key.replace("_", "-")
+        option = flag(key)
         if isinstance(value, bool):
-            args.append(flag if value else "--no-" + key.replace("_", "-"))
+            args.append(option if value else "--no-" + key.replace("_", "-"))
         elif isinstance(value, (list, tuple)):
-            args += [flag, *(str(v) for v in value)]
+            args += [option, *(str(v) for v in value)]
         else:
-            args += [flag, str(value)]
+            args += [option, str(value)]
     return args
 
 
@@ -145,3 +147,13 @@ def config_from_args(argv: list[str] | None = None) -> Config:
         raise CLIError(one_line(errors.getvalue()) or f"bad command line {argv}") from None
     sys.stderr.write(errors.getvalue())  # warnings of a successful parse
     return parsed.cfg
+
+
+def check_command_line(cfg: Config) -> Config:
+    """``cfg`` if it obeys every rule that needs no data (:func:`.rules.check_config`: ranges, choices, rules between
+    options), else :class:`CLIError` with the rule's message in flags (``--pca-dim``); torch is not imported."""
+    try:
+        check_config(cfg)
+    except OptionError as err:
+        raise CLIError(command_line_message(err)) from None
+    return cfg

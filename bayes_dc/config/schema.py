@@ -14,7 +14,8 @@ Conventions for a field (a new field written this way is a new, documented optio
   else). Where the names come from a registry (datasets, architectures, backends, target kinds, ...),
   ``tests/test_cli.py`` checks that the ``Literal`` and the registry agree.
 - A field read by one clustering backend only carries ``field(default=..., metadata={"backend": "dp"})``
-  (or ``"kmeans"``: a key of ``bayes_dc.clustering.BACKENDS``).
+  (or ``"kmeans"``: a key of ``bayes_dc.clustering.BACKENDS``); a backend that reads another's options lists that
+  tag in its ``BackendTraits.option_tags``.
 - A field read only when other options have certain values adds ``"only_if": {"option": [values, ...]}`` to
   its metadata, e.g. ``prior_decay`` only with ``warm_start: prior``. Every condition must hold.
 
@@ -37,7 +38,7 @@ from typing import Any, Literal, Mapping
 Dataset = Literal["fashion-mnist", "mnist", "cifar10", "stl10", "imagefolder", "digits", "synthetic"]
 Split = Literal["train", "test", "unlabeled", "none"]
 Arch = Literal["vgg-small", "alexnet-bn", "vgg16-bn"]
-Backend = Literal["kmeans", "dp"]
+Backend = Literal["kmeans", "dp", "dirichlet"]
 Inference = Literal["cavi", "svi"]
 Covariance = Literal["full", "diag", "spherical"]
 WarmStart = Literal["none", "init", "prior"]
@@ -117,16 +118,64 @@ class FeatureConfig:
     pumap_init: PumapInit = field(default="spectral", metadata=PUMAP_ONLY)  # a cold encoder's start: regressed onto the kNN graph's spectral embedding (umap-learn's layout init), or random weights
 
 
-# Options whose default depends on --prior (measured in BENCHMARKS.md sections 6, "The DP-GMM as a model: what
-# decides K", and 7, "DeepCluster-DP against k-means DeepCluster"). k-means keeps DeepCluster's whitened PCA-256,
-# relabelled every epoch. The DP-GMM models its space with Gaussians: whitened PCA of ConvNet features makes it
-# tile each class with many components, UMAP-10 packs each group into a compact blob that one full-covariance
-# Gaussian fits. Its rounds cost a UMAP fit, and relabelling every epoch scored no better than every 2 at a larger
-# clustering share, so it relabels every 2 epochs. With --reduce pca the DP gets PCA-64: on 256 whitened
-# dimensions of random-init features it collapses to a few components.
-PRIOR_DEFAULTS: dict[str, dict[str, Any]] = {"reduce": {"kmeans": "pca", "dp": "umap"},
-                                             "relabel_every": {"kmeans": 1, "dp": 2},
-                                             "pca_dim": {"kmeans": 256, "dp": 64}}
+@dataclass(frozen=True)
+class BackendTraits:
+    """What the round loop needs to know about a clustering backend, readable without importing it (no torch: the
+    command line's ``--help`` and sweeps read it). Each backend class points at its entry of :data:`BACKEND_TRAITS`
+    (``ClusterBackend.traits``), so the pipeline and the config ask the traits, never the backend's name."""
+
+    size_option: str  # the option that sets the number of components, hence the head's outputs ("k", "truncation")
+    size_label: str  # its letter in default run names ("k100", "T300")
+    soft: bool  # gives responsibilities (soft / multilabel targets); False: hard labels only
+    identities: bool  # component ids persist across rounds (warm starts), so --head keep can keep the head's rows
+    assigns_new_points: bool  # assigns new points to a fitted clustering (--two-views, a loaded run's assign)
+    warm_starts: bool  # reads --warm-start (its value goes into default run names)
+    reduce: str  # default clustering space (--reduce None)
+    pca_dim: int  # default PCA dimension (--pca-dim None, space pca)
+    relabel_every: int  # default epochs between reclusterings (--relabel-every None)
+    option_tags: tuple[str, ...]  # the ``metadata["backend"]`` tags of the options it reads (its own name, shared ones)
+    ignores: tuple[str, ...] = ()  # options among those tagged that it does not read
+    one_process: tuple[tuple[str, str], ...] = ()  # (option, value) pairs it runs in one process only (no torchrun)
+    summary: str = ""  # what it is, for messages (parameters in backquotes: the command line shows them as flags)
+
+
+# Each backend's traits; the keys are the names of ``Backend`` and of ``bayes_dc.clustering.BACKENDS``.
+# Defaults (BENCHMARKS.md sections 6-7): k-means keeps DeepCluster's whitened PCA-256, relabelled every epoch. The DP-GMM
+# models its space with Gaussians, so it clusters UMAP-10 by default (whitened PCA of ConvNet features makes it tile
+# each class with many components); its rounds cost a UMAP fit, so it relabels every 2 epochs. With --reduce pca it
+# gets PCA-64 (on 256 whitened dimensions of random-init features it collapses to a few components).
+BACKEND_TRAITS: dict[str, BackendTraits] = {
+    "kmeans": BackendTraits(size_option="k", size_label="k", soft=False, identities=False, assigns_new_points=False,
+                            warm_starts=False, reduce="pca", pca_dim=256, relabel_every=1, option_tags=("kmeans",),
+                            summary="k-means clusters are renumbered every run and give hard labels only"),
+    "dp": BackendTraits(size_option="truncation", size_label="T", soft=True, identities=True, assigns_new_points=True,
+                        warm_starts=True, reduce="umap", pca_dim=64, relabel_every=2, option_tags=("dp",),
+                        one_process=(("inference", "svi"),),
+                        summary="the DP-GMM infers K below `truncation`"),
+    # the finite Bayesian GMM: the DP's engine, options and defaults, a symmetric Dirichlet(alpha / T) on the weights
+    "dirichlet": BackendTraits(size_option="truncation", size_label="T", soft=True, identities=True,
+                               assigns_new_points=True, warm_starts=True, reduce="umap", pca_dim=64, relabel_every=2,
+                               option_tags=("dirichlet", "dp"), ignores=("alpha_prior", "inference"),
+                               summary="the finite Dirichlet GMM prunes the `truncation` components it does not need"),
+}
+# Options whose default depends on --prior, read from the traits.
+PRIOR_DEFAULTS: dict[str, dict[str, Any]] = {
+    option: {name: getattr(traits, option) for name, traits in BACKEND_TRAITS.items()}
+    for option in ("reduce", "relabel_every", "pca_dim")}
+
+
+def backend_traits(prior: str) -> BackendTraits:
+    """The traits of backend ``prior``; ValueError listing the choices for an unknown name."""
+    if prior not in BACKEND_TRAITS:
+        raise ValueError(f"unknown clustering prior {prior!r}; choose one of {sorted(BACKEND_TRAITS)}")
+    return BACKEND_TRAITS[prior]
+
+
+def backends_where(trait: str) -> list[str]:
+    """Names of the backends whose boolean ``trait`` holds (for messages that suggest one)."""
+    return [name for name, traits in BACKEND_TRAITS.items() if getattr(traits, trait)]
+
+
 # PCA dimension before UMAP (as in N2D / the eval protocol's UMAP baseline); UMAP then reduces to reduce_dim.
 UMAP_PCA_DEFAULT = 50
 # Small demo datasets get a small trunk so they run in a minute on a CPU.
@@ -135,15 +184,15 @@ WIDTH_DEFAULTS = {"digits": 16, "synthetic": 16}
 
 @dataclass
 class ClusterConfig:
-    """The clustering step: faiss k-means (DeepCluster's baseline) or the variational DP-GMM."""
+    """The clustering step: faiss k-means (DeepCluster's baseline), the variational DP-GMM or a finite Bayesian GMM."""
 
-    prior: Backend = "dp"  # clustering backend: dp (DP-GMM, K inferred) or kmeans (DeepCluster, K fixed)
+    prior: Backend = "dp"  # clustering backend: dp (DP-GMM, K inferred), dirichlet (finite Bayesian GMM, symmetric Dirichlet(alpha/T) weights, unused components pruned) or kmeans (DeepCluster, K fixed)
     k: int = field(default=100, metadata=KMEANS)  # number of k-means clusters
-    truncation: int = field(default=300, metadata=DP)  # DP truncation T: the most clusters the DP-GMM can use
+    truncation: int = field(default=300, metadata=DP)  # truncation T: the most clusters the DP-GMM (or the dirichlet GMM) can use
     kmeans_niter: int = field(default=20, metadata=KMEANS)  # k-means iterations (faiss)
     inference: Inference = field(default="cavi", metadata=DP)  # cavi (closed-form, fast) or svi (Pyro)
     covariance: Covariance = field(default="full", metadata=DP)  # full (Normal-Wishart), diag (per dimension) or spherical
-    alpha: float = field(default=1.0, metadata=DP)  # DP concentration (more: more clusters); start if --alpha-prior
+    alpha: float = field(default=1.0, metadata=DP)  # concentration (more: more clusters): the DP's, or the dirichlet prior's total (alpha/T per component); start if --alpha-prior
     alpha_prior: tuple[float, float] | None = field(default=None, metadata=DP)  # Gamma(shape, rate); None: alpha fixed
     prior_scale: float = field(default=0.3, metadata=DP)  # prior E[cluster covariance] = this x the data covariance
     prior_dof: float | None = field(default=None, metadata=DP)  # pseudo-observations per variance (> 2); None: 3 (nu0 = d + 2)
@@ -162,6 +211,16 @@ class ClusterConfig:
     svi_lr: float = field(default=0.05, metadata=DP_SVI)  # Pyro SVI learning rate (Adam)
     group: GroupMethod = "none"  # clusters reported as groups of components: none (the components), overlap (Hennig's misclassification probability) or entropy (Baudry et al.); K_active then counts groups, k_fine the components (bayes_dc.clustering.grouping)
     group_cut: float | None = field(default=None, metadata=GROUPED)  # merge pairs of groups while the best score exceeds this; None: 0.025 (overlap) / 0.19 bits (entropy)
+
+    @property
+    def traits(self) -> BackendTraits:
+        """What the backend ``prior`` can do (:data:`BACKEND_TRAITS`)."""
+        return backend_traits(self.prior)
+
+    @property
+    def n_components(self) -> int:
+        """Components (head outputs) of the backend in force: ``k`` or ``truncation``, as its traits say."""
+        return getattr(self, self.traits.size_option)
 
 
 @dataclass
@@ -275,7 +334,8 @@ class Config:
         config: the hash covers every option that changes results and differs from its default, so two configs
         that the readable part cannot tell apart (another --lr, --pca-dim, ...) get different directories."""
         c = self.cluster
-        k = f"k{c.k}" if c.prior == "kmeans" else f"T{c.truncation}-{c.warm_start}"
+        traits = c.traits
+        k = f"{traits.size_label}{c.n_components}" + (f"-{c.warm_start}" if traits.warm_starts else "")
         readable = f"{self.data.dataset}-{c.prior}-{k}-{self.targets.targets}-e{self.train.epochs}-s{self.run.seed}"
         return f"{readable}-{self.options_hash()}"
 
@@ -335,8 +395,9 @@ def option_used(name: str, values: Mapping[str, Any], defaults: Mapping[str, Any
         raise ValueError(f"unknown option {name!r}")
     defaults = option_defaults() if defaults is None else defaults
     meta = OPTIONS[name][1].metadata
-    backend = meta.get("backend")
-    if backend is not None and values.get("prior", defaults["prior"]) != backend:
+    traits = BACKEND_TRAITS.get(values.get("prior", defaults["prior"]))   # None: an unknown prior, refused later
+    tag = meta.get("backend")
+    if tag is not None and (traits is None or tag not in traits.option_tags or name in traits.ignores):
         return False
     for other, allowed in meta.get("only_if", {}).items():
         value = values.get(other, defaults[other])

@@ -22,7 +22,6 @@ import dataclasses
 import math
 import signal
 import time
-import typing
 import warnings
 from pathlib import Path
 
@@ -33,31 +32,28 @@ from tqdm.auto import tqdm
 from bayes_dc.evaluation import metrics
 from bayes_dc.data.augment import Augmenter
 from bayes_dc.loop.batches import BatchSource
-from bayes_dc.clustering import BACKENDS, ClusterResult, make_backend
-from bayes_dc.clustering.grouping import GROUPINGS, Grouping, group_components, grouped_result
-from bayes_dc.config.schema import Config, HeadPolicy, RelabelRule
+from bayes_dc.clustering import ClusterResult, make_backend
+from bayes_dc.clustering.grouping import Grouping, group_components, grouped_result
+from bayes_dc.config.schema import Config
 from bayes_dc.loop.context import RunContext
 from bayes_dc.data import load_dataset
 from bayes_dc.runtime.distributed import (Distributed, check_batch_size, convert_sync_batchnorm, init_from_env, resolve_device, shutdown, wrap_ddp)
 from bayes_dc.evaluation.lineage import round_lineage
-from bayes_dc.models.nets import ARCHS, new_head
-from bayes_dc.config.rules import check_ranges
+from bayes_dc.models.nets import new_head
+from bayes_dc.config.rules import OptionError, check_config, check_option
 from bayes_dc.spaces.registry import Reduction, make_reducer
 from bayes_dc.rundir.runlog import ReadOnlyRunDir, RunDir, graceful_interrupt, run_path, save_checkpoint
-from bayes_dc.loop.targets import TARGET_KINDS, Targets, build_targets, sample_epoch
+from bayes_dc.loop.targets import Targets, build_targets, sample_epoch
 from bayes_dc.runtime.threads import set_threads
 from bayes_dc.loop.trainer import SwappedViews, train_epoch
 from bayes_dc.models.build import build_run_model, clustered_features, head_outputs
 from bayes_dc.rundir.final import FINAL_CHECKPOINT, FINAL_FORMAT
 
-HEAD_POLICIES = typing.get_args(HeadPolicy)
-RELABEL_RULES = typing.get_args(RelabelRule)
-
 
 def relabel_due(cfg: Config, epoch: int, last_relabel: int | None, agreement: float | None) -> bool:
     """Whether epoch ``epoch`` starts with a new clustering.
 
-    ``fixed``: every ``cfg.relabel_every`` epochs (unset: DeepCluster's 1 for k-means, 2 for the DP).
+    ``fixed``: every ``cfg.relabel_every`` epochs (unset: the backend's default, ``BackendTraits.relabel_every``).
     ``adaptive``: once the head agreed with its targets on at least ``relabel_agreement`` of the previous epoch's
     samples (the targets are learned, so they teach nothing new), and at the latest ``relabel_max_gap`` epochs
     after the last relabel.
@@ -87,36 +83,9 @@ class RunDiverged(FloatingPointError):
 
 
 def validate(cfg: Config) -> None:
-    """Reject a bad configuration before anything is written (clear message naming the option)."""
-    c, t, tr = cfg.cluster, cfg.targets, cfg.train
-    check_ranges(cfg)   # every numeric option: finite and in range
-    if cfg.model.arch not in ARCHS:
-        raise ValueError(f"unknown --arch {cfg.model.arch!r}; choose one of {sorted(ARCHS)}")
-    if c.prior not in BACKENDS:
-        raise ValueError(f"unknown --prior {c.prior!r}; choose one of {sorted(BACKENDS)}")
-    if t.targets not in TARGET_KINDS:
-        raise ValueError(f"unknown --targets {t.targets!r}; choose one of {list(TARGET_KINDS)}")
-    if t.head not in HEAD_POLICIES:
-        raise ValueError(f"unknown --head {t.head!r}; choose one of {list(HEAD_POLICIES)}")
-    if t.head == "keep" and c.prior == "kmeans":
-        raise ValueError("--head keep needs component identities that persist across rounds; k-means clusters "
-                         "are renumbered every run, so use --head reset with --prior kmeans (or --prior dp)")
-    if c.prior == "kmeans" and t.targets != "hard":
-        raise ValueError(f"--targets {t.targets} needs responsibilities; k-means gives hard labels only. "
-                         "Use --targets hard with --prior kmeans, or --prior dp")
-    if c.group not in GROUPINGS:
-        raise ValueError(f"unknown --group {c.group!r}; choose one of {list(GROUPINGS)}")
-    if t.coarse_head and (c.group == "none" or tr.two_views):
-        raise ValueError("--coarse-head trains a second head on the groups of components of one view: it needs "
-                         "--group overlap or entropy, and no --two-views")
-    if tr.relabel not in RELABEL_RULES:
-        raise ValueError(f"unknown --relabel {tr.relabel!r}; choose one of {list(RELABEL_RULES)}")
-    if tr.two_views and c.prior != "dp":
-        raise ValueError("--two-views assigns augmented views to the round's clusters on the fly, which needs the DP "
-                         "posterior: use --prior dp")
-    if tr.space_weight > 0 and not (tr.two_views and cfg.reduce == "pumap"):
-        raise ValueError("--space-weight trains the trunk with the parametric space's loss on two views of each image; "
-                         "it needs --two-views and --reduce pumap (or set --space-weight 0)")
+    """Reject a bad configuration before anything is written: every rule of :mod:`bayes_dc.config.rules` (ranges,
+    choices, rules between options), an :class:`~bayes_dc.config.rules.OptionError` naming the option."""
+    check_config(cfg)
 
 
 def permute_head(head: torch.nn.Linear, permutation: np.ndarray, generator: torch.Generator) -> torch.nn.Linear:
@@ -242,40 +211,41 @@ def check_distributed(cfg: Config, world: int) -> None:
     """What a run of ``world`` processes cannot do, refused before anything is written."""
     check_batch_size(cfg.train.batch_size, world)
     if cfg.train.two_views:
-        raise ValueError("--two-views runs in one process for now (its two forward passes per step bypass DDP's "
-                         "gradient reduction); run experiments/run.py without torchrun, or drop --two-views")
-    if cfg.cluster.prior == "dp" and cfg.cluster.inference == "svi":
-        raise ValueError("--inference svi (Pyro) runs in one process; under torchrun use --inference cavi (its "
-                         "statistics are all-reduced over the processes), or run experiments/run.py without torchrun")
+        raise OptionError("two_views", "two_views=True runs in one process for now (its two forward passes per step "
+                                       "bypass DDP's gradient reduction); run without torchrun, or set two_views=False")
+    for option, value in cfg.cluster.traits.one_process:
+        if getattr(cfg.cluster, option) == value:
+            raise OptionError(option, f"{option}={value!r} runs in one process with prior={cfg.cluster.prior!r}; under "
+                                      f"torchrun choose another `{option}` (inference='cavi' all-reduces its statistics "
+                                      "over the processes), or run without torchrun")
 
 
 def check_sizes(cfg: Config, train_set, eval_set, world: int = 1) -> None:
     """Check the options that depend on the data (N, the image size) before anything is written.
 
-    Raises ValueError naming the option and the limit: --k or --truncation above N, a batch larger than N (or
+    Raises :class:`~bayes_dc.config.rules.OptionError` naming the option and the limit: --k or --truncation above N, a batch larger than N (or
     than the images an epoch draws), UMAP's neighbours or dimension too large for N, fewer images than processes,
     and an architecture that cannot take the images (a dry forward pass on the meta device, no memory, no
     randomness used).
     """
     n, c, tr = len(train_set), cfg.cluster, cfg.train
-    if c.prior == "kmeans" and c.k > n:
-        raise ValueError(f"--k {c.k} exceeds the number of training images ({n}); lower --k or use more images")
-    if c.prior == "dp" and c.truncation > n:
-        raise ValueError(f"--truncation {c.truncation} exceeds the number of training images ({n}); a component "
-                         f"needs at least one point, so lower --truncation to at most {n}")
+    if c.n_components > n:
+        option = c.traits.size_option
+        raise OptionError(option, f"{option}={c.n_components} exceeds the number of training images ({n}); a component "
+                                  f"needs at least one point, so lower `{option}` to at most {n} or use more images")
     samples = tr.epoch_samples or n
-    if tr.epoch_samples is not None and tr.epoch_samples < 1:
-        raise ValueError(f"--epoch-samples must be >= 1 (or None: N), got {tr.epoch_samples}")
     if tr.batch_size > samples:
-        raise ValueError(f"--batch-size {tr.batch_size} is larger than the {samples} images an epoch draws "
-                         f"({'--epoch-samples' if tr.epoch_samples else 'the training set'}); lower --batch-size")
+        raise OptionError("batch_size", f"batch_size={tr.batch_size} is larger than the {samples} images an epoch draws "
+                                        f"({'`epoch_samples`' if tr.epoch_samples else 'the training set'}); lower "
+                                        "`batch_size`")
     if cfg.reduce in ("umap", "pumap"):
         f = cfg.features
         if n <= f.umap_neighbors + 1:
-            raise ValueError(f"--umap-neighbors {f.umap_neighbors} needs more than {f.umap_neighbors + 1} training "
-                             f"images, got {n}; lower --umap-neighbors or use --reduce pca")
+            raise OptionError("umap_neighbors", f"umap_neighbors={f.umap_neighbors} needs more than "
+                                                f"{f.umap_neighbors + 1} training images, got {n}; lower "
+                                                "`umap_neighbors` or use reduce='pca'")
         if f.reduce_dim >= n - 1:
-            raise ValueError(f"--reduce-dim {f.reduce_dim} must be below N - 1 = {n - 1}")
+            raise OptionError("reduce_dim", f"reduce_dim={f.reduce_dim} must be below N - 1 = {n - 1}")
     if n < world:
         raise ValueError(f"{n} training images cannot be shared by {world} processes; use fewer processes")
     _check_architecture(cfg, train_set.num_channels, train_set.image_size)
@@ -296,16 +266,15 @@ def _check_architecture(cfg: Config, channels: int, size: int) -> None:
         return
     smallest = next((s for s in range(size + 1, 1025) if fits(s)), None)
     need = f"images of at least {smallest} px" if smallest else "larger images"
-    raise ValueError(f"--arch {cfg.model.arch} needs {need}, but {cfg.data.dataset} images are {size} px; pass "
-                     f"--image-size {smallest or 2 * size} (resizes), or use --arch vgg-small for small images")
+    raise OptionError("arch", f"arch={cfg.model.arch!r} needs {need}, but {cfg.data.dataset} images are {size} px; pass "
+                              f"image_size={smallest or 2 * size} (resizes), or use arch='vgg-small' for small images")
 
 
 def load_split(cfg: Config, split: str, subset: int | None):
     """One split of ``cfg``'s dataset, in memory or streamed as ``--streaming`` / ``--memory-budget-gb`` say."""
     d = cfg.data
     budget = None if d.memory_budget_gb is None else int(d.memory_budget_gb * 2**30)
-    if budget is not None and budget <= 0:
-        raise ValueError(f"--memory-budget-gb must be > 0 (or None: 8), got {d.memory_budget_gb}")
+    check_option("memory_budget_gb", d.memory_budget_gb)
     return load_dataset(d.dataset, split, root=d.data_root, subset=subset, seed=cfg.run.seed,
                         image_size=d.image_size, download=d.download, streaming=d.streaming, memory_budget=budget,
                         num_workers=d.num_workers, progress=cfg.run.progress)
@@ -453,7 +422,7 @@ def _relabel(ctx: RunContext, state: dict, epoch: int) -> tuple[torch.Tensor, di
     state["targets"] = build_targets(result, cfg.targets.targets, tau=cfg.targets.sharpen,
                                      balanced=cfg.targets.balanced)
     gen = torch.Generator().manual_seed(derive_seed(cfg.run.seed, "head", state["round"]))
-    if cfg.targets.head == "keep" and result.permutation is not None:
+    if cfg.targets.head == "keep" and ctx.backend.has_identities and result.permutation is not None:
         head = permute_head(ctx.model.head, result.permutation, gen)
     else:
         head = new_head(ctx.model.embed_dim, head_outputs(cfg), gen).to(ctx.device)

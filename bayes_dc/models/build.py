@@ -10,9 +10,9 @@ from bayes_dc.models.nets import build_model
 
 
 def head_outputs(cfg: Config) -> int:
-    """Outputs of the classifier head: one per cluster (k-means) or per DP component (T); the coarse head has as
-    many (there are never more groups than components)."""
-    return cfg.cluster.k if cfg.cluster.prior == "kmeans" else cfg.cluster.truncation
+    """Outputs of the classifier head: one per component of the backend (``k`` or ``truncation``, as its traits say); the coarse head
+    has as many (there are never more groups than components)."""
+    return cfg.cluster.n_components
 
 
 def build_run_model(cfg: Config, channels: int) -> torch.nn.Module:

@@ -11,6 +11,8 @@ from bayes_dc.clustering.base import ClusterBackend, ClusterResult, active_mask,
 from bayes_dc.clustering.dpgmm.engine import DPGMM, check_choice, predict_responsibilities
 from bayes_dc.clustering.dpgmm.predictive import NOVELTY_THRESHOLD, new_component_probability
 from bayes_dc.clustering.dpgmm.sharded import ShardedDPGMM
+from bayes_dc.config.rules import check_option
+from bayes_dc.config.schema import BACKEND_TRAITS
 
 INFERENCES = ("cavi", "svi")
 
@@ -25,7 +27,7 @@ class DPGMMBackend(ClusterBackend):
     """
 
     name = "dp"
-    has_identities = True
+    traits = BACKEND_TRAITS[name]
     #: the run's ``bayes_dc.runtime.distributed.Distributed`` under torchrun (set by the pipeline): each rank then passes
     #: its own rows to :meth:`fit` and gets the result for all rows (:class:`ShardedDPGMM`)
     dist: Any = None
@@ -33,9 +35,9 @@ class DPGMMBackend(ClusterBackend):
     def __init__(self, truncation: int = 300, *, inference: str = "cavi", svi_steps: int = 2000,
                  svi_batch: int = 1024, svi_lr: float = 0.05, device: torch.device | str | None = None,
                  **engine_kwargs: Any):
-        check_choice("inference", inference, INFERENCES, "--inference")
-        if svi_steps < 1 or svi_batch < 1 or not svi_lr > 0:
-            raise ValueError(f"svi_steps, svi_batch must be >= 1 and svi_lr > 0; got {svi_steps}, {svi_batch}, {svi_lr}")
+        check_choice("inference", inference, INFERENCES)
+        for option, value in (("svi_steps", svi_steps), ("svi_batch", svi_batch), ("svi_lr", svi_lr)):
+            check_option(option, value)
         self.engine_kwargs = dict(truncation=truncation, **engine_kwargs)
         DPGMM(**self.engine_kwargs)   # validate the options now, not at the first fit
         self.inference, self.svi_steps, self.svi_batch, self.svi_lr = inference, svi_steps, svi_batch, svi_lr

@@ -15,12 +15,12 @@ import math
 import time
 import warnings
 from dataclasses import replace
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import torch
 
-from bayes_dc.clustering import stick
 from bayes_dc.clustering.base import active_mask, check_features
+from bayes_dc.config.rules import OptionError, check_option
 from bayes_dc.clustering.dpgmm.families import FAMILIES, FULL_MEMORY_LIMIT_BYTES, Components, SuffStats, make_family
 from bayes_dc.clustering.dpgmm.moves import MoveRunner
 from bayes_dc.clustering.dpgmm.prior import (DEFAULT_PRIOR_SCALE, DPGMMPrior, build_prior, check_prior_options, data_moments, updated_scale)
@@ -28,6 +28,7 @@ from bayes_dc.clustering.dpgmm.seeding import kmeanspp_seeds, nearest_centre
 from bayes_dc.clustering.dpgmm.state import Candidate, FitState
 from bayes_dc.clustering.dpgmm.sweep import Sweeper
 from bayes_dc.clustering.dpgmm.variational import DPGMMParams, expected_alpha, global_terms, m_step
+from bayes_dc.clustering.dpgmm.weights import StickBreaking, WeightPrior
 
 COVARIANCES = tuple(FAMILIES)
 WARM_STARTS = ("none", "init", "prior")
@@ -47,9 +48,10 @@ class ClusterCountWarning(UserWarning):
     the truncation than about the data."""
 
 
-def check_choice(name: str, value: str, choices: Iterable[str], flag: str) -> None:
+def check_choice(name: str, value: str, choices: Iterable[str], option: str | None = None) -> None:
+    """OptionError naming ``option`` (default: ``name``) when ``value`` is not one of ``choices``."""
     if value not in choices:
-        raise ValueError(f"unknown {name} {value!r}; choose one of {list(choices)} ({flag})")
+        raise OptionError(option or name, f"unknown {name} {value!r}; choose one of {list(choices)} (`{option or name}`)")
 
 
 def parse_moves(moves: bool | str | Iterable[str] | None) -> tuple[str, ...]:
@@ -60,7 +62,7 @@ def parse_moves(moves: bool | str | Iterable[str] | None) -> tuple[str, ...]:
         return ()
     names = [m.strip() for m in moves.split(",")] if isinstance(moves, str) else list(moves)
     for name in names:
-        check_choice("move", name, MOVES, "--moves")
+        check_choice("move", name, MOVES, "moves")
     return tuple(m for m in MOVES if m in names)
 
 
@@ -79,10 +81,8 @@ class VariationalMixture:
     """
 
     def __init__(self, *, max_iter: int = 100, tol: float = DEFAULT_TOL, verbose: bool = False):
-        if max_iter < 1:
-            raise ValueError(f"max_iter must be >= 1, got {max_iter} (--max-iter)")
-        if not 0 < tol < 1:
-            raise ValueError(f"tol is a share of the responsibility mass and must be in (0, 1), got {tol} (--tol)")
+        check_option("max_iter", max_iter)
+        check_option("tol", tol)   # a share of the responsibility mass
         self.max_iter, self.tol, self.verbose = int(max_iter), float(tol), verbose
 
     def fit(self, x: torch.Tensor, *, seed: int = 0, warm_state: Any = None) -> "VariationalMixture":
@@ -172,6 +172,8 @@ class DPGMM(VariationalMixture):
             temporaries stay under ``sweep.CHUNK_BYTES``).
         profile_gemm: time the E-step products separately (synchronising CUDA) into ``gemm_seconds_``.
         memory_limit: bytes the full-covariance (T, d, d) arrays may take before the fit is refused.
+        weights: the prior on the mixture weights, built as ``weights(alpha=, alpha_prior=, truncation=)`` into a
+            :class:`.weights.WeightPrior` (default: the DP's stick-breaking; a finite Dirichlet shares the rest).
 
     Fitted attributes (components in the final order, largest N_k first): ``weights_`` (T,) E[pi];
     ``means_`` (T, d) E[mu]; ``precisions_`` E[Lambda] ((T, d, d) full, (T, d) diag, (T,) spherical);
@@ -191,28 +193,23 @@ class DPGMM(VariationalMixture):
                  warm_start: str = "init", prior_decay: float = 0.5, moves: bool | str | Iterable[str] = True,
                  move_every: int = 5, init_subsample: int | None = None, init_iter: int = 20,
                  chunk_size: int | None = None, profile_gemm: bool = False, memory_limit: int | None = None,
-                 verbose: bool = False):
+                 weights: Callable[..., WeightPrior] = StickBreaking.from_options, verbose: bool = False):
         super().__init__(max_iter=max_iter, tol=tol, verbose=verbose)
-        if truncation < 2:
-            raise ValueError(f"truncation T must be >= 2 (T-1 sticks), got {truncation}; pass --truncation 2 or more")
-        check_choice("covariance", covariance, COVARIANCES, "--covariance")
-        check_choice("warm_start", warm_start, WARM_STARTS, "--warm-start")
-        if not alpha > 0:
-            raise ValueError(f"DP concentration alpha must be > 0, got {alpha} (--alpha)")
-        if alpha_prior is not None and not (len(alpha_prior) == 2 and min(alpha_prior) > 0):
-            raise ValueError(f"alpha_prior must be (shape, rate) with both > 0, got {alpha_prior} (--alpha-prior)")
+        check_option("truncation", truncation)   # T >= 2: T-1 sticks
+        check_choice("covariance", covariance, COVARIANCES)
+        check_choice("warm_start", warm_start, WARM_STARTS)
+        check_option("alpha", alpha)
+        if alpha_prior is not None and len(alpha_prior) != 2:
+            raise OptionError("alpha_prior", f"`alpha_prior` is (shape, rate) of a Gamma, got {alpha_prior}")
+        check_option("alpha_prior", alpha_prior)
         check_prior_options(prior_scale, prior_dof, kappa0)
-        if topk < 1:
-            raise ValueError(f"topk must be >= 1, got {topk} (--topk)")
-        if not 0 < prior_decay <= 1:
-            raise ValueError(f"prior_decay (rho) must be in (0, 1], got {prior_decay} (--prior-decay)")
-        if min_size < 0:
-            raise ValueError(f"min_size must be >= 0, got {min_size} (--min-size)")
-        if move_every < 1:
-            raise ValueError(f"move_every must be >= 1, got {move_every} (--move-every)")
+        for option, value in (("topk", topk), ("prior_decay", prior_decay), ("min_size", min_size),
+                              ("move_every", move_every)):
+            check_option(option, value)
         if prior_scale_update and warm_start == "prior":
-            raise ValueError("prior_scale_update needs one prior shared by all components, but warm_start='prior' "
-                             "gives each its own; use --warm-start init or --no-prior-scale-update")
+            raise OptionError("prior_scale_update", "prior_scale_update=True needs one prior shared by all components, "
+                                                    "but warm_start='prior' gives each its own; use warm_start='init' "
+                                                    "or prior_scale_update=False")
         self.truncation, self.covariance, self.alpha, self.alpha_prior = int(truncation), covariance, float(alpha), alpha_prior
         self.prior_scale, self.prior_dof, self.kappa0 = prior_scale, prior_dof, kappa0
         self.prior_scale_update, self.topk = bool(prior_scale_update), min(int(topk), int(truncation))
@@ -221,6 +218,8 @@ class DPGMM(VariationalMixture):
         self.init_subsample, self.init_iter, self.chunk_size = init_subsample, int(init_iter), chunk_size
         self.profile_gemm = profile_gemm
         self.memory_limit = memory_limit
+        self.weights = weights
+        self.weight_prior = weights(alpha=self.alpha, alpha_prior=self.alpha_prior, truncation=self.truncation)
 
     # -- multi-process seam ------------------------------------------------------------------------------------
     def _allreduce(self, tensor: torch.Tensor) -> torch.Tensor:
@@ -250,7 +249,7 @@ class DPGMM(VariationalMixture):
                     max_iter=self.max_iter, tol=self.tol, min_size=self.min_size, warm_start=self.warm_start,
                     prior_decay=self.prior_decay, moves=self.moves, move_every=self.move_every,
                     init_subsample=self.init_subsample, init_iter=self.init_iter, chunk_size=self.chunk_size,
-                    profile_gemm=self.profile_gemm, memory_limit=self.memory_limit)
+                    profile_gemm=self.profile_gemm, memory_limit=self.memory_limit, weights=self.weights)
 
     def make_prior(self, x: torch.Tensor) -> tuple[DPGMMPrior, torch.Tensor, int]:
         """The prior for features x (N, d) in input coordinates, the data mean (d,) and N (summed over ranks).
@@ -261,12 +260,14 @@ class DPGMM(VariationalMixture):
         limit = self.memory_limit if self.memory_limit is not None else FULL_MEMORY_LIMIT_BYTES
         need = family.memory_bytes(self.truncation)
         if need > limit:
-            raise ValueError(f"full covariance for T={self.truncation} components of d={x.shape[1]} dimensions needs "
-                             f"about {need / 2 ** 30:.1f} GiB for its (T, d, d) arrays (limit {limit / 2 ** 30:.1f} "
-                             "GiB); use --covariance diag, a lower --pca-dim or a smaller --truncation")
+            raise OptionError("covariance", f"full covariance for T={self.truncation} components of d={x.shape[1]} "
+                                            f"dimensions needs about {need / 2 ** 30:.1f} GiB for its (T, d, d) arrays "
+                                            f"(limit {limit / 2 ** 30:.1f} GiB); use covariance='diag', a lower "
+                                            "`pca_dim` or a smaller `truncation`")
         n, mean, cov = data_moments(x, family.needs_covariance_matrix, self._allreduce)
         prior = build_prior(family, mean, cov, self.truncation, prior_scale=self.prior_scale, prior_dof=self.prior_dof,
-                            kappa0=self.kappa0, alpha=self.alpha, alpha_prior=self.alpha_prior)
+                            kappa0=self.kappa0, alpha=self.alpha, alpha_prior=self.alpha_prior,
+                            weight_prior=self.weight_prior)
         return prior, mean, n
 
     def _setup(self, x: torch.Tensor) -> None:
@@ -303,7 +304,7 @@ class DPGMM(VariationalMixture):
                              "use the same points in the same order every round")
         if warm_state["truncation"] != self.truncation:
             raise ValueError(f"warm_state has truncation T={warm_state['truncation']} but this model has "
-                             f"T={self.truncation}; keep --truncation fixed across rounds")
+                             f"T={self.truncation}; keep `truncation` fixed across rounds")
 
     def _initialize(self, x: torch.Tensor, seed: int, warm_state: Any) -> None:
         n, d = x.shape
@@ -317,8 +318,8 @@ class DPGMM(VariationalMixture):
             return
         n = int(self._allreduce(torch.tensor([float(n)], dtype=torch.float64, device=x.device)).item())  # all ranks'
         if n < self.truncation:
-            raise ValueError(f"a cold start seeds T={self.truncation} components from distinct points but N={n}; "
-                             f"lower --truncation to at most {n} or cluster more points")
+            raise OptionError("truncation", f"a cold start seeds T={self.truncation} components from distinct points "
+                                            f"but N={n}; lower `truncation` to at most {n} or cluster more points")
         self._setup(x)
         self._initialize_cold(seed)
         self.init_elbo_ = None
@@ -349,7 +350,7 @@ class DPGMM(VariationalMixture):
         terms = state.terms.clone()
         terms[changed] = self.family.component_terms(stats.rows(changed), rows_q, rows_prior)
         orders = [None]
-        if reorder and prior.shared:
+        if reorder and prior.shared and prior.weight_prior.ordered:
             order = torch.argsort(stats.counts, descending=True, stable=True)
             if not torch.equal(order, torch.arange(self.truncation, device=order.device)):
                 orders.append(order)
@@ -357,19 +358,11 @@ class DPGMM(VariationalMixture):
         for order in orders:
             s = stats if order is None else stats.permuted(order)
             c = components if order is None else components.rows(order)
-            q = self._sticks(s, c, state.q)
+            q = DPGMMParams(c, prior.weight_prior.update(s.counts, state.q.weights))
             value = float(terms.sum() + global_terms(s, q, prior)) + float(s.entropy)
             if best is None or value > best.value:
                 best = Candidate(s, q, terms if order is None else terms[order], value, order)
         return best
-
-    def _sticks(self, stats: SuffStats, components: Components, q_old: DPGMMParams) -> DPGMMParams:
-        e_alpha, _ = expected_alpha(self._prior, q_old)
-        g1, g2 = stick.update_sticks(stats.counts, e_alpha)
-        q = DPGMMParams(components, g1, g2)
-        if self._prior.alpha_prior is not None:
-            q.alpha_shape, q.alpha_rate = stick.update_alpha(g1, g2, self._prior.alpha_prior)
-        return q
 
     def commit(self, cand: Candidate, values: torch.Tensor | None = None, index: torch.Tensor | None = None) -> None:
         """Make ``cand`` the current state, with the top-k responsibilities (N, k) it came from (ids before its
@@ -409,10 +402,8 @@ class DPGMM(VariationalMixture):
         device = self._x.device
         values = torch.as_tensor(state["resp_values"], dtype=torch.float32).to(device)
         index = torch.as_tensor(state["resp_index"], dtype=torch.int64).to(device)
-        q_old = None
-        if self.alpha_prior is not None and state.get("alpha_posterior") is not None:
-            shape, rate = (torch.tensor(float(v), dtype=torch.float64, device=device) for v in state["alpha_posterior"])
-            q_old = DPGMMParams(None, torch.empty(0), torch.empty(0), alpha_shape=shape, alpha_rate=rate)
+        carried = self.weight_prior.params_from_state(state, device)   # e.g. q(alpha) of the previous fit
+        q_old = None if carried is None else DPGMMParams(None, carried)
         if self.warm_start == "prior":
             raw, entropy = self._sweeper.statistics(values, index)
             stats = self._reduce_stats(raw, entropy)
@@ -471,7 +462,7 @@ class DPGMM(VariationalMixture):
     def logit_operator(self, ids: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """The E-step operator for components ``ids`` under the current q."""
         q = self._state.q
-        e_log_pi = stick.expected_log_pi(q.g1, q.g2)[ids]
+        e_log_pi = self._prior.weight_prior.expected_log_weights(q.weights)[ids]
         return self.family.logit_operator(q.components.rows(ids), e_log_pi)
 
     def _e_step(self, live: torch.Tensor | None = None) -> None:
@@ -572,12 +563,12 @@ class DPGMM(VariationalMixture):
     def _set_fitted_attributes(self) -> None:
         state = self._state
         q = state.q
-        self.weights_ = stick.expected_weights(q.g1, q.g2)
+        self.weights_ = self._prior.weight_prior.expected_weights(q.weights)
         self.means_ = q.components.m + self._shift
         self.precisions_ = self.family.expected_precision(q.components)
         self.mean_precision_ = q.components.kappa
         self.counts_ = state.stats.counts
-        self.alpha_ = float(expected_alpha(self._prior, q)[0])
+        self.alpha_ = expected_alpha(self._prior, q)
         self.prior_scale_ = self._prior.scale if self._prior.shared else None
         self.resp_values_, self.resp_index_ = state.values, state.index
         self.labels_ = state.index[:, 0]
@@ -589,7 +580,7 @@ class DPGMM(VariationalMixture):
             "n_points": int(self._x.shape[0]),
             "dim": int(self._x.shape[1]),
             "truncation": self.truncation,
-            "alpha_posterior": None if q.alpha_shape is None else (float(q.alpha_shape), float(q.alpha_rate)),
+            **self._prior.weight_prior.state(q.weights),   # e.g. q(alpha), carried to the next warm start
         }
 
     def predictor(self) -> dict:

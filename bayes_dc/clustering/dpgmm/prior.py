@@ -30,6 +30,8 @@ from typing import Callable
 import torch
 
 from bayes_dc.clustering.dpgmm.families import Components, CovarianceFamily
+from bayes_dc.config.rules import OptionError, check_option
+from bayes_dc.clustering.dpgmm.weights import StickBreaking, WeightPrior
 
 DEFAULT_PRIOR_DOF = 3.0     # pseudo-observations per variance: nu0 = d + 2 for full covariance
 DEFAULT_KAPPA0 = 0.01       # mean precision factor: prior spread of the means = 100 x E[Sigma_k]
@@ -51,6 +53,12 @@ class DPGMMPrior:
     scale: float
     alpha: float
     alpha_prior: tuple[float, float] | None = None
+    #: the prior on the mixture weights (None: the stick-breaking prior of ``alpha`` / ``alpha_prior``)
+    weight_prior: WeightPrior | None = None
+
+    def __post_init__(self) -> None:
+        if self.weight_prior is None:
+            self.weight_prior = StickBreaking(self.alpha, self.alpha_prior)
 
     @property
     def shared(self) -> bool:
@@ -64,17 +72,14 @@ class DPGMMPrior:
 
 
 def check_prior_options(prior_scale, prior_dof: float | None, kappa0: float | None) -> None:
-    """Raise ValueError for a non-positive scale, too few degrees of freedom or a non-positive kappa0."""
+    """OptionError for a non-positive scale (E[Sigma_k] = prior_scale x the data covariance), too few degrees of
+    freedom (> 2, so that E[Sigma_k] exists) or a non-positive kappa0: the ranges of :data:`bayes_dc.config.rules.RANGES`."""
     if isinstance(prior_scale, torch.Tensor):
         check_expected_cov(prior_scale)
-    elif not (isinstance(prior_scale, (int, float)) and prior_scale > 0):
-        raise ValueError(f"prior_scale must be > 0 (E[Sigma_k] = prior_scale x data covariance), got {prior_scale} "
-                         "(--prior-scale)")
-    if prior_dof is not None and not prior_dof > 2:
-        raise ValueError(f"prior_dof must be > 2 so that E[Sigma_k] exists (3 is the weak default), got {prior_dof} "
-                         "(--prior-dof)")
-    if kappa0 is not None and not kappa0 > 0:
-        raise ValueError(f"kappa0 must be > 0 or None (default {DEFAULT_KAPPA0}), got {kappa0} (--kappa0)")
+    else:
+        check_option("prior_scale", prior_scale)
+    check_option("prior_dof", prior_dof)
+    check_option("kappa0", kappa0)
 
 
 def check_expected_cov(value: torch.Tensor) -> None:
@@ -82,19 +87,20 @@ def check_expected_cov(value: torch.Tensor) -> None:
     value = value.double()
     if value.dim() == 2:
         if value.shape[0] != value.shape[1] or not torch.allclose(value, value.T):
-            raise ValueError(f"a prior scale matrix must be symmetric (d, d), got shape {tuple(value.shape)} "
-                             "(--prior-scale)")
+            raise OptionError("prior_scale", "a prior scale matrix must be symmetric (d, d), got shape "
+                                             f"{tuple(value.shape)} (`prior_scale`)")
         smallest = float(torch.linalg.eigvalsh(value)[0])
         if not smallest > 0:
-            raise ValueError(f"the prior scale matrix E[Sigma_k] is not positive definite (smallest eigenvalue "
-                             f"{smallest:.3g}); pass a positive-definite matrix or a float > 0 (--prior-scale)")
+            raise OptionError("prior_scale", "the prior scale matrix E[Sigma_k] is not positive definite (smallest "
+                                             f"eigenvalue {smallest:.3g}); pass a positive-definite matrix or a float > 0 "
+                                             "(`prior_scale`)")
     elif value.dim() <= 1:
         if not bool((value > 0).all()):
-            raise ValueError(f"prior scale variances must all be > 0, got minimum {float(value.min()):.3g} "
-                             "(--prior-scale)")
+            raise OptionError("prior_scale", "prior scale variances must all be > 0, got minimum "
+                                             f"{float(value.min()):.3g} (`prior_scale`)")
     else:
-        raise ValueError(f"a prior scale must be a float, (d,) variances or a (d, d) matrix, got shape "
-                         f"{tuple(value.shape)} (--prior-scale)")
+        raise OptionError("prior_scale", "a prior scale must be a float, (d,) variances or a (d, d) matrix, got shape "
+                                         f"{tuple(value.shape)} (`prior_scale`)")
 
 
 def data_moments(x: torch.Tensor, covariance_matrix: bool, allreduce: Callable[[torch.Tensor], torch.Tensor],
@@ -124,7 +130,7 @@ def data_moments(x: torch.Tensor, covariance_matrix: bool, allreduce: Callable[[
 def build_prior(family: CovarianceFamily, mean: torch.Tensor, data_cov: torch.Tensor, truncation: int, *,
                 prior_scale: float | torch.Tensor = DEFAULT_PRIOR_SCALE, prior_dof: float | None = None,
                 kappa0: float | None = None, alpha: float = 1.0,
-                alpha_prior: tuple[float, float] | None = None) -> DPGMMPrior:
+                alpha_prior: tuple[float, float] | None = None, weight_prior: WeightPrior | None = None) -> DPGMMPrior:
     """The prior for ``family`` from the data mean (d,) and covariance ((d, d), or (d,) variances).
 
     Raises ValueError naming the fix when the data covariance is singular for a full-covariance prior.
@@ -136,20 +142,22 @@ def build_prior(family: CovarianceFamily, mean: torch.Tensor, data_cov: torch.Te
         unit_cov, scale = prior_scale.to(mean.device, torch.float64), 1.0
         expected_shape = {"full": (family.dim, family.dim), "diag": (family.dim,), "spherical": ()}[family.name]
         if tuple(unit_cov.shape) != expected_shape:
-            raise ValueError(f"a prior scale tensor for --covariance {family.name} must have shape {expected_shape}, "
-                             f"got {tuple(unit_cov.shape)} (--prior-scale)")
+            raise OptionError("prior_scale", f"a prior scale tensor for covariance={family.name!r} must have shape "
+                                             f"{expected_shape}, got {tuple(unit_cov.shape)} (`prior_scale`)")
     else:
         unit_cov, scale = family.expected_cov_from_data(data_cov.clamp_min(1e-12) if data_cov.dim() == 1
                                                         else data_cov), float(prior_scale)
         if unit_cov.dim() == 2:
             info = torch.linalg.cholesky_ex(unit_cov).info
             if int(info) != 0:
-                raise ValueError(f"the data covariance of these d={family.dim} features is singular (rank < d), so a "
-                                 "full-covariance prior scaled from it is not positive definite; lower --pca-dim, "
-                                 "drop constant or duplicate dimensions, or use --covariance diag")
+                raise OptionError("covariance", f"the data covariance of these d={family.dim} features is singular "
+                                                "(rank < d), so a full-covariance prior scaled from it is not positive "
+                                                "definite; lower `pca_dim`, drop constant or duplicate dimensions, or "
+                                                "use covariance='diag'")
     unit = family.prior(mean.double(), unit_cov, dof, kappa, truncation)
     return DPGMMPrior(components=family.rescaled(unit, scale), unit=unit, scale=scale, alpha=float(alpha),
-                      alpha_prior=None if alpha_prior is None else (float(alpha_prior[0]), float(alpha_prior[1])))
+                      alpha_prior=None if alpha_prior is None else (float(alpha_prior[0]), float(alpha_prior[1])),
+                      weight_prior=weight_prior)
 
 
 def updated_scale(family: CovarianceFamily, q: Components, prior: DPGMMPrior, occupied: torch.Tensor) -> float:
