@@ -14,13 +14,14 @@ from __future__ import annotations
 import math
 import time
 import warnings
-from dataclasses import replace
+from dataclasses import fields, replace
 from typing import Any, Iterable
 
 import torch
 
 from bayes_dc.clustering import stick
 from bayes_dc.clustering.base import active_mask, check_features
+from bayes_dc.clustering.dpgmm import mfa  # noqa: F401  (registers the "mfa" family before COVARIANCES is read)
 from bayes_dc.clustering.dpgmm.families import FAMILIES, FULL_MEMORY_LIMIT_BYTES, Components, SuffStats, make_family
 from bayes_dc.clustering.dpgmm.moves import MoveRunner
 from bayes_dc.clustering.dpgmm.prior import (DEFAULT_PRIOR_SCALE, DPGMMPrior, build_prior, check_prior_options, data_moments, updated_scale)
@@ -172,6 +173,7 @@ class DPGMM(VariationalMixture):
             temporaries stay under ``sweep.CHUNK_BYTES``).
         profile_gemm: time the E-step products separately (synchronising CUDA) into ``gemm_seconds_``.
         memory_limit: bytes the full-covariance (T, d, d) arrays may take before the fit is refused.
+        factors: most factors per component for covariance="mfa" (None: :data:`.mfa.DEFAULT_FACTORS`).
 
     Fitted attributes (components in the final order, largest N_k first): ``weights_`` (T,) E[pi];
     ``means_`` (T, d) E[mu]; ``precisions_`` E[Lambda] ((T, d, d) full, (T, d) diag, (T,) spherical);
@@ -191,7 +193,7 @@ class DPGMM(VariationalMixture):
                  warm_start: str = "init", prior_decay: float = 0.5, moves: bool | str | Iterable[str] = True,
                  move_every: int = 5, init_subsample: int | None = None, init_iter: int = 20,
                  chunk_size: int | None = None, profile_gemm: bool = False, memory_limit: int | None = None,
-                 verbose: bool = False):
+                 factors: int | None = None, verbose: bool = False):
         super().__init__(max_iter=max_iter, tol=tol, verbose=verbose)
         if truncation < 2:
             raise ValueError(f"truncation T must be >= 2 (T-1 sticks), got {truncation}; pass --truncation 2 or more")
@@ -221,6 +223,7 @@ class DPGMM(VariationalMixture):
         self.init_subsample, self.init_iter, self.chunk_size = init_subsample, int(init_iter), chunk_size
         self.profile_gemm = profile_gemm
         self.memory_limit = memory_limit
+        self.factors = factors
 
     # -- multi-process seam ------------------------------------------------------------------------------------
     def _allreduce(self, tensor: torch.Tensor) -> torch.Tensor:
@@ -250,18 +253,18 @@ class DPGMM(VariationalMixture):
                     max_iter=self.max_iter, tol=self.tol, min_size=self.min_size, warm_start=self.warm_start,
                     prior_decay=self.prior_decay, moves=self.moves, move_every=self.move_every,
                     init_subsample=self.init_subsample, init_iter=self.init_iter, chunk_size=self.chunk_size,
-                    profile_gemm=self.profile_gemm, memory_limit=self.memory_limit)
+                    profile_gemm=self.profile_gemm, memory_limit=self.memory_limit, factors=self.factors)
 
     def make_prior(self, x: torch.Tensor) -> tuple[DPGMMPrior, torch.Tensor, int]:
         """The prior for features x (N, d) in input coordinates, the data mean (d,) and N (summed over ranks).
 
         Raises ValueError when full covariance would not fit :attr:`memory_limit`.
         """
-        family = make_family(self.covariance, x.shape[1])
+        family = make_family(self.covariance, x.shape[1], factors=self.factors)
         limit = self.memory_limit if self.memory_limit is not None else FULL_MEMORY_LIMIT_BYTES
         need = family.memory_bytes(self.truncation)
         if need > limit:
-            raise ValueError(f"full covariance for T={self.truncation} components of d={x.shape[1]} dimensions needs "
+            raise ValueError(f"{family.name} covariance for T={self.truncation} components of d={x.shape[1]} dimensions needs "
                              f"about {need / 2 ** 30:.1f} GiB for its (T, d, d) arrays (limit {limit / 2 ** 30:.1f} "
                              "GiB); use --covariance diag, a lower --pca-dim or a smaller --truncation")
         n, mean, cov = data_moments(x, family.needs_covariance_matrix, self._allreduce)
@@ -273,7 +276,7 @@ class DPGMM(VariationalMixture):
         """Family, prior (in coordinates centred on the data mean), sweeper; no state yet."""
         prior, mean, n = self.make_prior(x)
         shift = mean.float()
-        self._attach(x, make_family(self.covariance, x.shape[1]), shift,
+        self._attach(x, make_family(self.covariance, x.shape[1], factors=self.factors), shift,
                      _shift_prior(prior, -shift.double()), n_total=n, stats_scale=1.0)
 
     def _attach(self, x: torch.Tensor, family, shift: torch.Tensor, prior: DPGMMPrior, *, n_total: int,
@@ -597,7 +600,7 @@ class DPGMM(VariationalMixture):
         the covariance family, the E-step operator of the components holding any responsibility, their ids (K,)
         and the data shift. Small (K d^2 floats for full covariance) and checkpointable."""
         live = self.live_components()
-        return {"covariance": self.covariance, "dim": int(self._x.shape[1]), "live": live.cpu(),
+        return {"covariance": self.covariance, "dim": int(self._x.shape[1]), "factors": self.factors, "live": live.cpu(),
                 "shift": self._shift.cpu(), "operator": [t.cpu() for t in self.logit_operator(live)],
                 "predictive": self._predictive(live)}
 
@@ -606,7 +609,7 @@ class DPGMM(VariationalMixture):
         log E[pi_k] of the live components, the prior row a new component starts from (the base prior, without the
         pseudo-counts of ``warm_start="prior"``) and the log of the stick mass the live components leave over."""
         def rows(c: Components, ids: torch.Tensor) -> dict:
-            return {key: getattr(c, key)[ids].cpu() for key in ("m", "kappa", "dof", "scale")}
+            return {f.name: getattr(c, f.name)[ids].cpu() for f in fields(c)}
         weights = self.weights_.to(torch.float64)
         prior = self._prior if self._prior.shared else self._base_prior
         left = float(1.0 - weights[live].sum())
@@ -711,7 +714,7 @@ def predict_responsibilities(predictor: dict, x: torch.Tensor, topk: int,
     the E-step a fit would run on them; ``allowed`` (T,) bool restricts the components that may be chosen.
     The points do not change q: this is the posterior predictive assignment used for targets on the fly
     (``--two-views``)."""
-    family = make_family(predictor["covariance"], predictor["dim"])
+    family = make_family(predictor["covariance"], predictor["dim"], factors=predictor.get("factors"))
     device = x.device
     live = predictor["live"].to(device)
     op = tuple(t.to(device) for t in predictor["operator"])

@@ -51,7 +51,7 @@ def m_step(family: CovarianceFamily, stats: SuffStats, prior: DPGMMPrior, q_old:
     Each update is the exact conditional optimum of the ELBO, so the ELBO does not decrease. The sticks use
     E[alpha] of ``q_old`` (or of the prior on the first step).
     """
-    components = family.posterior(stats, prior.components)
+    components = family.posterior(stats, prior.components, None if q_old is None else q_old.components)
     e_alpha, _ = expected_alpha(prior, q_old)
     g1, g2 = stick.update_sticks(stats.counts, e_alpha)
     q = DPGMMParams(components, g1, g2)
