@@ -204,6 +204,8 @@ class DPGMM(VariationalMixture):
         if alpha_prior is not None and not (len(alpha_prior) == 2 and min(alpha_prior) > 0):
             raise ValueError(f"alpha_prior must be (shape, rate) with both > 0, got {alpha_prior} (--alpha-prior)")
         check_prior_options(prior_scale, prior_dof, kappa0)
+        if factors is not None and covariance == "mfa":
+            mfa.check_factors(factors)   # the upper bound, d, is checked when the data arrive
         if topk < 1:
             raise ValueError(f"topk must be >= 1, got {topk} (--topk)")
         if not 0 < prior_decay <= 1:

@@ -59,6 +59,17 @@ COLD_SWEEPS = 10              # sweeps from the PPCA start (a component new to t
 ACTIVE_SNR = 1.0              # a factor is active when its loadings explain >= this many noise variances in all
 
 
+def check_factors(factors: int, dim: int | None = None) -> int:
+    """``factors`` if it is an integer in [1, dim] (dim None: not known yet), else :class:`OptionError`."""
+    if isinstance(factors, bool) or not isinstance(factors, int) or factors < 1:
+        raise OptionError("factors", f"factors per component must be an integer >= 1 for covariance mfa, got "
+                                     f"{factors!r}; pass factors=1 or more (default {DEFAULT_FACTORS})")
+    if dim is not None and factors > dim:
+        raise OptionError("factors", f"factors per component must be at most the feature dimension d = {dim} for "
+                                     f"covariance mfa, got {factors}; lower factors or raise pca_dim")
+    return int(factors)
+
+
 @dataclass
 class FactorComponents(Components):
     """q (or prior) rows of factor-analyser components (float64, component axis first).
@@ -212,10 +223,7 @@ class MFAFamily(FullFamily):
 
     def __init__(self, dim: int, factors: int = DEFAULT_FACTORS):
         super().__init__(dim)
-        if isinstance(factors, bool) or not isinstance(factors, int) or not 1 <= factors <= self.dim:
-            raise OptionError("factors", f"factors per component must be an integer in [1, d = {self.dim}] for "
-                                         f"covariance mfa, got {factors!r}; lower factors or raise pca_dim")
-        self.factors = int(factors)
+        self.factors = check_factors(factors, self.dim)
 
     # -- posterior -------------------------------------------------------------------------------------------
     def _posterior(self, stats: SuffStats, prior: FactorComponents, previous: FactorComponents | None = None
@@ -361,4 +369,4 @@ class MFAFamily(FullFamily):
         return (self.factor_strength(q) >= ACTIVE_SNR).sum(1)
 
 
-__all__ = ["DEFAULT_FACTORS", "FactorComponents", "MFAFamily", "gamma_kl", "latent"]
+__all__ = ["DEFAULT_FACTORS", "FactorComponents", "MFAFamily", "check_factors", "gamma_kl", "latent"]
