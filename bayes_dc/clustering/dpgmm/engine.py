@@ -206,6 +206,9 @@ class DPGMM(VariationalMixture):
         check_prior_options(prior_scale, prior_dof, kappa0)
         if factors is not None and covariance == "mfa":
             mfa.check_factors(factors)   # the upper bound, d, is checked when the data arrive
+        if covariance == "mfa" and warm_start == "prior":
+            # the mfa update assumes the ARD prior (zero-mean loadings, diagonal precision) a pseudo-count prior lacks
+            raise ValueError("warm_start='prior' is not available for covariance mfa; use --warm-start init or none")
         if topk < 1:
             raise ValueError(f"topk must be >= 1, got {topk} (--topk)")
         if not 0 < prior_decay <= 1:
