@@ -184,6 +184,14 @@ def test_more_factors_than_dimensions_is_refused_at_fit():
         make_family("mfa", 6, factors=7)
 
 
+def test_novelty_is_refused_not_approximated():
+    x, _ = sample_mfa(n_per=100, dim=8, factors=(1, 1))
+    backend = DPGMMBackend(truncation=4, covariance="mfa", factors=2)
+    model = fit(x, truncation=4, factors=2)
+    with pytest.raises(ValueError, match="novelty.*not available for covariance mfa"):
+        backend.novelty(model.predictor(), x)
+
+
 def test_svi_has_no_mfa_model():
     with pytest.raises(OptionError, match="inference.*cavi"):
         DPGMMBackend(truncation=4, inference="svi", covariance="mfa")

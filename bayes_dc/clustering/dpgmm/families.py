@@ -14,7 +14,9 @@ so the engine, the sweep and the moves stay generic:
 * the prior built from an expected covariance, and the empirical-Bayes scale terms.
 
 Parameters (:class:`Components`) and statistics (:class:`SuffStats`) are plain float64 tensors with the
-component axis first, so sorting, merging and slicing are the same code for every family.
+component axis first, so sorting, merging and slicing are the same code for every family. A family with more
+per-component parameters subclasses :class:`Components` (its row operations cover every field) and registers
+itself (:func:`register_family`): :mod:`.mfa`, factor-analyser components on full covariance's statistics.
 """
 from __future__ import annotations
 
