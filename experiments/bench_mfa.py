@@ -6,7 +6,7 @@ NMI against the classes, seconds of the fit, and for mfa the mean ARD-active fac
     OMP_NUM_THREADS=1 python experiments/bench_mfa.py --data cifar10            # random-init vgg-small features
 
 Fashion-MNIST: the 10,000 test images' pixels (IDX files, found by bayes_dc.data). CIFAR-10: test images from the
-image folder ``--cifar-root`` (class sub-folders, 32 x 32) through a vgg-small trunk initialised with ``--seed``.
+image folder ``--cifar-root`` (class sub-folders, 32 x 32; read whole, as the "train" split of an imagefolder) through a vgg-small trunk initialised with ``--seed``.
 Both: whitened PCA + L2 (``bayes_dc.spaces.whiten.Whitener``, as ``--reduce pca``), then one cold DP fit per row
 with the engine's defaults except ``--truncation``.
 """
@@ -39,7 +39,7 @@ def points(data: str, n: int, seed: int, cifar_root: str) -> tuple[torch.Tensor,
         return ds.images.reshape(ds.images.shape[0], -1).float() / 255.0, np.asarray(ds.labels)
     from bayes_dc.models.features import extract_features
     from bayes_dc.models.nets import build_model
-    ds = load_dataset("imagefolder", "test", root=cifar_root, subset=n, seed=seed, image_size=32, progress=False)
+    ds = load_dataset("imagefolder", "train", root=cifar_root, subset=n, seed=seed, image_size=32, progress=False)
     torch.manual_seed(seed)
     model = build_model("vgg-small", ds.num_channels).eval()
     mean, std = ds.mean_std()
