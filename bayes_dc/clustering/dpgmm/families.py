@@ -464,7 +464,7 @@ FAMILIES: dict[str, type[CovarianceFamily]] = {"full": FullFamily, "diag": DiagF
 
 def register_family(family: type[CovarianceFamily]) -> type[CovarianceFamily]:
     """Add a family defined in its own module (which imports this one, so it cannot be listed above without an
-    import cycle); ``dpgmm/__init__`` imports every such module before the engine reads :data:`FAMILIES`."""
+    import cycle); the engine imports every such module before it reads :data:`FAMILIES`."""
     FAMILIES[family.name] = family
     return family
 
