@@ -17,7 +17,7 @@ import torch.multiprocessing as mp
 from bayes_dc.clustering.dpgmm import DPGMM, ShardedDPGMM
 from bayes_dc.runtime.distributed import (CPUSyncBatchNorm, Distributed, convert_sync_batchnorm, join_group, shutdown, wrap_ddp)
 
-COVARIANCES = ("diag", "full")
+COVARIANCES = ("diag", "full", "mfa")
 DP_OPTIONS = dict(truncation=20, max_iter=40)
 
 

@@ -263,7 +263,7 @@ def test_prior_scale_is_the_expected_cluster_covariance(covariance):
 @pytest.mark.parametrize("kwargs,match", [
     (dict(truncation=1), "`truncation` must be >= 2"),
     (dict(alpha=0.0), "`alpha` must be > 0"),
-    (dict(covariance="banded"), r"unknown covariance 'banded'.*\['full', 'diag', 'spherical'\].*`covariance`"),
+    (dict(covariance="banded"), r"unknown covariance 'banded'.*\['full', 'diag', 'spherical', 'mfa'\].*`covariance`"),
     (dict(warm_start="hot"), r"unknown warm_start 'hot'.*\['none', 'init', 'prior'\]"),
     (dict(inference="mcmc"), r"unknown inference 'mcmc'.*\['cavi', 'svi'\]"),
     (dict(prior_decay=0.0), r"`prior_decay` must be > 0 and <= 1"),

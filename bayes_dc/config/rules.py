@@ -55,6 +55,7 @@ RANGES: dict[str, str] = {
     # clustering
     "k": "[2, inf)", "truncation": "[2, inf)", "kmeans_niter": "[1, inf)", "alpha": "(0, inf)",
     "alpha_prior": "(0, inf)", "prior_scale": "(0, inf)", "prior_dof": "(2, inf)", "kappa0": "(0, inf)",
+    "factors": "[1, inf)",
     "topk": "[1, inf)", "max_iter": "[1, inf)", "tol": "(0, 1)", "min_size": "[0, inf)", "move_every": "[1, inf)",
     "prior_decay": "(0, 1]", "svi_steps": "[1, inf)", "svi_batch": "[1, inf)", "svi_lr": "(0, inf)",
     "group_cut": "(0, 1)",

@@ -40,7 +40,7 @@ Split = Literal["train", "test", "unlabeled", "none"]
 Arch = Literal["vgg-small", "alexnet-bn", "vgg16-bn"]
 Backend = Literal["kmeans", "dp", "dirichlet"]
 Inference = Literal["cavi", "svi"]
-Covariance = Literal["full", "diag", "spherical"]
+Covariance = Literal["full", "diag", "spherical", "mfa"]
 WarmStart = Literal["none", "init", "prior"]
 TargetKind = Literal["hard", "soft", "multilabel"]
 HeadPolicy = Literal["reset", "keep"]
@@ -191,7 +191,8 @@ class ClusterConfig:
     truncation: int = field(default=300, metadata=DP)  # truncation T: the most clusters the DP-GMM (or the dirichlet GMM) can use
     kmeans_niter: int = field(default=20, metadata=KMEANS)  # k-means iterations (faiss)
     inference: Inference = field(default="cavi", metadata=DP)  # cavi (closed-form, fast) or svi (Pyro)
-    covariance: Covariance = field(default="full", metadata=DP)  # full (Normal-Wishart), diag (per dimension) or spherical
+    covariance: Covariance = field(default="full", metadata=DP)  # full (Normal-Wishart), diag (per dimension), spherical, or mfa (factor analysers: diag + low rank)
+    factors: int = field(default=4, metadata={**DP, "only_if": {"covariance": ["mfa"]}})  # mfa: most factors per component (ARD prunes the unused; <= the feature dim)
     alpha: float = field(default=1.0, metadata=DP)  # concentration (more: more clusters): the DP's, or the dirichlet prior's total (alpha/T per component); start if --alpha-prior
     alpha_prior: tuple[float, float] | None = field(default=None, metadata=DP)  # Gamma(shape, rate); None: alpha fixed
     prior_scale: float = field(default=0.3, metadata=DP)  # prior E[cluster covariance] = this x the data covariance

@@ -1,7 +1,7 @@
 """Variational Dirichlet-process Gaussian mixture: closed-form CAVI engine with ELBO-checked moves, and backend.
 
 Modules: ``prior`` (the prior, shared with the Pyro engine), ``math`` (conjugate Normal-Gamma / Normal-Wishart
-math), ``families`` (full / diag / spherical covariance), ``variational`` (q, M-step, ELBO), ``sweep`` (chunked
+math), ``families`` (full / diag / spherical covariance), ``mfa`` (factor-analyser components), ``variational`` (q, M-step, ELBO), ``sweep`` (chunked
 top-k E-step and statistics), ``engine`` (the CAVI loop, :class:`DPGMM`), ``moves`` (merge / split / birth /
 delete), ``sharded`` (:class:`ShardedDPGMM`, the engine on one rank's rows under torchrun), ``backend``
 (:class:`DPGMMBackend`).

@@ -11,7 +11,7 @@ from bayes_dc.clustering.base import ClusterBackend, ClusterResult, active_mask,
 from bayes_dc.clustering.dpgmm.engine import DPGMM, check_choice, predict_responsibilities
 from bayes_dc.clustering.dpgmm.predictive import NOVELTY_THRESHOLD, new_component_probability
 from bayes_dc.clustering.dpgmm.sharded import ShardedDPGMM
-from bayes_dc.config.rules import check_option
+from bayes_dc.config.rules import OptionError, check_option
 from bayes_dc.config.schema import BACKEND_TRAITS
 
 INFERENCES = ("cavi", "svi")
@@ -38,6 +38,9 @@ class DPGMMBackend(ClusterBackend):
         check_choice("inference", inference, INFERENCES)
         for option, value in (("svi_steps", svi_steps), ("svi_batch", svi_batch), ("svi_lr", svi_lr)):
             check_option(option, value)
+        if inference == "svi" and engine_kwargs.get("covariance") == "mfa":
+            raise OptionError("inference", "the Pyro model has no mfa (factor-analyser) components; use "
+                                           "inference='cavi' with covariance='mfa', or another `covariance` for svi")
         self.engine_kwargs = dict(truncation=truncation, **engine_kwargs)
         DPGMM(**self.engine_kwargs)   # validate the options now, not at the first fit
         self.inference, self.svi_steps, self.svi_batch, self.svi_lr = inference, svi_steps, svi_batch, svi_lr
@@ -51,7 +54,7 @@ class DPGMMBackend(ClusterBackend):
                    prior_dof=cfg.prior_dof, kappa0=cfg.kappa0, prior_scale_update=cfg.prior_scale_update,
                    topk=cfg.topk, max_iter=cfg.max_iter, tol=cfg.tol, min_size=cfg.min_size,
                    warm_start=cfg.warm_start, prior_decay=cfg.prior_decay, moves=cfg.moves,
-                   move_every=cfg.move_every)
+                   move_every=cfg.move_every, factors=cfg.factors)
 
     def responsibilities(self, predictor: dict, x: torch.Tensor,
                          allowed: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:

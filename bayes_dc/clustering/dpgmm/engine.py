@@ -14,12 +14,13 @@ from __future__ import annotations
 import math
 import time
 import warnings
-from dataclasses import replace
+from dataclasses import fields, replace
 from typing import Any, Callable, Iterable
 
 import torch
 
 from bayes_dc.clustering.base import active_mask, check_features
+from bayes_dc.clustering.dpgmm import mfa  # noqa: F401  (registers the "mfa" family before COVARIANCES is read)
 from bayes_dc.config.rules import OptionError, check_option
 from bayes_dc.clustering.dpgmm.families import FAMILIES, FULL_MEMORY_LIMIT_BYTES, Components, SuffStats, make_family
 from bayes_dc.clustering.dpgmm.moves import MoveRunner
@@ -174,6 +175,7 @@ class DPGMM(VariationalMixture):
         memory_limit: bytes the full-covariance (T, d, d) arrays may take before the fit is refused.
         weights: the prior on the mixture weights, built as ``weights(alpha=, alpha_prior=, truncation=)`` into a
             :class:`.weights.WeightPrior` (default: the DP's stick-breaking; a finite Dirichlet shares the rest).
+        factors: most factors per component for covariance="mfa" (None: :data:`.mfa.DEFAULT_FACTORS`).
 
     Fitted attributes (components in the final order, largest N_k first): ``weights_`` (T,) E[pi];
     ``means_`` (T, d) E[mu]; ``precisions_`` E[Lambda] ((T, d, d) full, (T, d) diag, (T,) spherical);
@@ -193,7 +195,8 @@ class DPGMM(VariationalMixture):
                  warm_start: str = "init", prior_decay: float = 0.5, moves: bool | str | Iterable[str] = True,
                  move_every: int = 5, init_subsample: int | None = None, init_iter: int = 20,
                  chunk_size: int | None = None, profile_gemm: bool = False, memory_limit: int | None = None,
-                 weights: Callable[..., WeightPrior] = StickBreaking.from_options, verbose: bool = False):
+                 weights: Callable[..., WeightPrior] = StickBreaking.from_options, factors: int | None = None,
+                 verbose: bool = False):
         super().__init__(max_iter=max_iter, tol=tol, verbose=verbose)
         check_option("truncation", truncation)   # T >= 2: T-1 sticks
         check_choice("covariance", covariance, COVARIANCES)
@@ -206,6 +209,12 @@ class DPGMM(VariationalMixture):
         for option, value in (("topk", topk), ("prior_decay", prior_decay), ("min_size", min_size),
                               ("move_every", move_every)):
             check_option(option, value)
+        if factors is not None and covariance == "mfa":
+            mfa.check_factors(factors)   # the upper bound, d, is checked when the data arrive
+        if covariance == "mfa" and warm_start == "prior":
+            # the mfa update assumes the ARD prior (zero-mean loadings, diagonal precision) a pseudo-count prior lacks
+            raise OptionError("warm_start", "warm_start='prior' is not available for covariance='mfa'; use "
+                                            "warm_start='init' or 'none'")
         if prior_scale_update and warm_start == "prior":
             raise OptionError("prior_scale_update", "prior_scale_update=True needs one prior shared by all components, "
                                                     "but warm_start='prior' gives each its own; use warm_start='init' "
@@ -220,6 +229,7 @@ class DPGMM(VariationalMixture):
         self.memory_limit = memory_limit
         self.weights = weights
         self.weight_prior = weights(alpha=self.alpha, alpha_prior=self.alpha_prior, truncation=self.truncation)
+        self.factors = factors
 
     # -- multi-process seam ------------------------------------------------------------------------------------
     def _allreduce(self, tensor: torch.Tensor) -> torch.Tensor:
@@ -249,18 +259,19 @@ class DPGMM(VariationalMixture):
                     max_iter=self.max_iter, tol=self.tol, min_size=self.min_size, warm_start=self.warm_start,
                     prior_decay=self.prior_decay, moves=self.moves, move_every=self.move_every,
                     init_subsample=self.init_subsample, init_iter=self.init_iter, chunk_size=self.chunk_size,
-                    profile_gemm=self.profile_gemm, memory_limit=self.memory_limit, weights=self.weights)
+                    profile_gemm=self.profile_gemm, memory_limit=self.memory_limit, weights=self.weights,
+                    factors=self.factors)
 
     def make_prior(self, x: torch.Tensor) -> tuple[DPGMMPrior, torch.Tensor, int]:
         """The prior for features x (N, d) in input coordinates, the data mean (d,) and N (summed over ranks).
 
         Raises ValueError when full covariance would not fit :attr:`memory_limit`.
         """
-        family = make_family(self.covariance, x.shape[1])
+        family = make_family(self.covariance, x.shape[1], factors=self.factors)
         limit = self.memory_limit if self.memory_limit is not None else FULL_MEMORY_LIMIT_BYTES
         need = family.memory_bytes(self.truncation)
         if need > limit:
-            raise OptionError("covariance", f"full covariance for T={self.truncation} components of d={x.shape[1]} "
+            raise OptionError("covariance", f"{family.name} covariance for T={self.truncation} components of d={x.shape[1]} "
                                             f"dimensions needs about {need / 2 ** 30:.1f} GiB for its (T, d, d) arrays "
                                             f"(limit {limit / 2 ** 30:.1f} GiB); use covariance='diag', a lower "
                                             "`pca_dim` or a smaller `truncation`")
@@ -274,7 +285,7 @@ class DPGMM(VariationalMixture):
         """Family, prior (in coordinates centred on the data mean), sweeper; no state yet."""
         prior, mean, n = self.make_prior(x)
         shift = mean.float()
-        self._attach(x, make_family(self.covariance, x.shape[1]), shift,
+        self._attach(x, make_family(self.covariance, x.shape[1], factors=self.factors), shift,
                      _shift_prior(prior, -shift.double()), n_total=n, stats_scale=1.0)
 
     def _attach(self, x: torch.Tensor, family, shift: torch.Tensor, prior: DPGMMPrior, *, n_total: int,
@@ -588,7 +599,7 @@ class DPGMM(VariationalMixture):
         the covariance family, the E-step operator of the components holding any responsibility, their ids (K,)
         and the data shift. Small (K d^2 floats for full covariance) and checkpointable."""
         live = self.live_components()
-        return {"covariance": self.covariance, "dim": int(self._x.shape[1]), "live": live.cpu(),
+        return {"covariance": self.covariance, "dim": int(self._x.shape[1]), "factors": self.factors, "live": live.cpu(),
                 "shift": self._shift.cpu(), "operator": [t.cpu() for t in self.logit_operator(live)],
                 "predictive": self._predictive(live)}
 
@@ -597,7 +608,7 @@ class DPGMM(VariationalMixture):
         log E[pi_k] of the live components, the prior row a new component starts from (the base prior, without the
         pseudo-counts of ``warm_start="prior"``) and the log of the stick mass the live components leave over."""
         def rows(c: Components, ids: torch.Tensor) -> dict:
-            return {key: getattr(c, key)[ids].cpu() for key in ("m", "kappa", "dof", "scale")}
+            return {f.name: getattr(c, f.name)[ids].cpu() for f in fields(c)}
         weights = self.weights_.to(torch.float64)
         prior = self._prior if self._prior.shared else self._base_prior
         left = float(1.0 - weights[live].sum())
@@ -702,7 +713,7 @@ def predict_responsibilities(predictor: dict, x: torch.Tensor, topk: int,
     the E-step a fit would run on them; ``allowed`` (T,) bool restricts the components that may be chosen.
     The points do not change q: this is the posterior predictive assignment used for targets on the fly
     (``--two-views``)."""
-    family = make_family(predictor["covariance"], predictor["dim"])
+    family = make_family(predictor["covariance"], predictor["dim"], factors=predictor.get("factors"))
     device = x.device
     live = predictor["live"].to(device)
     op = tuple(t.to(device) for t in predictor["operator"])

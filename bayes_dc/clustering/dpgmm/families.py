@@ -14,12 +14,14 @@ so the engine, the sweep and the moves stay generic:
 * the prior built from an expected covariance, and the empirical-Bayes scale terms.
 
 Parameters (:class:`Components`) and statistics (:class:`SuffStats`) are plain float64 tensors with the
-component axis first, so sorting, merging and slicing are the same code for every family.
+component axis first, so sorting, merging and slicing are the same code for every family. A family with more
+per-component parameters subclasses :class:`Components` (its row operations cover every field) and registers
+itself (:func:`register_family`): :mod:`.mfa`, factor-analyser components on full covariance's statistics.
 """
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from typing import Callable
 
 import numpy as np
@@ -45,21 +47,28 @@ class Components:
     dof: torch.Tensor
     scale: torch.Tensor
 
+    def _map(self, fn: Callable[..., torch.Tensor], *others: "Components") -> "Components":
+        """A copy of the same type with ``fn(field, *others' field)`` for every field (subclasses of families with
+        more per-component parameters, e.g. :class:`.mfa.FactorComponents`, get the row operations for free)."""
+        return type(self)(**{f.name: fn(getattr(self, f.name), *(getattr(o, f.name) for o in others))
+                             for f in fields(self)})
+
     def rows(self, index: torch.Tensor) -> "Components":
-        return Components(self.m[index], self.kappa[index], self.dof[index], self.scale[index])
+        return self._map(lambda a: a[index])
 
     def put_rows(self, index: torch.Tensor, other: "Components") -> "Components":
         """A copy with rows ``index`` replaced by ``other`` (same number of rows as ``index``)."""
-        out = Components(self.m.clone(), self.kappa.clone(), self.dof.clone(), self.scale.clone())
-        out.m[index], out.kappa[index], out.dof[index], out.scale[index] = other.m, other.kappa, other.dof, other.scale
-        return out
+        def put(a, b):
+            out = a.clone()
+            out[index] = b
+            return out
+        return self._map(put, other)
 
     def where(self, mask: torch.Tensor, other: "Components") -> "Components":
         """Rows of self where ``mask`` (T,) is True, else rows of ``other``."""
         def pick(a, b):
             return torch.where(mask.view(-1, *([1] * (a.dim() - 1))), a, b)
-        return Components(pick(self.m, other.m), pick(self.kappa, other.kappa), pick(self.dof, other.dof),
-                          pick(self.scale, other.scale))
+        return self._map(pick, other)
 
 
 @dataclass
@@ -99,6 +108,8 @@ class CovarianceFamily(ABC):
     """What one covariance type needs: design matrix, posterior, bound terms, E-step operator, prior."""
 
     name: str = ""
+    #: keyword options of the constructor beyond ``dim`` (passed on by :func:`make_family`)
+    options: tuple[str, ...] = ()
     #: whether the prior needs the full data covariance matrix (else per-dimension variances suffice)
     needs_covariance_matrix: bool = False
 
@@ -171,9 +182,12 @@ class CovarianceFamily(ABC):
         return Components(*self.posterior_fn(stats.counts, stats.sum_x, stats.sum_xx, prior.m, prior.kappa,
                                              prior.dof, prior.scale))
 
-    def posterior(self, stats: SuffStats, prior: Components) -> Components:
+    def posterior(self, stats: SuffStats, prior: Components, previous: Components | None = None) -> Components:
         """Closed-form q(mu, Sigma) per component (exactly the prior where N_k = 0). Only occupied rows are
-        computed: most of T components are empty, and for full covariance each row costs O(d^3)."""
+        computed: most of T components are empty, and for full covariance each row costs O(d^3).
+
+        ``previous``: the current q rows, for families whose update is itself iterative (:mod:`.mfa`: the
+        update starts there, so it never lowers the ELBO); the conjugate families here ignore it."""
         occupied = stats.counts > 0
         if bool(occupied.all()):
             return self._posterior(stats, prior)
@@ -448,7 +462,16 @@ def _expand(mean: torch.Tensor, kappa0: float, dof: torch.Tensor, scale: torch.T
 FAMILIES: dict[str, type[CovarianceFamily]] = {"full": FullFamily, "diag": DiagFamily, "spherical": SphericalFamily}
 
 
-def make_family(name: str, dim: int) -> CovarianceFamily:
+def register_family(family: type[CovarianceFamily]) -> type[CovarianceFamily]:
+    """Add a family defined in its own module (which imports this one, so it cannot be listed above without an
+    import cycle); the engine imports every such module before it reads :data:`FAMILIES`."""
+    FAMILIES[family.name] = family
+    return family
+
+
+def make_family(name: str, dim: int, **options) -> CovarianceFamily:
+    """The family ``name`` for d = ``dim``; ``options`` (e.g. ``factors`` for mfa) go to families that take them."""
     if name not in FAMILIES:
         raise ValueError(f"unknown covariance {name!r}; choose one of {list(FAMILIES)} (--covariance)")
-    return FAMILIES[name](dim)
+    family = FAMILIES[name]
+    return family(dim, **{k: v for k, v in options.items() if k in family.options and v is not None})

@@ -44,6 +44,10 @@ def log_predictive(covariance: str, params: dict, xc: torch.Tensor) -> torch.Ten
     :class:`~bayes_dc.clustering.dpgmm.families.Components` (full: nu (K,), Cholesky factor L (K, d, d); diag: a, b
     (K, d); spherical: a, b (K,)), in the same coordinates as xc.
     """
+    if covariance == "mfa":
+        # q(Lambda, mu, Psi) of a factor analyser has no closed-form predictive (nor does its prior)
+        raise ValueError("the posterior predictive (novelty) is not available for covariance mfa; fit with "
+                         "--covariance diag or full to score novelty")
     x = xc.to(torch.float64)
     m, kappa, dof, scale = (params[key].to(x.device, torch.float64) for key in ("m", "kappa", "dof", "scale"))
     d = x.shape[1]

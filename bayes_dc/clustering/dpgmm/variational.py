@@ -61,7 +61,7 @@ def m_step(family: CovarianceFamily, stats: SuffStats, prior: DPGMMPrior, q_old:
     Each update is the exact conditional optimum of the ELBO, so the ELBO does not decrease. The weights start from
     ``q_old``'s q(pi) (its E[alpha]; the prior's on the first step).
     """
-    components = family.posterior(stats, prior.components)
+    components = family.posterior(stats, prior.components, None if q_old is None else q_old.components)
     return DPGMMParams(components, prior.weight_prior.update(stats.counts, None if q_old is None else q_old.weights))
 
 
