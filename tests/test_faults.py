@@ -247,3 +247,77 @@ def test_a_diverging_run_stops_naming_the_epoch_and_keeps_the_last_good_checkpoi
     nan_lr = merge(tiny_config, {"train": {"epochs": 2, "lr": 1e30}, "run": {"name": "nan-loss"}})
     with pytest.raises(pipeline.RunDiverged, match=r"^epoch \d diverged: training loss became (nan|inf)"):
         pipeline.run(nan_lr)
+
+
+def test_a_full_disk_mid_run_is_one_line_exit_2_and_the_run_resumes_to_the_undisturbed_one(tiny_config, tmp_path,
+                                                                                           monkeypatch, capsys):
+    """ENOSPC injected at the writer (inside torch.save of the second checkpoint, where torch itself would report
+    "unexpected pos ..."): run.py prints one line naming last.pt, the cause and --resume, exits 2, and the first
+    checkpoint loads; --resume after "freeing space" ends as the undisturbed run."""
+    import errno
+
+    from bayes_dc.rundir import checkpoints
+    from bayes_dc.rundir.runlog import load_checkpoint
+    runs = tmp_path / "runs"
+    pipeline.run(merge(tiny_config, {"run": {"name": "alone"}}))
+    real_write_temp, saves = checkpoints.write_temp, []
+
+    def disk_fills_at_the_second_checkpoint(path, write):
+        if path.name == "last.pt":
+            saves.append(path)
+            if len(saves) == 2:
+                def write_until_full(f):
+                    f.write(b"\0" * 1000)
+                    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+                return real_write_temp(path, write_until_full)
+        return real_write_temp(path, write)
+
+    monkeypatch.setattr(checkpoints, "write_temp", disk_fills_at_the_second_checkpoint)
+    cfg = merge(tiny_config, {"run": {"name": "full"}})
+    cfg.to_json(tmp_path / "full.json")
+    assert run_py.main(["--config", str(tmp_path / "full.json")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    assert err[0].startswith(f"error: cannot write {runs / 'full' / 'last.pt'}: No space left on device; free space")
+    assert "--resume" in err[0]
+    monkeypatch.undo()
+    assert load_checkpoint(runs / "full" / "last.pt")["state"]["epoch"] == 1          # the first checkpoint, whole
+    assert not list((runs / "full").rglob("*.tmp"))
+    pipeline.run(merge(cfg, {"run": {"resume": True}}))
+    assert comparable(runs / "full") == comparable(runs / "alone")
+    assert same_weights(runs / "full", runs / "alone")
+
+
+def test_a_run_on_a_real_full_filesystem_stops_with_the_cause_and_keeps_its_checkpoint(tiny_config, tmp_path, capsys):
+    """A 4 MiB tmpfs (root only; skipped where mount is not permitted): one epoch fits; then the filesystem is filled
+    and the resumed run stops with the cause named (exit 2), its checkpoint intact; freed, it finishes."""
+    mount = tmp_path / "small"
+    mount.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount)], capture_output=True).returncode:
+        pytest.skip("cannot mount a small tmpfs here (needs root)")
+    from bayes_dc.rundir.runlog import load_checkpoint
+    try:
+        cfg = merge(tiny_config, {"train": {"epochs": 1}, "run": {"out_dir": str(mount), "name": "small"}})
+        pipeline.run(cfg)
+        filler = mount / "filler"
+        fd = os.open(filler, os.O_WRONLY | os.O_CREAT)   # take every byte left
+        try:
+            while os.write(fd, b"\0" * 4096):
+                pass
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
+        resumed = merge(cfg, {"train": {"epochs": 2}, "run": {"resume": True}})
+        resumed.to_json(tmp_path / "resume.json")
+        assert run_py.main(["--config", str(tmp_path / "resume.json")]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "No space left on device" in err[0] and str(mount / "small") in err[0], err
+        assert "--resume" in err[0] and "unexpected pos" not in err[0]
+        assert load_checkpoint(mount / "small" / "last.pt")["state"]["epoch"] == 1
+        filler.unlink()
+        assert run_py.main(["--config", str(tmp_path / "resume.json")]) == 0
+        assert 1 in [r["epoch"] for r in read_jsonl(mount / "small" / "metrics.jsonl")]      # epoch 1 trained
+        assert load_checkpoint(mount / "small" / "last.pt")["state"]["epoch"] == 2
+    finally:
+        subprocess.run(["umount", str(mount)], check=True)

@@ -90,9 +90,8 @@ class RunDir:
         """The run's first writes: the directory, config.json and environment.json (plus ``environment_extra``);
         on ``--resume`` the temporary files of writes that a killed process left are deleted first.
 
-        A new run claims its directory atomically, so that of two runs started at once under the same name exactly
-        one goes on: ``os.mkdir`` (fails for the second), or, for an empty directory made beforehand, the exclusive
-        creation of ``config.json``. The loser gets :meth:`prepare`'s "already exists" error (RunDirError).
+        A new run claims its directory atomically (:meth:`_claim`), so that of two runs started at once under the
+        same name exactly one goes on; the other gets :meth:`prepare`'s "already exists" error (RunDirError).
         WriteError when the directory cannot be written.
         """
         if cfg.run.resume:
@@ -108,14 +107,16 @@ class RunDir:
         atomic_write_text(self.path / "environment.json", json.dumps(env, indent=2) + "\n")
 
     def _claim(self) -> None:
+        """Claim the directory for a new run, atomically: ``os.mkdir`` (never ``exists()`` then ``makedirs``), then
+        the exclusive creation of an empty ``config.json``, which decides between runs that both found the
+        directory absent or empty (one made it, the other saw it made) before either wrote."""
         with writing(self.path):
             self.path.parent.mkdir(parents=True, exist_ok=True)
             try:
                 os.mkdir(self.path)
-                return
             except FileExistsError:
-                pass
-            try:   # an empty directory made beforehand: the first to create config.json owns it
+                pass   # made beforehand, or by a run racing this one: config.json decides
+            try:
                 os.close(os.open(self.path / "config.json", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
             except FileExistsError:
                 raise _exists(self.path) from None
