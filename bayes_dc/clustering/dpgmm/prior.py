@@ -113,7 +113,7 @@ def data_moments(x: torch.Tensor, covariance_matrix: bool, allreduce: Callable[[
     """Number of points, mean (d,) and covariance (N - 1 normalised) of x (N, d), float64.
 
     Returns the (d, d) covariance when ``covariance_matrix`` else the (d,) variances. Two passes (mean, then centred
-    second moments in float32 chunks accumulated in float64); every sum goes through ``allreduce``.
+    second moments of float32 chunks, multiplied and accumulated in float64); every sum goes through ``allreduce``.
     """
     n, d = x.shape
     totals = torch.zeros(d + 1, dtype=torch.float64, device=x.device)
@@ -127,7 +127,11 @@ def data_moments(x: torch.Tensor, covariance_matrix: bool, allreduce: Callable[[
     shift = mean.float()
     for start in range(0, n, chunk_size):
         xc = x[start:start + chunk_size] - shift
-        second += (xc.T @ xc).double() if covariance_matrix else (xc * xc).sum(0, dtype=torch.float64)
+        if covariance_matrix:   # in float64: a float32 product's rounding (~eps N |x|^2) hid a singular covariance
+            xc = xc.double()
+            second += xc.T @ xc
+        else:
+            second += (xc * xc).sum(0, dtype=torch.float64)
     second = allreduce(second) / max(count - 1, 1)
     return count, mean, second
 
@@ -154,7 +158,13 @@ def build_prior(family: CovarianceFamily, mean: torch.Tensor, data_cov: torch.Te
                                                         else data_cov), float(prior_scale)
         if unit_cov.dim() == 2:
             info = torch.linalg.cholesky_ex(unit_cov).info
-            if int(info) != 0:
+            # Singular also when a direction's variance is at the float32 rounding noise of the points themselves
+            # (eps * their magnitude, squared): the Cholesky factor then exists only by rounding, and the fit's
+            # float32 E-step cannot resolve that direction (fuzzed: duplicated points at scale 1e3 passed the check,
+            # then the ELBO fell by 8 nats).
+            magnitude = float(mean.abs().max()) + float(torch.diagonal(data_cov).clamp_min(0).max().sqrt())
+            noise = family.dim * (torch.finfo(torch.float32).eps * magnitude) ** 2
+            if int(info) != 0 or float(torch.linalg.eigvalsh(data_cov.double()).min()) <= noise:
                 raise ValueError(f"the data covariance of these d={family.dim} features is singular (rank < d), so a "
                                  "full-covariance prior scaled from it is not positive definite; lower --pca-dim, "
                                  "drop constant or duplicate dimensions, or use --covariance diag")
