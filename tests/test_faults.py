@@ -321,3 +321,34 @@ def test_a_run_on_a_real_full_filesystem_stops_with_the_cause_and_keeps_its_chec
         assert load_checkpoint(mount / "small" / "last.pt")["state"]["epoch"] == 2
     finally:
         subprocess.run(["umount", str(mount)], check=True)
+
+
+def test_thread_settings_follow_the_cpus_this_process_may_use_and_leave_the_users_alone(monkeypatch):
+    """bayes_dc.runtime.threads.thread_environment: passive waiting and one thread per CPU of the affinity mask (not
+    the node's count), each only where the user set nothing."""
+    from bayes_dc.runtime import threads
+    monkeypatch.setattr(threads.os, "sched_getaffinity", lambda pid: {3, 5, 7}, raising=False)
+    env = {}
+    assert threads.thread_environment(env) == {"OMP_WAIT_POLICY": "PASSIVE", "OMP_NUM_THREADS": "3"}
+    assert env == {"OMP_WAIT_POLICY": "PASSIVE", "OMP_NUM_THREADS": "3"}
+    mine = {"OMP_WAIT_POLICY": "ACTIVE", "OMP_NUM_THREADS": "8"}
+    assert threads.thread_environment(mine) == {} and mine == {"OMP_WAIT_POLICY": "ACTIVE", "OMP_NUM_THREADS": "8"}
+
+
+def test_import_bayes_dc_sets_the_threads_before_torch_starts_its_pool(tmp_path):
+    """In a fresh process confined to one CPU (taskset), with nothing set: ``import bayes_dc`` then torch gives
+    passive waiting and 1 torch thread; a user's OMP_WAIT_POLICY stays."""
+    import shutil
+    if shutil.which("taskset") is None or not hasattr(os, "sched_getaffinity"):
+        pytest.skip("needs taskset and os.sched_getaffinity (Linux)")
+    code = ("import os, bayes_dc, torch; print(os.environ['OMP_WAIT_POLICY'], os.environ['OMP_NUM_THREADS'], "
+            "torch.get_num_threads())")
+    base = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "OMP_NUM_THREADS")}
+    base["PYTHONPATH"] = str(ROOT)
+    cpu = str(min(os.sched_getaffinity(0)))
+    out = subprocess.run(["taskset", "-c", cpu, sys.executable, "-c", code], env=base, capture_output=True,
+                         text=True, check=True, cwd=tmp_path).stdout.split()
+    assert out == ["PASSIVE", "1", "1"]
+    out = subprocess.run(["taskset", "-c", cpu, sys.executable, "-c", code], env={**base, "OMP_WAIT_POLICY": "ACTIVE"},
+                         capture_output=True, text=True, check=True, cwd=tmp_path).stdout.split()
+    assert out == ["ACTIVE", "1", "1"]

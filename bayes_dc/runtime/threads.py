@@ -10,9 +10,9 @@ caller's thread the next time it runs. torch then trained with every core after 
 the losses parted at the fourth digit and the clusterings after them (issue 18). faiss brings its own OpenMP
 runtime and keeps its count.
 
-Busy machines (issue 26): torch's OpenMP threads spin while they wait for work, so beside two other busy
-processes on 2 cores a DP fit ran up to 40x slower than idle, and a process confined to fewer CPUs than the node
-has (Slurm, ``taskset``, a container's cpuset) started one thread per core of the node. :func:`thread_environment`
+Busy machines (issue 26): torch's OpenMP threads spin while they wait for work, so beside other busy processes a
+DP fit ran many times slower than on the idle machine (experiments/bench_threads.py measures it), and a process
+confined to fewer CPUs than the node has (Slurm, ``taskset``, a container's cpuset) started one thread per core of the node. :func:`thread_environment`
 fixes both in the environment, which the OpenMP runtimes read once, when they load; ``import bayes_dc`` calls it
 (bayes_dc/__init__.py), so it holds for run.py, assign.py and any script that imports bayes_dc before torch. This
 module imports torch only inside the functions that use it, for that reason.
@@ -37,8 +37,8 @@ def usable_cpus() -> int:
 def thread_environment(environ: MutableMapping[str, str] | None = None) -> dict[str, str]:
     """Set the OpenMP settings the user did not set; return those it set (name -> value).
 
-    ``OMP_WAIT_POLICY=PASSIVE``: idle OpenMP threads sleep instead of spinning (measured: BENCHMARKS.md, the
-    busy-machine rows of experiments/bench_threads.py). ``OMP_NUM_THREADS`` = :func:`usable_cpus`, so torch's and
+    ``OMP_WAIT_POLICY=PASSIVE``: idle OpenMP threads sleep instead of spinning (measured by
+    experiments/bench_threads.py). ``OMP_NUM_THREADS`` = :func:`usable_cpus`, so torch's and
     faiss's pools match the CPUs this process may use. A value already in the environment always wins.
     Effective only before torch (or faiss) is imported: the OpenMP runtimes read these once, when they load.
     """
