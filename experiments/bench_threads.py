@@ -9,8 +9,8 @@ Tasks, each timed inside a fresh process (data loading and imports excluded):
 
 - ``dp``: the CAVI fit of the DP-GMM on the 10,000 Fashion-MNIST test images, pixels whitened to PCA-64 + L2
   (T = 100, full covariances, the engine's defaults otherwise; seed 0);
-- ``epoch``: one training epoch of the default trunk (vgg-small, width 64) and a 100-way head on 10,000
-  Fashion-MNIST training images (batch 256, SGD, fixed random targets).
+- ``epoch``: one training epoch of the default trunk (vgg-small, width 64) and a 100-way head on
+  ``--epoch-images`` Fashion-MNIST training images (batch 256, SGD, fixed random targets).
 
 Settings:
 
@@ -48,7 +48,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--loads", nargs="+", choices=LOADS, default=list(LOADS))
     p.add_argument("--repeats", type=int, default=3, help="runs per cell (the median is shown)")
     p.add_argument("--busy", type=int, default=2, help="spinning processes for the busy load")
-    p.add_argument("--n", type=int, default=10_000, help="points / images per task")
+    p.add_argument("--n", type=int, default=10_000, help="points of the DP fit")
+    p.add_argument("--epoch-images", type=int, default=10_000, help="training images of the epoch")
     p.add_argument("--timeout", type=float, default=600, help="seconds one timed run may take")
     p.add_argument("--data-root", default=None, help="where fashion-mnist is (default: the library's search path)")
     p.add_argument("--json", type=Path, default=None, help="also write every time to this file")
@@ -77,7 +78,8 @@ def worker(args: argparse.Namespace) -> None:
     else:
         from bayes_dc.data import load_dataset
         from bayes_dc.models.nets import build_model
-        data = load_dataset("fashion-mnist", "train", root=args.data_root, subset=args.n, seed=0, progress=False)
+        data = load_dataset("fashion-mnist", "train", root=args.data_root, subset=args.epoch_images, seed=0,
+                            progress=False)
         images = data.images.float() / 255.0
         torch.manual_seed(0)
         model = build_model("vgg-small", images.shape[1], width=64, num_outputs=100)
@@ -115,11 +117,11 @@ def environment(setting: str) -> dict:
 
 def timed(args: argparse.Namespace, task: str, setting: str, points: Path) -> dict:
     cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", task, setting, "--points", str(points),
-           "--n", str(args.n)] + (["--data-root", args.data_root] if args.data_root else [])
+           "--n", str(args.n), "--epoch-images", str(args.epoch_images)] + (["--data-root", args.data_root] if args.data_root else [])
     try:
         proc = subprocess.run(cmd, env=environment(setting), capture_output=True, text=True, timeout=args.timeout)
     except subprocess.TimeoutExpired:
-        return {"seconds": float("inf"), "error": f"over {args.timeout:.0f} s"}
+        return {"seconds": float("inf"), "error": f"stopped after {args.timeout:.0f} s"}
     if proc.returncode:
         return {"seconds": float("nan"), "error": proc.stderr.strip().splitlines()[-1]}
     return json.loads(proc.stdout.strip().splitlines()[-1])

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import io
 import json
 import os
 import time
@@ -194,11 +195,12 @@ def _foreign_manifest(path: Path) -> str | None:
     return str(found) if found != MANIFEST_FORMAT else None
 
 
-def _verify(path: Path, manifests: list[dict]) -> str | None:
+def _verify(path: Path, manifests: list[dict], data: bytes | None = None) -> str | None:
     """None if ``path`` matches one of ``manifests`` (sha256 and size), else why not.
 
     Any manifest of the pair, not only the file's own: :func:`save_checkpoint` renames the checkpoint and
     its manifest one after the other, and a crash between the two renames must not orphan a good file.
+    ``data``: the file's bytes, already read (then the file is not read again).
     """
     if not manifests:
         foreign = _foreign_manifest(path)
@@ -206,10 +208,10 @@ def _verify(path: Path, manifests: list[dict]) -> str | None:
             return (f"its manifest has format {foreign!r} but this version of bayes_dc reads {MANIFEST_FORMAT!r} "
                     f"(written by another version: use that one)")
         return "no checksum manifest next to it (written before checkpoints were verified, or its manifest was lost)"
-    size = path.stat().st_size
+    size = path.stat().st_size if data is None else len(data)
     if not any(m.get("bytes") == size for m in manifests):
         return f"{size} bytes, but the manifest says {manifests[0].get('bytes')}: truncated or overwritten"
-    digest = file_sha256(path)
+    digest = file_sha256(path) if data is None else hashlib.sha256(data).hexdigest()
     if not any(m["sha256"] == digest and m.get("bytes") == size for m in manifests):
         return "sha256 does not match its manifest: the file is damaged"
     return None
@@ -256,13 +258,17 @@ def save_checkpoint(obj: dict, path: Path, *, keep_previous: bool = True) -> Non
 def _load_verified(candidate: Path, manifests: list[dict], allow_unverified: bool) -> tuple[Any, str | None]:
     """(decoded content, why it is unverified or None) of ``candidate``; raises CheckpointError (the message: the
     file and why it cannot be used) when it does not match ``manifests`` or does not load under weights_only."""
-    if not candidate.exists():
-        raise CheckpointError(f"{candidate}: missing")
-    why = _verify(candidate, manifests)
+    try:   # read once: the bytes verified are the bytes loaded, whatever replaces the file meanwhile
+        data = candidate.read_bytes()
+    except FileNotFoundError:
+        raise CheckpointError(f"{candidate}: missing") from None
+    except OSError as exc:
+        raise CheckpointError(f"{candidate}: cannot be read ({exc.strerror or exc})") from None
+    why = _verify(candidate, manifests, data)
     if why is not None and not (allow_unverified and not manifests):
         raise CheckpointError(f"{candidate}: {why}")
     try:
-        obj = decode_checkpoint(torch.load(candidate, map_location="cpu", weights_only=True))
+        obj = decode_checkpoint(torch.load(io.BytesIO(data), map_location="cpu", weights_only=True))
     except CheckpointError as exc:
         raise CheckpointError(f"{candidate}: {exc}") from None
     except Exception as exc:   # UnpicklingError for unsafe content, RuntimeError for a broken zip, ...
