@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import statistics
 import subprocess
@@ -127,6 +128,11 @@ def timed(args: argparse.Namespace, task: str, setting: str, points: Path) -> di
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+def seconds(value: float, timeout: float) -> str:
+    """A time for the table; a run stopped at the timeout shows as "> timeout"."""
+    return f"> {timeout:.0f}" if math.isinf(value) else f"{value:.1f}"
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     if args.worker:
@@ -164,9 +170,10 @@ def main(argv=None) -> int:
                 runs = results[(task, setting, load)]
                 medians[load] = statistics.median(r["seconds"] for r in runs)
                 threads = runs[0].get("threads", threads)
-                each = ", ".join(f"{r['seconds']:.1f}" for r in runs)
-                cells.append(f"{medians[load]:.1f} ({each})")
-            ratio = (f"{medians['busy'] / medians['idle']:.1f}x" if {"busy", "idle"} <= set(medians) else "")
+                each = ", ".join(seconds(r["seconds"], args.timeout) for r in runs)
+                cells.append(f"{seconds(medians[load], args.timeout)} ({each})")
+            ratio = (f"{medians['busy'] / medians['idle']:.1f}x" if {"busy", "idle"} <= set(medians)
+                     and all(math.isfinite(v) for v in medians.values()) else "")
             print(f"| {task} | {setting} | {threads} | {' | '.join(cells)} | {ratio} |")
     if args.json:
         args.json.write_text(json.dumps({" ".join(k): v for k, v in results.items()}, indent=1))
