@@ -127,7 +127,9 @@ def data_moments(x: torch.Tensor, covariance_matrix: bool, allreduce: Callable[[
     shift = mean.float()
     for start in range(0, n, chunk_size):
         xc = x[start:start + chunk_size] - shift
-        if covariance_matrix:   # in float64: a float32 product's rounding (~eps N |x|^2) hid a singular covariance
+        # in float64: a float32 product's rounding (~eps N |x|^2) let a nearly singular covariance (duplicated points
+        # at scale 1e3, fuzzed) pass as a wide one, and the fit's ELBO then fell by 8 nats
+        if covariance_matrix:
             xc = xc.double()
             second += xc.T @ xc
         else:
@@ -158,13 +160,10 @@ def build_prior(family: CovarianceFamily, mean: torch.Tensor, data_cov: torch.Te
                                                         else data_cov), float(prior_scale)
         if unit_cov.dim() == 2:
             info = torch.linalg.cholesky_ex(unit_cov).info
-            # Singular also when a direction's variance is at the float32 rounding noise of the points themselves
-            # (eps * their magnitude, squared): the Cholesky factor then exists only by rounding, and the fit's
-            # float32 E-step cannot resolve that direction (fuzzed: duplicated points at scale 1e3 passed the check,
-            # then the ELBO fell by 8 nats).
-            magnitude = float(mean.abs().max()) + float(torch.diagonal(data_cov).clamp_min(0).max().sqrt())
-            noise = family.dim * (torch.finfo(torch.float32).eps * magnitude) ** 2
-            if int(info) != 0 or float(torch.linalg.eigvalsh(data_cov.double()).min()) <= noise:
+            # singular also when the smallest variance is at the float32 resolution of the largest (the fit's
+            # float32 E-step cannot resolve that direction; fuzzed: collinear points then failed the Cholesky)
+            spread = torch.linalg.eigvalsh(data_cov.double())
+            if int(info) != 0 or float(spread[0]) <= family.dim * torch.finfo(torch.float32).eps ** 2 * float(spread[-1]):
                 raise ValueError(f"the data covariance of these d={family.dim} features is singular (rank < d), so a "
                                  "full-covariance prior scaled from it is not positive definite; lower --pca-dim, "
                                  "drop constant or duplicate dimensions, or use --covariance diag")
