@@ -162,8 +162,9 @@ def build_prior(family: CovarianceFamily, mean: torch.Tensor, data_cov: torch.Te
             info = torch.linalg.cholesky_ex(unit_cov).info
             # singular also when the smallest variance is at the float32 resolution of the largest (the fit's
             # float32 E-step cannot resolve that direction; fuzzed: collinear points then failed the Cholesky)
-            spread = torch.linalg.eigvalsh(data_cov.double())
-            if int(info) != 0 or float(spread[0]) <= family.dim * torch.finfo(torch.float32).eps ** 2 * float(spread[-1]):
+            spread = torch.linalg.eigvalsh(data_cov.double())                      # ascending
+            resolution = family.dim * torch.finfo(torch.float32).eps ** 2 * float(spread[-1])
+            if int(info) != 0 or float(spread[0]) <= resolution:
                 raise ValueError(f"the data covariance of these d={family.dim} features is singular (rank < d), so a "
                                  "full-covariance prior scaled from it is not positive definite; lower --pca-dim, "
                                  "drop constant or duplicate dimensions, or use --covariance diag")
