@@ -1,6 +1,12 @@
 """bayes_dc: DeepCluster with a variational Dirichlet-process Gaussian mixture as its clustering step."""
 __version__ = "0.1.0"
 
+# First, before anything here imports torch: OpenMP settings for a shared or confined machine (passive waiting,
+# threads matched to the CPUs this process may use), unless the user set them. See bayes_dc/runtime/threads.py.
+from bayes_dc.runtime.threads import thread_environment as _thread_environment  # noqa: E402
+
+_thread_environment()
+
 
 def __getattr__(name: str):
     """``bayes_dc.load_run`` without importing torch and the pipeline on ``import bayes_dc``."""

@@ -17,8 +17,9 @@ Images are decoded as the run's training images were (evaluation view: centred s
 their channels must match the run's (grey or RGB). The CSV is written to a temporary file and renamed at the
 end, so a failure leaves no partial file. Nothing is written into the run directory.
 
-Exit codes: 0 done; 2 bad input (one line: a run without final.pt, an unreadable image, images whose channels
-differ from the run's, a run from an incompatible version, an empty folder).
+Exit codes: 0 done; 2 bad input or an output that cannot be written (one line: a run without final.pt or with a
+damaged one, an unreadable image, images whose channels differ from the run's, a run from an incompatible
+version, an empty folder, a full disk or a read-only folder for --out / --montage).
 """
 from __future__ import annotations
 
@@ -29,14 +30,15 @@ import os
 import sys
 from pathlib import Path
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")   # see experiments/run.py
 
+import bayes_dc  # noqa: E402,F401  first: sets the OpenMP thread settings before torch loads (runtime/threads.py)
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
 
 from bayes_dc.data import StreamingImageFolder, UnreadableImagesError  # noqa: E402
 from bayes_dc.data.imagefolder import scan_folder  # noqa: E402
+from bayes_dc.rundir.atomic import replace_into, writing  # noqa: E402
 from bayes_dc.trained.load import TrainedRun, load_run  # noqa: E402
 
 TOP = 3          # responsibilities listed per image
@@ -85,9 +87,12 @@ class Montage:
         ax.set_xticks([self.per_row * size / 2, self.per_row * size + gap + self.per_row * size / 2])
         ax.set_xticklabels(["most confident", f"most novel ({kind})"], fontsize=8)
         fig.tight_layout()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=150)
-        plt.close(fig)
+        try:
+            with writing(path):
+                path.parent.mkdir(parents=True, exist_ok=True)
+                fig.savefig(path, dpi=150)
+        finally:
+            plt.close(fig)
 
 
 def open_images(run: TrainedRun, directory: Path, num_workers: int) -> StreamingImageFolder:
@@ -112,31 +117,40 @@ def assign_folder(run: TrainedRun, folder: StreamingImageFolder, out: Path, *, b
     header = ["path", "cluster", "responsibility", f"top{TOP}"] + (["novelty_probability", "novel"] if dp
                                                                   else ["centroid_distance"])
     partial = out.with_name(f".{out.name}.partial")
-    out.parent.mkdir(parents=True, exist_ok=True)
     n, novel, used = 0, 0, set()
     bar = tqdm(total=len(folder), disable=not progress, unit="img", desc="assign")
     try:
-        with open(partial, "w", newline="") as f:
+        with writing(out):   # a full disk, a read-only folder: WriteError naming the CSV
+            out.parent.mkdir(parents=True, exist_ok=True)
+            f = open(partial, "w", newline="")
+        with f:
             writer = csv.writer(f)
-            writer.writerow(header)
+            with writing(out):
+                writer.writerow(header)
             for batch in folder.eval_batches(batch_size):
                 points = run.points(batch)
                 labels, values, index = run.assign_points(points)
                 nov = run.novelty_points(points)
                 if nov.warning and n == 0:
                     print(f"warning: {nov.warning}", file=sys.stderr)
+                rows = []
                 for i in range(len(labels)):
                     top = " ".join(f"{c}:{v:.4f}" for c, v in zip(index[i, :TOP], values[i, :TOP]) if v > 0)
                     row = [os.fsdecode(folder.listing.relpaths[n + i]), int(labels[i]), f"{values[i, 0]:.6f}", top]
                     row += ([f"{nov.score[i]:.6g}", int(nov.flag[i])] if dp else [f"{nov.score[i]:.6g}"])
-                    writer.writerow(row)
+                    rows.append(row)
+                with writing(out):
+                    writer.writerows(rows)
                 if montage is not None:
                     montage.add(n, batch, labels, values[:, 0], nov.score)
                 novel += int(nov.flag.sum()) if dp else 0
                 used.update(np.unique(labels).tolist())
                 n += len(labels)
                 bar.update(len(labels))
-        os.replace(partial, out)
+            with writing(out):
+                f.flush()
+                os.fsync(f.fileno())
+        replace_into(partial, out)
     finally:
         bar.close()
         partial.unlink(missing_ok=True)

@@ -22,7 +22,6 @@ import numpy as np
 import torch
 from sklearn.metrics import normalized_mutual_info_score
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bayes_dc.clustering.base import active_mask  # noqa: E402
 from bayes_dc.clustering.dpgmm import DPGMM  # noqa: E402

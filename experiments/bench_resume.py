@@ -95,14 +95,23 @@ def killed_run(args, name: str, scenario: str) -> int:
     return subprocess.run(cmd, env=env_for(args.repo), capture_output=True, text=True).returncode
 
 
+def without_timings(value):
+    """``value`` with every dict entry whose key names a wall-clock quantity removed, at any depth (backend_info's
+    ``move_seconds`` too): the rest, move counts and ELBOs included, must repeat exactly."""
+    if isinstance(value, dict):
+        return {k: without_timings(v) for k, v in value.items() if not any(t in k for t in TIMING)}
+    if isinstance(value, list):
+        return [without_timings(v) for v in value]
+    return value
+
+
 def records(run_dir: Path) -> list[dict]:
     lines = (run_dir / "metrics.jsonl").read_text().splitlines()
-    return [{k: v for k, v in json.loads(line).items() if not any(t in k for t in TIMING) and k != "backend_info"}
-            for line in lines if line.strip()]
+    return [without_timings(json.loads(line)) for line in lines if line.strip()]
 
 
 def weights(run_dir: Path) -> dict:
-    return torch.load(run_dir / "last.pt", map_location="cpu", weights_only=False)["model"]
+    return torch.load(run_dir / "last.pt", map_location="cpu", weights_only=True)["model"]
 
 
 def compare(reference: Path, run_dir: Path) -> dict:
@@ -137,7 +146,7 @@ def main(argv=None) -> int:
             ckpt = out / name / "last.pt"
             if not ckpt.exists():
                 ckpt = out / name / "prev.pt"
-            resumed_from = torch.load(ckpt, map_location="cpu", weights_only=False)["state"]["epoch"]
+            resumed_from = torch.load(ckpt, map_location="cpu", weights_only=True)["state"]["epoch"]
             if run_py(args, name, "--resume") != 0:
                 rows.append((scenario, code, resumed_from, None))
                 continue

@@ -105,7 +105,7 @@ def features(args) -> tuple[torch.Tensor, np.ndarray | None]:
         return (data.images.reshape(len(data), -1).float() / 255).to(args.device), data.labels
     state = None
     if args.trunk:
-        model = torch.load(Path(args.trunk) / "last.pt", weights_only=False)["model"]
+        model = torch.load(Path(args.trunk) / "last.pt", weights_only=True)["model"]
         state = trunk_state(model)
     feats, data = fmnist_trunk_features(subset=args.subset, width=args.width, device=args.device, seed=args.seed,
                                         trunk_state=state)

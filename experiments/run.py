@@ -14,17 +14,15 @@ import json
 import os
 import sys
 
-# torch and faiss each bring an OpenMP runtime; with both pools spinning while idle, a small CPU run on a busy
-# 2-core machine ran 5-8x slower (48 s vs 7 s). Sleeping idle threads cost nothing measurable on large batches.
-# Set before torch loads (libgomp reads it once); an explicit OMP_WAIT_POLICY in the environment wins.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
+# bayes_dc first, before anything loads torch: its import sets the OpenMP thread settings (passive waiting, threads
+# matched to this process's CPUs) unless the environment sets them (bayes_dc/runtime/threads.py).
 from bayes_dc.config.cli import CLIError, check_command_line, config_from_args  # noqa: E402
 from bayes_dc.config.rules import OptionError, command_line_message  # noqa: E402
 
 
 def main(argv=None) -> int:
-    """Exit codes: 0 done; 2 bad options or a run that cannot start (nothing written); 1 the run diverged;
+    """Exit codes: 0 done; 2 bad options, a run that cannot start (nothing written) or a run directory that cannot
+    be written (a full disk: the last complete checkpoint is kept, resumable with --resume); 1 the run diverged;
     130 stopped by Ctrl-C / SIGTERM (resumable with --resume)."""
     say = _say
     try:
@@ -33,6 +31,7 @@ def main(argv=None) -> int:
         say(f"error: {err}")
         return 2
     from bayes_dc.loop.pipeline import RunDiverged, RunInterrupted, run  # after parsing: --help and bad options need no torch
+    from bayes_dc.rundir.atomic import WriteError
 
     try:
         final = run(cfg)
@@ -49,7 +48,10 @@ def main(argv=None) -> int:
     except OptionError as err:   # the library names parameters (pca_dim); here they are flags (--pca-dim)
         say(f"error: {command_line_message(err)}")
         return 2
-    except (ValueError, FileNotFoundError, RuntimeError, ImportError) as err:
+    except WriteError as err:   # names the file, the cause and the fix; every write before it is complete
+        say(f"error: {err}; the run's last complete checkpoint is kept: once fixed, continue the run with --resume")
+        return 2
+    except (ValueError, OSError, RuntimeError, ImportError) as err:
         say(f"error: {err}")
         return 2
     keys = ("nmi", "acc", "ari", "purity", "k_active", "k_used", "knn")

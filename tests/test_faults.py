@@ -25,14 +25,23 @@ RUN_PY = ROOT / "experiments" / "run.py"
 TIMING = ("seconds", "share")
 
 
+def without_timings(value):
+    """``value`` without the dict entries whose key names a wall-clock quantity, at any depth."""
+    if isinstance(value, dict):
+        return {k: without_timings(v) for k, v in value.items() if not any(t in k for t in TIMING)}
+    if isinstance(value, list):
+        return [without_timings(v) for v in value]
+    return value
+
+
 def comparable(run_dir: Path) -> list[dict]:
-    """metrics.jsonl without wall-clock fields (they legitimately differ between runs)."""
-    return [{k: v for k, v in r.items() if not any(t in k for t in TIMING) and k != "backend_info"}
-            for r in read_jsonl(run_dir / "metrics.jsonl")]
+    """metrics.jsonl without wall-clock fields (they legitimately differ between runs), backend_info kept: the DP's
+    move counts, q(alpha), convergence and ELBOs must repeat too."""
+    return [without_timings(r) for r in read_jsonl(run_dir / "metrics.jsonl")]
 
 
 def same_weights(a: Path, b: Path) -> bool:
-    sa, sb = (torch.load(d / "last.pt", weights_only=False)["model"] for d in (a, b))
+    sa, sb = (torch.load(d / "last.pt", weights_only=True)["model"] for d in (a, b))
     return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
 
 
@@ -78,7 +87,7 @@ def test_sigint_finishes_the_epoch_exits_130_and_resume_completes_the_same_run(s
     message = err.strip().splitlines()[-1]
     assert message.startswith("interrupted: SIGINT received: stopped after epoch") and "--resume" in message
     stopped_at = int(message.split("after epoch ")[1].split()[0])
-    state = torch.load(runs / "stopped" / "last.pt", weights_only=False)["state"]
+    state = torch.load(runs / "stopped" / "last.pt", weights_only=True)["state"]
     assert stopped_at < 5 and state["epoch"] == stopped_at + 1               # that epoch finished and checkpointed
     assert [r["epoch"] for r in read_jsonl(runs / "stopped" / "metrics.jsonl")] == list(range(stopped_at + 1))
 
@@ -122,9 +131,10 @@ def kill_at(point: str, epoch: int, cfg, tmp_path: Path) -> str:
 
 def test_the_default_configuration_killed_anywhere_resumes_to_the_uninterrupted_run(default_tiny, tmp_path,
                                                                                    monkeypatch):
-    """A clean stop after epoch 0, then four SIGKILLs of the resumed run, each at another point: inside a non-relabel
-    epoch (the first epoch after a resume that does not cluster), inside a checkpoint write (between its renames),
-    between epochs, and inside a relabel's clustering. Every number of metrics.jsonl, the lineage and the final
+    """A clean stop after epoch 0, then five SIGKILLs of the resumed run, one at every point tests/_kill_at.py
+    defines: inside a non-relabel epoch (the first epoch after a resume that does not cluster), inside a checkpoint
+    write (between its renames), between epochs, inside a relabel's clustering, and after a relabel's snapshot and
+    lineage record but before its epoch's checkpoint. Every number of metrics.jsonl, the lineage and the final
     weights equal the uninterrupted run's. On f98c803 (before issue 18) it fails from the first loss on: a process's
     first UMAP fit left torch on numba's thread count, so the runs trained on 1 or 2 threads depending on what the
     process had done before (BENCHMARKS.md section 10)."""
@@ -150,7 +160,11 @@ def test_the_default_configuration_killed_anywhere_resumes_to_the_uninterrupted_
     err = kill_at("after-checkpoint", 1, cfg, tmp_path)
     assert "resuming from the previous good checkpoint" in err and "prev.pt" in err
     kill_at("cluster", 2, cfg, tmp_path)
-    assert torch.load(run_dir / "last.pt", weights_only=False)["state"]["epoch"] == 2
+    assert torch.load(run_dir / "last.pt", weights_only=True)["state"]["epoch"] == 2
+    assert len(list((run_dir / "clusters").glob("round_*.npz"))) == 1     # epoch 2's relabel wrote nothing yet
+    kill_at("snapshot", 2, cfg, tmp_path)             # epoch 2's snapshot and lineage written, its checkpoint not
+    assert len(list((run_dir / "clusters").glob("round_*.npz"))) == 2
+    assert torch.load(run_dir / "last.pt", weights_only=True)["state"]["epoch"] == 2
 
     pipeline.run(merge(cfg, {"run": {"resume": True}}))
     assert comparable(run_dir) == comparable(runs / "alone")
@@ -223,7 +237,7 @@ def test_a_diverging_run_stops_naming_the_epoch_and_keeps_the_last_good_checkpoi
     with pytest.raises(pipeline.RunDiverged, match=r"^epoch 2 diverged: .*NaN/inf weights.*checkpoint of epoch 1 is kept"):
         pipeline.run(cfg)
     run_dir = tmp_path / "runs" / "diverged"
-    kept = torch.load(run_dir / "last.pt", weights_only=False)
+    kept = torch.load(run_dir / "last.pt", weights_only=True)
     assert kept["state"]["epoch"] == 2                                  # the end of epoch 1
     assert all(torch.isfinite(v).all() for v in kept["model"].values() if v.is_floating_point())
     assert [r["epoch"] for r in read_jsonl(run_dir / "metrics.jsonl")] == [0, 1]      # epoch 2 is not logged
@@ -233,3 +247,108 @@ def test_a_diverging_run_stops_naming_the_epoch_and_keeps_the_last_good_checkpoi
     nan_lr = merge(tiny_config, {"train": {"epochs": 2, "lr": 1e30}, "run": {"name": "nan-loss"}})
     with pytest.raises(pipeline.RunDiverged, match=r"^epoch \d diverged: training loss became (nan|inf)"):
         pipeline.run(nan_lr)
+
+
+def test_a_full_disk_mid_run_is_one_line_exit_2_and_the_run_resumes_to_the_undisturbed_one(tiny_config, tmp_path,
+                                                                                           monkeypatch, capsys):
+    """ENOSPC injected at the writer (inside torch.save of the second checkpoint, where torch itself would report
+    "unexpected pos ..."): run.py prints one line naming last.pt, the cause and --resume, exits 2, and the first
+    checkpoint loads; --resume after "freeing space" ends as the undisturbed run."""
+    import errno
+
+    from bayes_dc.rundir import checkpoints
+    from bayes_dc.rundir.runlog import load_checkpoint
+    runs = tmp_path / "runs"
+    pipeline.run(merge(tiny_config, {"run": {"name": "alone"}}))
+    real_write_temp, saves = checkpoints.write_temp, []
+
+    def disk_fills_at_the_second_checkpoint(path, write):
+        if path.name == "last.pt":
+            saves.append(path)
+            if len(saves) == 2:
+                def write_until_full(f):
+                    f.write(b"\0" * 1000)
+                    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+                return real_write_temp(path, write_until_full)
+        return real_write_temp(path, write)
+
+    monkeypatch.setattr(checkpoints, "write_temp", disk_fills_at_the_second_checkpoint)
+    cfg = merge(tiny_config, {"run": {"name": "full"}})
+    cfg.to_json(tmp_path / "full.json")
+    assert run_py.main(["--config", str(tmp_path / "full.json")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    assert err[0].startswith(f"error: cannot write {runs / 'full' / 'last.pt'}: No space left on device; free space")
+    assert "--resume" in err[0]
+    monkeypatch.undo()
+    assert load_checkpoint(runs / "full" / "last.pt")["state"]["epoch"] == 1          # the first checkpoint, whole
+    assert not list((runs / "full").rglob("*.tmp"))
+    pipeline.run(merge(cfg, {"run": {"resume": True}}))
+    assert comparable(runs / "full") == comparable(runs / "alone")
+    assert same_weights(runs / "full", runs / "alone")
+
+
+def test_a_run_on_a_real_full_filesystem_stops_with_the_cause_and_keeps_its_checkpoint(tiny_config, tmp_path, capsys):
+    """A 4 MiB tmpfs (root only; skipped where mount is not permitted): one epoch fits; then the filesystem is filled
+    and the resumed run stops with the cause named (exit 2), its checkpoint intact; freed, it finishes."""
+    mount = tmp_path / "small"
+    mount.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount)], capture_output=True).returncode:
+        pytest.skip("cannot mount a small tmpfs here (needs root)")
+    from bayes_dc.rundir.runlog import load_checkpoint
+    try:
+        cfg = merge(tiny_config, {"train": {"epochs": 1}, "run": {"out_dir": str(mount), "name": "small"}})
+        pipeline.run(cfg)
+        filler = mount / "filler"
+        fd = os.open(filler, os.O_WRONLY | os.O_CREAT)   # take every byte left
+        try:
+            while os.write(fd, b"\0" * 4096):
+                pass
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
+        resumed = merge(cfg, {"train": {"epochs": 2}, "run": {"resume": True}})
+        resumed.to_json(tmp_path / "resume.json")
+        assert run_py.main(["--config", str(tmp_path / "resume.json")]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "No space left on device" in err[0] and str(mount / "small") in err[0], err
+        assert "--resume" in err[0] and "unexpected pos" not in err[0]
+        assert load_checkpoint(mount / "small" / "last.pt")["state"]["epoch"] == 1
+        filler.unlink()
+        assert run_py.main(["--config", str(tmp_path / "resume.json")]) == 0
+        assert 1 in [r["epoch"] for r in read_jsonl(mount / "small" / "metrics.jsonl")]      # epoch 1 trained
+        assert load_checkpoint(mount / "small" / "last.pt")["state"]["epoch"] == 2
+    finally:
+        subprocess.run(["umount", str(mount)], check=True)
+
+
+def test_thread_settings_follow_the_cpus_this_process_may_use_and_leave_the_users_alone(monkeypatch):
+    """bayes_dc.runtime.threads.thread_environment: passive waiting and one thread per CPU of the affinity mask (not
+    the node's count), each only where the user set nothing."""
+    from bayes_dc.runtime import threads
+    monkeypatch.setattr(threads.os, "sched_getaffinity", lambda pid: {3, 5, 7}, raising=False)
+    env = {}
+    assert threads.thread_environment(env) == {"OMP_WAIT_POLICY": "PASSIVE", "OMP_NUM_THREADS": "3"}
+    assert env == {"OMP_WAIT_POLICY": "PASSIVE", "OMP_NUM_THREADS": "3"}
+    mine = {"OMP_WAIT_POLICY": "ACTIVE", "OMP_NUM_THREADS": "8"}
+    assert threads.thread_environment(mine) == {} and mine == {"OMP_WAIT_POLICY": "ACTIVE", "OMP_NUM_THREADS": "8"}
+
+
+def test_import_bayes_dc_sets_the_threads_before_torch_starts_its_pool(tmp_path):
+    """In a fresh process confined to one CPU (taskset), with nothing set: ``import bayes_dc`` then torch gives
+    passive waiting and 1 torch thread; a user's OMP_WAIT_POLICY stays."""
+    import shutil
+    if shutil.which("taskset") is None or not hasattr(os, "sched_getaffinity"):
+        pytest.skip("needs taskset and os.sched_getaffinity (Linux)")
+    code = ("import os, bayes_dc, torch; print(os.environ['OMP_WAIT_POLICY'], os.environ['OMP_NUM_THREADS'], "
+            "torch.get_num_threads())")
+    base = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "OMP_NUM_THREADS")}
+    base["PYTHONPATH"] = str(ROOT)
+    cpu = str(min(os.sched_getaffinity(0)))
+    out = subprocess.run(["taskset", "-c", cpu, sys.executable, "-c", code], env=base, capture_output=True,
+                         text=True, check=True, cwd=tmp_path).stdout.split()
+    assert out == ["PASSIVE", "1", "1"]
+    out = subprocess.run(["taskset", "-c", cpu, sys.executable, "-c", code], env={**base, "OMP_WAIT_POLICY": "ACTIVE"},
+                         capture_output=True, text=True, check=True, cwd=tmp_path).stdout.split()
+    assert out == ["ACTIVE", "1", "1"]

@@ -231,3 +231,105 @@ def test_first_sigint_sets_the_flag_second_raises_and_handler_is_restored():
             os.kill(os.getpid(), signal.SIGINT)
             wait_for(lambda: False)
     assert signal.getsignal(signal.SIGINT) is before
+
+
+# ---- failed writes and racing runs (issue 26) ----------------------------------------------------------------------
+def full_after(room: int, code: int):
+    """A stand-in for ``atomic._RecordingFile``: every file the atomic writer opens takes ``room`` bytes, then its
+    writes fail with errno ``code`` (what a disk filling up, a quota, a read-only remount or lost permissions do)."""
+    from bayes_dc.rundir.atomic import _RecordingFile
+
+    class Failing(_RecordingFile):
+        written = 0
+
+        def write(self, data):
+            size = len(memoryview(data).cast("B"))
+            if self.written + size > room:
+                self.error = OSError(code, os.strerror(code))
+                raise self.error
+            self.written += size
+            return self._file.write(data)
+    return Failing
+
+
+@pytest.mark.parametrize("code", ["ENOSPC", "EDQUOT", "EROFS", "EACCES"])
+def test_a_checkpoint_write_that_fails_names_the_file_and_cause_and_keeps_the_last_good_one(tmp_path, monkeypatch,
+                                                                                             code):
+    """The OSError raised inside torch.save (which torch itself reports as "unexpected pos ...") comes out as one
+    WriteError line naming last.pt and the cause; last.pt and prev.pt are left as they were and still load."""
+    import errno
+
+    from bayes_dc.rundir import atomic
+    from bayes_dc.rundir.atomic import WriteError
+    path = tmp_path / "run" / "last.pt"
+    save_checkpoint(pipeline_checkpoint(1), path)
+    save_checkpoint(pipeline_checkpoint(2), path)
+    before = {p.name: p.read_bytes() for p in path.parent.iterdir()}
+    monkeypatch.setattr(atomic, "_RecordingFile", full_after(4096, getattr(errno, code)))
+    with pytest.raises(WriteError) as info:
+        save_checkpoint(pipeline_checkpoint(3), path)
+    message = str(info.value)
+    assert len(message.splitlines()) == 1 and str(path) in message, message
+    assert os.strerror(getattr(errno, code)) in message and "unexpected pos" not in message
+    assert info.value.errno == getattr(errno, code)
+    assert {p.name: p.read_bytes() for p in path.parent.iterdir()} == before    # no temporary file left either
+    monkeypatch.undo()
+    assert_same(load_checkpoint(path), load_checkpoint_reference(2))
+
+
+def load_checkpoint_reference(epoch: int) -> dict:
+    from bayes_dc.rundir.checkpoints import decode_checkpoint, encode_checkpoint
+    return decode_checkpoint(encode_checkpoint(pipeline_checkpoint(epoch)))
+
+
+def test_a_full_real_filesystem_gives_the_same_error(tmp_path):
+    """On a 1 MiB tmpfs (root only; skipped where mount is not permitted): a checkpoint that does not fit."""
+    import subprocess
+
+    from bayes_dc.rundir.atomic import WriteError
+    mount = tmp_path / "small"
+    mount.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)], capture_output=True).returncode:
+        pytest.skip("cannot mount a small tmpfs here (needs root)")
+    try:
+        path = mount / "last.pt"
+        save_checkpoint({"w": torch.zeros(1000)}, path)
+        with pytest.raises(WriteError, match=rf"cannot write {path}: No space left on device; free space"):
+            save_checkpoint({"w": torch.zeros(400_000)}, path)   # 1.6 MB
+        assert torch.equal(load_checkpoint(path)["w"], torch.zeros(1000))
+        assert sorted(p.name for p in mount.iterdir()) == ["last.pt", "last.pt.json"]
+    finally:
+        subprocess.run(["umount", str(mount)], check=True)
+
+
+@pytest.mark.parametrize("made_beforehand", [False, True])
+def test_two_runs_started_at_once_under_one_name_exactly_one_runs(tmp_path, made_beforehand):
+    """Both pass RunDir.prepare (the directory is absent, or empty) before either writes; then they race in start():
+    exactly one claims the directory, the other gets the "already exists" RunDirError. Repeated to give the race
+    every chance."""
+    import threading
+
+    from bayes_dc.rundir.runlog import RunDirError
+    for attempt in range(20):
+        cfg = merge(Config(), {"run": {"out_dir": str(tmp_path / "runs"), "name": f"race-{attempt}"}})
+        if made_beforehand:
+            (tmp_path / "runs" / f"race-{attempt}").mkdir(parents=True)
+        both_prepared = threading.Barrier(2)
+        outcomes: list = []
+
+        def start():
+            try:
+                run = RunDir.prepare(cfg)
+                both_prepared.wait()
+                run.start(cfg, torch.device("cpu"))
+                outcomes.append("ran")
+            except RunDirError as err:
+                outcomes.append(str(err))
+        threads = [threading.Thread(target=start) for _ in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert sorted(outcomes, key=len)[0] == "ran", outcomes
+        assert outcomes.count("ran") == 1 and "already exists" in max(outcomes, key=len), outcomes
+        assert Config.from_json(tmp_path / "runs" / f"race-{attempt}" / "config.json") == cfg

@@ -2,6 +2,7 @@
 import csv
 import importlib.util
 import json
+import math
 import os
 import subprocess
 import sys
@@ -83,8 +84,16 @@ def test_assign_on_the_training_images_reproduces_the_final_labels(runs, train_i
 
 
 def test_posterior_of_a_dp_run_is_a_distribution_over_components_and_a_new_one(runs):
-    post = bayes_dc.load_run(runs["dp"]).posterior
-    assert post["weights"].sum() + post["new_weight"] == pytest.approx(1.0, abs=1e-9)
+    """The live components' weights are the fit's E[pi_k] of those ids, and the new-component weight is the stick
+    mass of every other slot (the tail among them), read from final.pt's full weight vector (T,)."""
+    loaded = bayes_dc.load_run(runs["dp"])
+    post = loaded.posterior
+    ids = post["ids"]
+    assert len(ids) < len(loaded.weights)          # some slot is free here (the saturated case: test_dpgmm)
+    np.testing.assert_allclose(post["weights"], loaded.weights[ids], rtol=1e-5)
+    others = np.setdiff1d(np.arange(len(loaded.weights)), ids)
+    assert post["new_weight"] > 0
+    assert post["new_weight"] == pytest.approx(float(loaded.weights[others].astype(np.float64).sum()), rel=1e-4)
     k, d = post["means"].shape
     assert post["covariances"].shape == (k, d) and (post["covariances"] > 0).all()   # diag: E[sigma^2] per dim
 
@@ -131,6 +140,83 @@ def test_exported_trunk_needs_only_torch_and_gives_the_same_features(runs, train
         sys.path.remove(str(out))
         sys.modules.pop("trunk_loader", None)
     assert _script("export").main([str(runs["dp"]), "--out", str(out)]) == 2   # refuses to overwrite
+
+
+def _loader(folder: Path):
+    spec = importlib.util.spec_from_file_location("_exported_trunk_loader", folder / "trunk_loader.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_export_refuses_a_non_empty_out_writes_no_machine_path_and_names_a_missing_key(runs, tmp_path, capsys):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "models.py").write_text("# the user's own file\n")
+    assert _script("export").main([str(runs["dp"]), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "not empty" in err and "--force" in err, err
+    assert (out / "models.py").read_text() == "# the user's own file\n" and sorted(os.listdir(out)) == ["models.py"]
+    assert _script("export").main([str(runs["dp"]), "--out", str(out), "--force"]) == 0
+    text = (out / "trunk.json").read_text()
+    for machine_path in (str(runs["dp"].resolve()), str(runs["dp"].resolve().parent), str(ROOT), os.path.expanduser("~")):
+        assert machine_path not in text
+    meta = json.loads(text)
+    for drop in ("sha256", "architecture"):
+        broken = tmp_path / f"no-{drop}"
+        broken.mkdir()
+        for name in ("trunk.pt", "models.py", "trunk_loader.py"):
+            (broken / name).write_bytes((out / name).read_bytes())
+        (broken / "trunk.json").write_text(json.dumps({k: v for k, v in meta.items() if k != drop}))
+        with pytest.raises(ValueError, match=rf"trunk\.json lacks {drop}") as info:
+            _loader(broken).load_trunk(broken)
+        assert len(str(info.value).splitlines()) == 1
+
+
+def test_the_standalone_loader_loads_the_bytes_it_verified(runs, tmp_path, monkeypatch):
+    """trunk.pt replaced right after the loader read it (another process exporting into the same folder): the trunk
+    built is the one whose sha256 was checked, not the file now on disk."""
+    out = tmp_path / "export"
+    assert _script("export").main([str(runs["dp"]), "--out", str(out)]) == 0
+    loader = _loader(out)
+    verified, _ = loader.load_trunk(out)
+    other = {k: torch.randn_like(v) if v.is_floating_point() else v for k, v in verified.state_dict().items()}
+    real_read_bytes = Path.read_bytes
+
+    def read_then_swap(path):
+        data = real_read_bytes(path)
+        if path.name == "trunk.pt":
+            torch.save(other, path)
+        return data
+
+    monkeypatch.setattr(Path, "read_bytes", read_then_swap)
+    loaded, _ = loader.load_trunk(out)
+    for key, value in verified.state_dict().items():
+        assert torch.equal(loaded.state_dict()[key], value), key
+
+
+def test_a_damaged_final_checkpoint_is_named_and_never_replaced_by_the_training_checkpoints(runs, tmp_path, capsys):
+    """final.pt truncated, or with one byte flipped: one line naming final.pt and why; the run directory's last.pt /
+    prev.pt (training checkpoints, which verify) are not loaded in its place."""
+    import shutil
+    from bayes_dc.rundir.runlog import CheckpointError
+    for damage in ("truncate", "flip"):
+        copy = tmp_path / damage
+        shutil.copytree(runs["dp"], copy)
+        assert (copy / "last.pt").exists() and load_checkpoint(copy / "last.pt") is not None
+        data = bytearray((copy / FINAL_CHECKPOINT).read_bytes())
+        if damage == "truncate":
+            data = data[: len(data) // 2]
+        else:
+            data[len(data) // 2] ^= 0xFF
+        (copy / FINAL_CHECKPOINT).write_bytes(bytes(data))
+        with pytest.raises(CheckpointError) as info:
+            bayes_dc.load_run(copy)
+        message = str(info.value)
+        assert len(message.splitlines()) == 1 and "final.pt" in message, message
+        assert ("truncated" if damage == "truncate" else "damaged") in message
+        assert "prev.pt" not in message and "last.pt" not in message and "format" not in message
+        _one_line_exit_2(capsys, [str(copy), "--images", str(tmp_path), "--no-progress"], "final.pt")
 
 
 def _write_folder(folder: Path, images: torch.Tensor, mode: str = "L") -> None:
@@ -187,13 +273,30 @@ def test_assign_script_bad_input_is_one_line_and_exit_2(runs, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("change,match", [({"format": "bayes_dc-final/0"}, "format"),
-                                          ({"config": {"cluster": {"no_such_option": 1}}}, "config")])
+                                          ({"format": "bayes_dc-final/2"}, "bayes_dc-final/2"),   # a newer one
+                                          ({"config": {"cluster": {"no_such_option": 1}}}, "config"),
+                                          ({"input": None}, "lacks input"),
+                                          ({"predictor": None}, "lacks predictor"),
+                                          ({"input": {"channels": 1}}, "input.image_size")])
 def test_a_run_from_an_incompatible_version_is_refused(runs, tmp_path, capsys, change, match):
+    """Another or a newer format, a config this version cannot read, a final.pt missing a key (None here: the key
+    removed): one line naming final.pt, exit 2 from assign.py."""
     old = tmp_path / "old"
     old.mkdir()
     checkpoint = load_checkpoint(runs["kmeans"] / FINAL_CHECKPOINT)
-    save_checkpoint({**checkpoint, **change}, old / FINAL_CHECKPOINT, keep_previous=False)
+    changed = {k: v for k, v in {**checkpoint, **change}.items() if v is not None}
+    save_checkpoint(changed, old / FINAL_CHECKPOINT, keep_previous=False)
     _one_line_exit_2(capsys, [str(old), "--images", str(tmp_path), "--no-progress"], match)
+
+
+def test_a_final_checkpoint_with_a_newer_manifest_says_so(runs, tmp_path, capsys):
+    import shutil
+    copy = tmp_path / "newer"
+    copy.mkdir()
+    shutil.copy(runs["kmeans"] / FINAL_CHECKPOINT, copy / FINAL_CHECKPOINT)
+    manifest = json.loads((runs["kmeans"] / f"{FINAL_CHECKPOINT}.json").read_text())
+    (copy / f"{FINAL_CHECKPOINT}.json").write_text(json.dumps({**manifest, "format": "bayes_dc-checkpoint-manifest/2"}))
+    _one_line_exit_2(capsys, [str(copy), "--images", str(tmp_path), "--no-progress"], "manifest/2")
 
 
 # ---- the DP's novelty -----------------------------------------------------------------------------------------
@@ -238,3 +341,41 @@ def test_predictive_density_is_the_normal_mixed_over_the_posterior(covariance, o
                       for p in x]).log()
     ours = log_predictive(covariance, {"m": m, "kappa": kappa, "dof": dof, "scale": scale}, x)[:, 0]
     assert torch.allclose(ours, mc, atol=0.03), (ours, mc)
+
+
+def _three_blobs(n_per: int = 60, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    centres = torch.tensor([[0.0, 0.0], [20.0, 0.0], [0.0, 20.0]])
+    return torch.cat([c + torch.randn(n_per, 2, generator=g) for c in centres])
+
+
+def test_the_new_component_weight_when_every_component_is_live(one_thread):
+    """T = 3 components for three separated blobs: every slot is live, the last one included. Its weight is the
+    whole tail of the sticks; the new component takes the part E[1 - v] = E[alpha] / (1 + N_last + E[alpha]) of it
+    (as the untruncated DP would), so the weights and the new one sum to 1. Before, the new weight was weights[-1]
+    itself, counting the last component twice (sum 1 + weights[-1])."""
+    from bayes_dc.clustering.dpgmm import DPGMM
+    model = DPGMM(truncation=3, covariance="diag", moves=False, min_size=0.0).fit(_three_blobs(), seed=0)
+    predictor = model.predictor()
+    assert predictor["live"].tolist() == [0, 1, 2]
+    pred = predictor["predictive"]
+    new = math.exp(pred["log_new_weight"])
+    tail, n_last = float(model.weights_[-1]), float(model.counts_[-1])
+    assert new == pytest.approx(tail * model.alpha_ / (1.0 + n_last + model.alpha_), rel=1e-9)
+    assert float(pred["log_weights"].exp().sum()) + new == pytest.approx(1.0, abs=1e-9)
+    np.testing.assert_allclose(pred["log_weights"][:2].exp().numpy(), model.weights_[:2].double().numpy(), rtol=1e-9)
+
+
+def test_the_warm_state_holds_the_responsibilities_the_labels_come_from(one_thread):
+    """The backend's final E-step gives the labels; the warm state for the next round must carry that same E-step
+    (before, it carried the responsibilities from before the fit's last M-step)."""
+    backend = make_backend(ClusterConfig(prior="dp", truncation=10, covariance="diag"), "cpu")
+    fit = backend.fit(_three_blobs(80) + 0.5 * torch.randn(240, 2, generator=torch.Generator().manual_seed(1)),
+                      seed=0)
+    values, index = fit.state["resp_values"], fit.state["resp_index"]
+    np.testing.assert_array_equal(index.numpy(), fit.resp_index)
+    np.testing.assert_array_equal(values.numpy(), fit.resp_values)
+    np.testing.assert_array_equal(index[:, 0].numpy(), fit.labels)
+    again = backend.fit(_three_blobs(80) + 0.5 * torch.randn(240, 2, generator=torch.Generator().manual_seed(1)),
+                        seed=0, warm_state=fit.state)   # the state is a valid warm start
+    assert np.isfinite(again.objective)

@@ -7,12 +7,65 @@ directory can be shared like any other output. A process killed mid-write leaves
 """
 from __future__ import annotations
 
+import errno
 import os
 import secrets
+from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, Any, Callable
+from typing import IO, Any, Callable, Iterator
 
-import torch
+# What to do about the usual reasons a write fails, by errno (the caller adds what happens next, e.g. --resume).
+_ADVICE = {
+    errno.ENOSPC: "free space on that filesystem or write elsewhere",
+    errno.EDQUOT: "free space within your disk quota or write elsewhere",
+    errno.EROFS: "the filesystem is mounted read-only; write elsewhere",
+    errno.EACCES: "no permission to write there; fix the permissions or write elsewhere",
+    errno.EPERM: "no permission to write there; fix the permissions or write elsewhere",
+    errno.EFBIG: "the file is larger than this filesystem allows; write elsewhere",
+}
+
+
+class WriteError(OSError):
+    """A file could not be written. ``str()`` is one line: the file, the cause (strerror) and what to do; ``errno``
+    and ``filename`` are the failed call's, ``__cause__`` the original :class:`OSError`."""
+
+    def __init__(self, path: str | Path, cause: OSError):
+        super().__init__(cause.errno, cause.strerror or str(cause), str(path))
+        advice = _ADVICE.get(cause.errno, "check the disk and the folder's permissions")
+        self.message = f"cannot write {path}: {cause.strerror or cause}; {advice}"
+
+    def __str__(self) -> str:
+        return self.message
+
+
+@contextmanager
+def writing(path: str | Path) -> Iterator[None]:
+    """Turn an :class:`OSError` raised inside into a :class:`WriteError` naming ``path`` (an existing WriteError
+    passes through): for writes that do not go through :func:`atomic_write` (an appended log, a streamed CSV)."""
+    try:
+        yield
+    except WriteError:
+        raise
+    except OSError as err:
+        raise WriteError(path, err) from err
+
+
+class _RecordingFile:
+    """A binary file whose ``write`` keeps the OSError it raised: torch.save reports a failed write (a full disk)
+    as a RuntimeError from its zip writer ("unexpected pos ..."), which names neither the file nor the cause."""
+
+    def __init__(self, file: IO[bytes]):
+        self._file, self.error = file, None
+
+    def write(self, data) -> int:
+        try:
+            return self._file.write(data)
+        except OSError as err:
+            self.error = err
+            raise
+
+    def __getattr__(self, name: str):
+        return getattr(self._file, name)
 
 def _open_temp(path: Path) -> tuple[int, Path]:
     """Create a new temporary file next to ``path``; return (descriptor, its path).
@@ -43,29 +96,52 @@ def fsync_dir(directory: Path) -> None:
 
 
 def write_temp(path: Path, write: Callable[[IO[bytes]], None]) -> Path:
-    """Write a complete, fsynced temporary file next to ``path`` with ``write(file)``; return its path."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = _open_temp(path)
+    """Write a complete, fsynced temporary file next to ``path`` with ``write(file)``; return its path.
+
+    Raises:
+        WriteError: the folder or the file could not be written (a full disk, a read-only filesystem, no
+            permission), naming ``path``; the temporary file is removed and ``path`` is untouched.
+    """
+    path = Path(path)
+    with writing(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = _open_temp(path)
+    recording = None
     try:
         with os.fdopen(fd, "wb") as f:
-            write(f)
+            recording = _RecordingFile(f)
+            write(recording)
             f.flush()
             os.fsync(f.fileno())
-    except BaseException:
+    except BaseException as err:
         tmp.unlink(missing_ok=True)
+        if isinstance(err, OSError) and not isinstance(err, WriteError):
+            raise WriteError(path, err) from err
+        if recording is not None and recording.error is not None:   # a writer that hid the OSError (torch.save)
+            raise WriteError(path, recording.error) from err
         raise
     return tmp
 
 
-def atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> None:
-    """Write ``path`` with ``write(binary file)`` so that it holds either its old or its complete new content."""
-    path = Path(path)
-    tmp = write_temp(path, write)
+def replace_into(tmp: Path, path: Path) -> None:
+    """``os.replace(tmp, path)``, a failure raised as a :class:`WriteError` naming ``path`` (``tmp`` removed)."""
     try:
         os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
+    except BaseException as err:
+        Path(tmp).unlink(missing_ok=True)
+        if isinstance(err, OSError):
+            raise WriteError(path, err) from err
         raise
+
+
+def atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> None:
+    """Write ``path`` with ``write(binary file)`` so that it holds either its old or its complete new content.
+
+    Raises :class:`WriteError` (one line: the file, the cause, what to do) when it cannot be written; ``path``
+    then keeps its old content."""
+    path = Path(path)
+    tmp = write_temp(path, write)
+    replace_into(tmp, path)
     fsync_dir(path.parent)
 
 
@@ -78,6 +154,7 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 
 def atomic_torch_save(obj: Any, path: Path) -> None:
+    import torch   # here, so that the JSON-lines reader/writer (which imports this module) needs no torch
     atomic_write(path, lambda f: torch.save(obj, f))
 
 
@@ -90,4 +167,4 @@ def remove_stale_temps(directory: Path) -> list[Path]:
     return stale
 
 
-__all__ = ["atomic_torch_save", "atomic_write", "atomic_write_bytes", "atomic_write_text", "remove_stale_temps"]
+__all__ = ["WriteError", "atomic_torch_save", "replace_into", "writing", "atomic_write", "atomic_write_bytes", "atomic_write_text", "remove_stale_temps"]

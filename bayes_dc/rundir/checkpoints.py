@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import io
 import json
 import os
 import time
@@ -25,7 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from bayes_dc.rundir.atomic import fsync_dir, write_temp, atomic_write_text
+from bayes_dc.rundir.atomic import WriteError, atomic_write_text, fsync_dir, write_temp
 
 
 class RunDirError(RuntimeError):
@@ -184,18 +185,33 @@ def _read_manifest(path: Path) -> dict | None:
     return manifest if ok and isinstance(manifest.get("sha256"), str) else None
 
 
-def _verify(path: Path, manifests: list[dict]) -> str | None:
+def _foreign_manifest(path: Path) -> str | None:
+    """The format of ``path``'s manifest when it is readable JSON of another format (a newer bayes_dc), else None."""
+    try:
+        manifest = json.loads(manifest_path(path).read_text())
+    except (OSError, ValueError):
+        return None
+    found = manifest.get("format") if isinstance(manifest, dict) else None
+    return str(found) if found != MANIFEST_FORMAT else None
+
+
+def _verify(path: Path, manifests: list[dict], data: bytes | None = None) -> str | None:
     """None if ``path`` matches one of ``manifests`` (sha256 and size), else why not.
 
     Any manifest of the pair, not only the file's own: :func:`save_checkpoint` renames the checkpoint and
     its manifest one after the other, and a crash between the two renames must not orphan a good file.
+    ``data``: the file's bytes, already read (then the file is not read again).
     """
     if not manifests:
+        foreign = _foreign_manifest(path)
+        if foreign is not None:
+            return (f"its manifest has format {foreign!r} but this version of bayes_dc reads {MANIFEST_FORMAT!r} "
+                    f"(written by another version: use that one)")
         return "no checksum manifest next to it (written before checkpoints were verified, or its manifest was lost)"
-    size = path.stat().st_size
+    size = path.stat().st_size if data is None else len(data)
     if not any(m.get("bytes") == size for m in manifests):
         return f"{size} bytes, but the manifest says {manifests[0].get('bytes')}: truncated or overwritten"
-    digest = file_sha256(path)
+    digest = file_sha256(path) if data is None else hashlib.sha256(data).hexdigest()
     if not any(m["sha256"] == digest and m.get("bytes") == size for m in manifests):
         return "sha256 does not match its manifest: the file is damaged"
     return None
@@ -219,17 +235,60 @@ def save_checkpoint(obj: dict, path: Path, *, keep_previous: bool = True) -> Non
         tmp_manifest = write_temp(manifest_path(path),
                                    lambda f: f.write((json.dumps(_manifest_for(tmp), indent=2) + "\n").encode()))
         current = [m for m in (_read_manifest(manifest_path(path)),) if m is not None]
+        target = path
         if keep_previous and path.exists() and _verify(path, current) is None:
-            os.replace(path, previous_path(path))
-            os.replace(manifest_path(path), manifest_path(previous_path(path)))
-        os.replace(tmp_manifest, manifest_path(path))
+            target = previous_path(path)
+            os.replace(path, target)
+            target = manifest_path(previous_path(path))
+            os.replace(manifest_path(path), target)
+        target = manifest_path(path)
+        os.replace(tmp_manifest, target)
+        target = path
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         for leftover in (tmp, tmp_manifest):
             if leftover is not None:
                 leftover.unlink(missing_ok=True)
+        if isinstance(err, OSError) and not isinstance(err, WriteError):   # each step leaves a verified file
+            raise WriteError(target, err) from err
         raise
     fsync_dir(path.parent)
+
+
+def _load_verified(candidate: Path, manifests: list[dict], allow_unverified: bool) -> tuple[Any, str | None]:
+    """(decoded content, why it is unverified or None) of ``candidate``; raises CheckpointError (the message: the
+    file and why it cannot be used) when it does not match ``manifests`` or does not load under weights_only."""
+    try:   # read once: the bytes verified are the bytes loaded, whatever replaces the file meanwhile
+        data = candidate.read_bytes()
+    except FileNotFoundError:
+        raise CheckpointError(f"{candidate}: missing") from None
+    except OSError as exc:
+        raise CheckpointError(f"{candidate}: cannot be read ({exc.strerror or exc})") from None
+    why = _verify(candidate, manifests, data)
+    if why is not None and not (allow_unverified and not manifests):
+        raise CheckpointError(f"{candidate}: {why}")
+    try:
+        obj = decode_checkpoint(torch.load(io.BytesIO(data), map_location="cpu", weights_only=True))
+    except CheckpointError as exc:
+        raise CheckpointError(f"{candidate}: {exc}") from None
+    except Exception as exc:   # UnpicklingError for unsafe content, RuntimeError for a broken zip, ...
+        raise CheckpointError(f"{candidate}: cannot be loaded with weights_only=True ({type(exc).__name__}: "
+                              f"{str(exc).splitlines()[0] if str(exc) else ''})") from None
+    return obj, why
+
+
+def load_verified(path: Path) -> Any:
+    """The one checkpoint file ``path``, checked against its own manifest (``<path>.json``) and loaded under
+    ``weights_only=True``, with no fallback to any other file (``final.pt``: a training checkpoint is not a
+    substitute for it).
+
+    Raises:
+        CheckpointError: one line naming ``path`` and why it cannot be used (missing, no or foreign manifest,
+            truncated, damaged, unsafe).
+    """
+    path = Path(path)
+    manifests = [m for m in (_read_manifest(manifest_path(path)),) if m is not None]
+    return _load_verified(path, manifests, allow_unverified=False)[0]
 
 
 def load_checkpoint(path: Path, *, allow_unverified: bool = False) -> dict | None:
@@ -261,18 +320,10 @@ def load_checkpoint(path: Path, *, allow_unverified: bool = False) -> dict | Non
         return None
     problems: list[str] = []
     for candidate in candidates:
-        if not candidate.exists():
-            problems.append(f"{candidate}: missing")
-            continue
-        why = _verify(candidate, manifests)
-        if why is not None and not (allow_unverified and not manifests):
-            problems.append(f"{candidate}: {why}")
-            continue
         try:
-            obj = decode_checkpoint(torch.load(candidate, map_location="cpu", weights_only=True))
-        except Exception as exc:   # UnpicklingError for unsafe content, RuntimeError for a broken zip, ...
-            problems.append(f"{candidate}: cannot be loaded with weights_only=True ({type(exc).__name__}: "
-                            f"{str(exc).splitlines()[0] if str(exc) else ''})")
+            obj, why = _load_verified(candidate, manifests, allow_unverified)
+        except CheckpointError as exc:
+            problems.append(str(exc))
             continue
         if why is not None:
             warnings.warn(f"loading the unverified checkpoint {candidate}: {why}", CheckpointWarning, stacklevel=2)
@@ -288,5 +339,5 @@ def load_checkpoint(path: Path, *, allow_unverified: bool = False) -> dict | Non
 
 
 __all__ = ["CHECKPOINT_DATACLASSES", "checkpointable", "MANIFEST_FORMAT", "CheckpointError", "CheckpointWarning", "RunDirError",
-           "decode_checkpoint", "encode_checkpoint", "file_sha256", "load_checkpoint", "manifest_path",
+           "decode_checkpoint", "encode_checkpoint", "file_sha256", "load_checkpoint", "load_verified", "manifest_path",
            "previous_path", "save_checkpoint", "write_manifest"]

@@ -8,6 +8,8 @@ import json
 import os
 from pathlib import Path
 
+from bayes_dc.rundir.atomic import writing
+
 
 def read_jsonl(path: str | Path) -> list[dict]:
     """Every record of ``path`` in order (blank lines skipped); ``[]`` when the file does not exist."""
@@ -18,16 +20,18 @@ def read_jsonl(path: str | Path) -> list[dict]:
 
 
 def append_jsonl(path: str | Path, record: dict) -> None:
-    """Append one record as a line and fsync, so a crash loses at most the line being written.
+    """Append one record as a line and fsync, so a crash loses at most the line being written (a failed write
+    raises :class:`bayes_dc.rundir.atomic.WriteError` naming the file).
 
     One ``write`` call of the whole line (a buffered file splits lines over 8 KiB into several): a process
     killed mid-append (SIGKILL) then leaves the line whole or absent, never half of it for the next reader.
     """
     data = (json.dumps(record) + "\n").encode()
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
-    try:
-        while data:   # a regular file takes it in one go; the loop only guards against a short write
-            data = data[os.write(fd, data):]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    with writing(path):   # a full disk: WriteError naming the file
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+        try:
+            while data:   # a regular file takes it in one go; the loop only guards against a short write
+                data = data[os.write(fd, data):]
+            os.fsync(fd)
+        finally:
+            os.close(fd)

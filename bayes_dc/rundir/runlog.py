@@ -23,14 +23,15 @@ verifies checkpoints, :mod:`bayes_dc.rundir.interrupts` turns Ctrl-C / SIGTERM i
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from bayes_dc.rundir.atomic import (atomic_torch_save, atomic_write, atomic_write_bytes, atomic_write_text, remove_stale_temps)
-from bayes_dc.rundir.checkpoints import (CHECKPOINT_DATACLASSES, MANIFEST_FORMAT, CheckpointError, CheckpointWarning, RunDirError, decode_checkpoint, encode_checkpoint, file_sha256, load_checkpoint, manifest_path, previous_path, save_checkpoint, write_manifest)
+from bayes_dc.rundir.atomic import (WriteError, atomic_torch_save, atomic_write, atomic_write_bytes, atomic_write_text, remove_stale_temps, writing)
+from bayes_dc.rundir.checkpoints import (CHECKPOINT_DATACLASSES, MANIFEST_FORMAT, CheckpointError, CheckpointWarning, RunDirError, decode_checkpoint, encode_checkpoint, file_sha256, load_checkpoint, load_verified, manifest_path, previous_path, save_checkpoint, write_manifest)
 from bayes_dc.config.schema import RESUMABLE_CHANGES, Config, diff
 from bayes_dc.rundir.environment import environment, git_revision
 from bayes_dc.rundir.interrupts import InterruptFlag, graceful_interrupt
@@ -82,20 +83,43 @@ class RunDir:
                 raise RunDirError(f"--resume: the config differs from the saved run at {path}: {lines}. "
                                   "Use the saved settings, or start a new run with another --name")
         elif path.exists() and any(path.iterdir()):
-            raise RunDirError(f"run directory {path} already exists; pass --resume to continue it, or choose "
-                              "another --name (or delete the directory)")
+            raise _exists(path)
         return cls(path)
 
     def start(self, cfg: Config, device: torch.device, **environment_extra: Any) -> None:
         """The run's first writes: the directory, config.json and environment.json (plus ``environment_extra``);
-        on ``--resume`` the temporary files of writes that a killed process left are deleted first."""
-        self.path.mkdir(parents=True, exist_ok=True)
+        on ``--resume`` the temporary files of writes that a killed process left are deleted first.
+
+        A new run claims its directory atomically (:meth:`_claim`), so that of two runs started at once under the
+        same name exactly one goes on; the other gets :meth:`prepare`'s "already exists" error (RunDirError).
+        WriteError when the directory cannot be written.
+        """
+        if cfg.run.resume:
+            with writing(self.path):
+                self.path.mkdir(parents=True, exist_ok=True)
+        else:
+            self._claim()
         if cfg.run.resume:
             for folder in (self.path, self.path / "clusters"):
                 remove_stale_temps(folder)
         atomic_write_text(self.path / "config.json", json.dumps(cfg.to_dict(), indent=2, sort_keys=True) + "\n")
         env = {**environment(device), **environment_extra}
         atomic_write_text(self.path / "environment.json", json.dumps(env, indent=2) + "\n")
+
+    def _claim(self) -> None:
+        """Claim the directory for a new run, atomically: ``os.mkdir`` (never ``exists()`` then ``makedirs``), then
+        the exclusive creation of an empty ``config.json``, which decides between runs that both found the
+        directory absent or empty (one made it, the other saw it made) before either wrote."""
+        with writing(self.path):
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                os.mkdir(self.path)
+            except FileExistsError:
+                pass   # made beforehand, or by a run racing this one: config.json decides
+            try:
+                os.close(os.open(self.path / "config.json", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+            except FileExistsError:
+                raise _exists(self.path) from None
 
     # ---- metrics -------------------------------------------------------------------------------
     @property
@@ -161,6 +185,11 @@ class ReadOnlyRunDir(RunDir):
         return self.snapshot_path(round_idx)
 
 
+def _exists(path: Path) -> RunDirError:
+    return RunDirError(f"run directory {path} already exists; pass --resume to continue it, or choose another --name "
+                       "(or delete the directory)")
+
+
 def _jsonable(value: Any) -> Any:
     if isinstance(value, dict):
         return {k: _jsonable(v) for k, v in value.items()}
@@ -178,6 +207,7 @@ def _jsonable(value: Any) -> Any:
 
 
 __all__ = ["CHECKPOINT_DATACLASSES", "MANIFEST_FORMAT", "CheckpointError", "CheckpointWarning", "InterruptFlag",
+           "WriteError", "load_verified", "writing",
            "ReadOnlyRunDir", "RunDir", "RunDirError", "atomic_torch_save", "atomic_write", "atomic_write_bytes",
            "atomic_write_text", "decode_checkpoint", "encode_checkpoint", "environment", "file_sha256", "git_revision",
            "graceful_interrupt", "load_checkpoint", "manifest_path", "previous_path", "remove_stale_temps", "run_path",

@@ -34,7 +34,11 @@ from bayes_dc.rundir.final import FINAL_CHECKPOINT, FINAL_FORMAT
 from bayes_dc.runtime.distributed import resolve_device
 from bayes_dc.spaces.base import Reducer
 from bayes_dc.spaces.registry import make_reducer
-from bayes_dc.rundir.runlog import CheckpointError, load_checkpoint
+from bayes_dc.rundir.checkpoints import CheckpointError, load_verified
+
+# What TrainedRun reads from final.pt (checked first, so a file missing one is a one-line error, not a KeyError).
+_FINAL_KEYS = ("config", "model", "reduce_state", "predictor", "labels", "weights", "input")
+_INPUT_KEYS = ("channels", "image_size", "mean", "std")
 
 
 class RunLoadError(ValueError):
@@ -189,7 +193,8 @@ def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> Trained
     Raises:
         RunLoadError: no final checkpoint (the run has not finished), another checkpoint format, or a config this
             version of bayes_dc cannot read; one line each.
-        CheckpointError: final.pt is damaged or unverifiable.
+        CheckpointError: final.pt is damaged, truncated or unverifiable (one line naming it; never replaced by the
+            training checkpoints last.pt / prev.pt, which hold no final clustering).
     """
     run_dir = Path(run_dir)
     path = run_dir / FINAL_CHECKPOINT
@@ -201,13 +206,23 @@ def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> Trained
                                f"again with this version of bayes_dc")
         raise RunLoadError(f"{path} not found: the run has not finished (the final clustering writes final.pt); "
                            f"finish it with experiments/run.py --config {run_dir / 'config.json'} --resume")
-    checkpoint = load_checkpoint(path)
-    if checkpoint is None:
-        raise CheckpointError(f"{path}: no usable checkpoint")
-    found = checkpoint.get("format") if isinstance(checkpoint, dict) else None
+    try:
+        checkpoint = load_verified(path)
+    except CheckpointError as err:
+        raise CheckpointError(f"{err}. Nothing was loaded; restore a good copy of {path.name}, or train the run "
+                              f"again") from None
+    if not isinstance(checkpoint, dict):
+        raise RunLoadError(f"{path} holds a {type(checkpoint).__name__}, not a bayes_dc final checkpoint")
+    found = checkpoint.get("format")
     if found != FINAL_FORMAT:
         raise RunLoadError(f"{path} has format {found!r}, this version of bayes_dc reads {FINAL_FORMAT!r}: load it with "
                            f"the bayes_dc version that wrote it ({checkpoint.get('bayes_dc_version', 'unknown')})")
+    meta = checkpoint.get("input")
+    missing = [k for k in _FINAL_KEYS if k not in checkpoint] + \
+        ([f"input.{k}" for k in _INPUT_KEYS if k not in meta] if isinstance(meta, dict) else [])
+    if missing:
+        raise RunLoadError(f"{path} lacks {', '.join(missing)}: it is damaged or was not written by bayes_dc's "
+                           f"run.py; restore a good copy, or train the run again")
     try:
         config = Config.from_dict(checkpoint["config"])
     except (ValueError, TypeError) as err:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import io
 import json
 from pathlib import Path
 from typing import Callable
@@ -30,6 +31,10 @@ from typing import Callable
 import torch
 
 TRUNK_FORMAT = "bayes_dc-trunk/1"
+# what load_trunk reads from trunk.json (checked first, so a missing key is a one-line error, not a KeyError)
+_TRUNK_KEYS = ("sha256", "architecture", "input")
+_ARCHITECTURE_KEYS = ("arch", "in_channels", "sobel", "width")
+_INPUT_KEYS = ("mean", "std")
 
 
 def _models():
@@ -66,18 +71,28 @@ def load_trunk(directory: str | Path, device: str | torch.device = "cpu"
                ) -> tuple[torch.nn.Module, Callable[[torch.Tensor], torch.Tensor]]:
     """(trunk in eval mode on ``device``, preprocess) from an export directory; checks trunk.pt's sha256 first.
 
-    Raises ValueError (one line) for another format, a damaged trunk.pt or a missing file."""
+    Raises ValueError (one line naming the file) for another format, a trunk.json missing a key, a damaged trunk.pt
+    or a missing file. trunk.pt is read once: the bytes whose sha256 is checked are the bytes loaded."""
     directory = Path(directory)
+    described = directory / "trunk.json"
     try:
-        meta = json.loads((directory / "trunk.json").read_text())
+        meta = json.loads(described.read_text())
         weights = (directory / "trunk.pt").read_bytes()
     except (OSError, ValueError) as err:
         raise ValueError(f"{directory} is not a trunk export ({err}); write one with experiments/export.py") from None
-    if meta.get("format") != TRUNK_FORMAT:
-        raise ValueError(f"{directory}/trunk.json has format {meta.get('format')!r}; this loader reads {TRUNK_FORMAT}")
+    if not isinstance(meta, dict) or meta.get("format") != TRUNK_FORMAT:
+        found = meta.get("format") if isinstance(meta, dict) else None
+        raise ValueError(f"{described} has format {found!r}; this loader reads {TRUNK_FORMAT}")
+    for key, keys in (("", _TRUNK_KEYS), ("architecture", _ARCHITECTURE_KEYS), ("input", _INPUT_KEYS)):
+        part = meta.get(key) if key else meta
+        missing = [k for k in keys if not isinstance(part, dict) or k not in part]
+        if missing:
+            where = f"{key}." if key else ""
+            raise ValueError(f"{described} lacks {', '.join(where + k for k in missing)}: the export is incomplete "
+                             f"or damaged; export the run again with experiments/export.py")
     if hashlib.sha256(weights).hexdigest() != meta["sha256"]:
-        raise ValueError(f"{directory}/trunk.pt does not match the sha256 in trunk.json: the file is damaged")
-    state = torch.load(directory / "trunk.pt", map_location="cpu", weights_only=True)
+        raise ValueError(f"{directory / 'trunk.pt'} does not match the sha256 in trunk.json: the file is damaged")
+    state = torch.load(io.BytesIO(weights), map_location="cpu", weights_only=True)
     trunk = build_trunk(meta["architecture"], state).to(device)
     return trunk, normalizer(meta["input"]["mean"], meta["input"]["std"])
 

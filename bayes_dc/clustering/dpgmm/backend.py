@@ -95,6 +95,9 @@ class DPGMMBackend(ClusterBackend):
             values, index = self.dist.gather_rows(values), self.dist.gather_rows(index)
         seconds = time.perf_counter() - start
         n = values.shape[0]   # all rows, over every rank
+        # the warm state carries the same responsibilities as the labels (the final E-step's), so the next round
+        # starts from the partition this round reported, not from the one before the last M-step
+        state = {**engine.state_, "resp_values": values.float().cpu(), "resp_index": index.cpu()}
         weights = engine.weights_.cpu().numpy()
         return ClusterResult(
             labels=index[:, 0].cpu().numpy(),
@@ -107,7 +110,7 @@ class DPGMMBackend(ClusterBackend):
             n_iter=engine.n_iter_,
             seconds=seconds,
             permutation=engine.permutation_,
-            state=engine.state_,
+            state=state,
             predictor=predictor,
             info={"inference": self.inference, "covariance": engine.covariance, "converged": bool(engine.converged_),
                   "alpha_mean": engine.alpha_, "K_active": int(active_mask(weights).sum()),

@@ -609,11 +609,20 @@ class DPGMM(VariationalMixture):
         pseudo-counts of ``warm_start="prior"``) and the log of the stick mass the live components leave over."""
         def rows(c: Components, ids: torch.Tensor) -> dict:
             return {f.name: getattr(c, f.name)[ids].cpu() for f in fields(c)}
-        weights = self.weights_.to(torch.float64)
+        weights = self.weights_.to(torch.float64).clone()
         prior = self._prior if self._prior.shared else self._base_prior
-        left = float(1.0 - weights[live].sum())
-        # a saturated truncation (every component live) leaves nothing; the last weight stands in for the tail
-        left = max(left, float(weights[-1]), 1e-300)
+        last = self.truncation - 1
+        if bool((live == last).any()):
+            # The last slot holds the whole tail of the sticks, prod_{j<T-1}(1 - v_j). When it is live, split that
+            # tail as the untruncated DP would: a stick v ~ Beta(1 + N_last, E[alpha]) for the component, the rest,
+            # E[1 - v] = E[alpha] / (1 + N_last + E[alpha]), for a new one; the weights still sum to 1.
+            count, e_alpha = float(self._state.stats.counts[last]), float(self.alpha_)
+            tail = float(weights[last])
+            left = tail * e_alpha / (1.0 + count + e_alpha)
+            weights[last] = tail - left
+        else:
+            left = float(1.0 - weights[live].sum())   # the dead components' mass, the tail among it
+        left = max(left, 1e-300)
         return {"components": rows(self._state.q.components, live), "log_weights": weights[live].log().cpu(),
                 "prior": rows(prior.components, torch.zeros(1, dtype=torch.int64, device=live.device)),
                 "log_new_weight": math.log(left)}

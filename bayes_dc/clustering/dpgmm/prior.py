@@ -108,7 +108,7 @@ def data_moments(x: torch.Tensor, covariance_matrix: bool, allreduce: Callable[[
     """Number of points, mean (d,) and covariance (N - 1 normalised) of x (N, d), float64.
 
     Returns the (d, d) covariance when ``covariance_matrix`` else the (d,) variances. Two passes (mean, then centred
-    second moments in float32 chunks accumulated in float64); every sum goes through ``allreduce``.
+    second moments of float32 chunks, multiplied and accumulated in float64); every sum goes through ``allreduce``.
     """
     n, d = x.shape
     totals = torch.zeros(d + 1, dtype=torch.float64, device=x.device)
@@ -122,7 +122,13 @@ def data_moments(x: torch.Tensor, covariance_matrix: bool, allreduce: Callable[[
     shift = mean.float()
     for start in range(0, n, chunk_size):
         xc = x[start:start + chunk_size] - shift
-        second += (xc.T @ xc).double() if covariance_matrix else (xc * xc).sum(0, dtype=torch.float64)
+        # in float64: a float32 product's rounding (~eps N |x|^2) let a nearly singular covariance (duplicated points
+        # at scale 1e3, fuzzed) pass as a wide one, and the fit's ELBO then fell by 8 nats
+        if covariance_matrix:
+            xc = xc.double()
+            second += xc.T @ xc
+        else:
+            second += (xc * xc).sum(0, dtype=torch.float64)
     second = allreduce(second) / max(count - 1, 1)
     return count, mean, second
 
@@ -149,7 +155,11 @@ def build_prior(family: CovarianceFamily, mean: torch.Tensor, data_cov: torch.Te
                                                         else data_cov), float(prior_scale)
         if unit_cov.dim() == 2:
             info = torch.linalg.cholesky_ex(unit_cov).info
-            if int(info) != 0:
+            # singular also when the smallest variance is at the float32 resolution of the largest (the fit's
+            # float32 E-step cannot resolve that direction; fuzzed: collinear points then failed the Cholesky)
+            spread = torch.linalg.eigvalsh(data_cov.double())                      # ascending
+            resolution = family.dim * torch.finfo(torch.float32).eps ** 2 * float(spread[-1])
+            if int(info) != 0 or float(spread[0]) <= resolution:
                 raise OptionError("covariance", f"the data covariance of these d={family.dim} features is singular "
                                                 "(rank < d), so a full-covariance prior scaled from it is not positive "
                                                 "definite; lower `pca_dim`, drop constant or duplicate dimensions, or "
