@@ -28,7 +28,10 @@ apart every pair further than 3.92 sd, well beyond the 2 sd at which the pair's 
 would leave uniform tiles unmerged. The entropy cut, 0.19 bits, is calibrated to merge at the same separation:
 it is the entropy score of two equal Gaussians 3.92 sd apart (numerical integration). Both assume exact
 posteriors; a fitted DP's variational responsibilities are sharper (each component's covariance follows its own
-tile), so on real features fewer pairs merge than this calibration suggests, and ``group_cut`` lowers the cut.
+tile), so on real features fewer pairs merge than this calibration suggests. Measured (BENCHMARKS.md section 13):
+at 0.025 the DPs of trained trunks barely merge; at 0.01 they merge to about the number of classes without
+collapsing, while 0.005 and 0.001 already collapse a DP of raw pixels to 6 and 2 groups. So the overlap default is
+0.01, the largest cut that merges what the variational fit over-splits; ``group_cut`` sets another.
 """
 from __future__ import annotations
 
@@ -42,7 +45,7 @@ from bayes_dc.config.rules import OptionError
 #: ``--group`` choices: none (report the components), overlap (Hennig's DEMP), entropy (Baudry et al.)
 GROUPINGS = ("none", "overlap", "entropy")
 #: the cut each criterion merges above when ``cut`` is None; the module docstring says why these values
-DEFAULT_CUTS = {"overlap": 0.025, "entropy": 0.19}
+DEFAULT_CUTS = {"overlap": 0.01, "entropy": 0.19}
 
 
 @dataclass

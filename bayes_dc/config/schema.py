@@ -211,7 +211,7 @@ class ClusterConfig:
     svi_batch: int = field(default=1024, metadata=DP_SVI)  # Pyro SVI mini-batch size (points)
     svi_lr: float = field(default=0.05, metadata=DP_SVI)  # Pyro SVI learning rate (Adam)
     group: GroupMethod = "none"  # clusters reported as groups of components: none (the components), overlap (Hennig's misclassification probability) or entropy (Baudry et al.); K_active then counts groups, k_fine the components (bayes_dc.clustering.grouping)
-    group_cut: float | None = field(default=None, metadata=GROUPED)  # merge pairs of groups while the best score exceeds this; None: 0.025 (overlap) / 0.19 bits (entropy)
+    group_cut: float | None = field(default=None, metadata=GROUPED)  # merge pairs of groups while the best score exceeds this; None: 0.01 (overlap) / 0.19 bits (entropy)
 
     @property
     def traits(self) -> BackendTraits:
