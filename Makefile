@@ -28,7 +28,7 @@ run: setup data
 	$(PY) experiments/run.py --preset quick --name $(RUN_NAME)
 
 test: setup data
-	$(PY) -m pytest --durations=15
+	$(PY) -m pytest -n 2 --dist loadfile --durations=15
 
 clean:
 	rm -rf $(VENV) .pytest_cache
