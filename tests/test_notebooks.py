@@ -132,3 +132,7 @@ def test_family_is_the_largest_ablation_of_the_varied_options(tiny_sweep):  # no
     assert [r["name"] for r in family(runs, ["truncation"])] == ["dp_T10_warm-init_r1", "dp_T20_warm-init_r1"]
     run = next(r for r in runs if r["name"] == "dp_T20_warm-init_r2")  # relabels every 2 of 2 epochs + final
     assert curve(run, "k_active")[0] == (0, 2)
+    # an option that a later version of the code added (recorded by one run only) does not split the family
+    newer = [dict(r, opts={**r["opts"], "option_added_later": "off"}) if r["name"] == "dp_T10_warm-init_r1" else r
+             for r in runs]
+    assert [r["name"] for r in family(newer, ["truncation"])] == ["dp_T10_warm-init_r1", "dp_T20_warm-init_r1"]

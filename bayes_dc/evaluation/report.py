@@ -112,11 +112,15 @@ def write_results(run_dirs: list[str | Path], out: str | Path) -> int:
 
 def family(runs: list[dict], vary: list[str]) -> list[dict]:
     """The largest set of :func:`load_runs` runs that differ only in the options ``vary`` (and in
-    ``NOT_COMPARED``): an ablation of ``vary``, sorted by those options' values."""
+    ``NOT_COMPARED``): an ablation of ``vary``, sorted by those options' values.
+
+    Options that only some runs record are not compared either: they were added to the code after the other runs
+    were made (e.g. a results file collected over several versions), which ran without them."""
+    common = set.intersection(*(set(r["opts"]) for r in runs)) if runs else set()
     groups: dict[str, list[dict]] = {}
     for r in runs:
-        key = json.dumps({k: v for k, v in r["opts"].items() if k not in NOT_COMPARED and k not in vary},
-                         sort_keys=True)
+        key = json.dumps({k: v for k, v in r["opts"].items() if k in common and k not in NOT_COMPARED
+                          and k not in vary}, sort_keys=True)
         groups.setdefault(key, []).append(r)
     best = max(groups.values(), key=lambda g: len({json.dumps([r["opts"].get(k) for k in vary]) for r in g}),
                default=[])
