@@ -27,8 +27,10 @@ data:
 run: setup data
 	$(PY) experiments/run.py --preset quick --name $(RUN_NAME)
 
+# Two workers, one per core (most tests are one process on one thread); --dist loadfile keeps each file's shared
+# runs (module and session fixtures) in one worker.
 test: setup data
-	$(PY) -m pytest
+	$(PY) -m pytest -n 2 --dist loadfile --durations=15
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -25,9 +25,8 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-@pytest.fixture
-def tiny_config(tmp_path):
-    """A seconds-long end-to-end configuration on generated images."""
+def make_tiny_config(out_root: Path):
+    """A seconds-long end-to-end configuration on generated images, writing runs under ``out_root / "runs"``."""
     from bayes_dc.config.schema import Config, merge
 
     return merge(Config(), {
@@ -37,6 +36,12 @@ def tiny_config(tmp_path):
         "features": {"pca_dim": 16, "extract_batch": 300, "reduce": "pca"},
         "cluster": {"prior": "kmeans", "k": 10},
         "train": {"epochs": 3, "batch_size": 64, "relabel_every": 1},
-        "run": {"out_dir": str(tmp_path / "runs"), "name": "tiny", "progress": False, "figures": False,
+        "run": {"out_dir": str(out_root / "runs"), "name": "tiny", "progress": False, "figures": False,
                 "knn_every": 2},
     })
+
+
+@pytest.fixture
+def tiny_config(tmp_path):
+    """:func:`make_tiny_config` in the test's own directory."""
+    return make_tiny_config(tmp_path)

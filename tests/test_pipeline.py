@@ -27,12 +27,20 @@ def read(run_dir):
     return read_jsonl(run_dir / "metrics.jsonl")
 
 
-def test_run_writes_run_directory(tiny_config):
-    cfg = merge(tiny_config, {"run": {"figures": True}})
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """(config, final record, run directory) of tiny_config's k-means run with figures, run once for the tests that
+    read it or try to overwrite it."""
+    from conftest import make_tiny_config
+
+    out_dir = tmp_path_factory.mktemp("tiny_run")
+    cfg = merge(make_tiny_config(out_dir), {"run": {"figures": True}})
     final = pipeline.run(cfg)
-    run_dir = tiny_config.run.out_dir + "/tiny"
-    from pathlib import Path
-    d = Path(run_dir)
+    return cfg, final, out_dir / "runs" / "tiny"
+
+
+def test_run_writes_run_directory(tiny_run):
+    cfg, final, d = tiny_run
     assert Config.from_json(d / "config.json") == cfg
     env = json.loads((d / "environment.json").read_text())
     assert env["versions"]["torch"].split("+")[0] == torch.__version__.split("+")[0] and "git_revision" in env
@@ -70,12 +78,11 @@ def test_run_writes_run_directory(tiny_config):
         assert (event["n_active_prev"], event["n_active_new"]) == (active_prev.sum(), active_new.sum())
 
 
-def test_same_seed_same_metrics(tiny_config, tmp_path):
-    a = merge(tiny_config, {"run": {"name": "a"}})
+def test_same_seed_same_metrics(tiny_run, tiny_config, tmp_path):
+    """tiny_config again (figures off: they change no number) equals tiny_run's records; seed 1 differs."""
     b = merge(tiny_config, {"run": {"name": "b"}})
-    pipeline.run(a)
     pipeline.run(b)
-    ra, rb = read(tmp_path / "runs" / "a"), read(tmp_path / "runs" / "b")
+    ra, rb = read(tiny_run[2]), read(tmp_path / "runs" / "b")
     assert comparable(ra) == comparable(rb)
     c = merge(tiny_config, {"run": {"name": "c", "seed": 1}})
     pipeline.run(c)
@@ -137,15 +144,13 @@ def test_resume_after_interruption_matches_uninterrupted_run(tiny_config, tmp_pa
     assert all(torch.equal(sa[k], sb[k]) for k in sa)
 
 
-def test_existing_run_directory_is_never_overwritten(tiny_config):
-    pipeline.run(tiny_config)
-    from pathlib import Path
-    d = Path(tiny_config.run.out_dir) / "tiny"
+def test_existing_run_directory_is_never_overwritten(tiny_run):
+    cfg, _, d = tiny_run
     before = (d / "metrics.jsonl").read_text()
     with pytest.raises(RunDirError, match="--resume"):
-        pipeline.run(tiny_config)
+        pipeline.run(cfg)
     with pytest.raises(RunDirError, match="cluster.k"):
-        pipeline.run(merge(tiny_config, {"cluster": {"k": 12}, "run": {"resume": True}}))
+        pipeline.run(merge(cfg, {"cluster": {"k": 12}, "run": {"resume": True}}))
     assert (d / "metrics.jsonl").read_text() == before
 
 

@@ -159,21 +159,43 @@ def test_non_finite_elbo_is_one_clear_error(monkeypatch):
         _svi(x, 20, "diag", steps=5)
 
 
-@pytest.mark.parametrize("covariance", ["full", "diag"])
-def test_run_py_inference_svi_end_to_end_on_the_defaults(tmp_path, covariance):
+def test_run_py_inference_svi_end_to_end_on_the_defaults(tmp_path):
     """experiments/run.py --inference svi with the default DP-GMM (T = 300, full covariance by default) on 300
-    images. PCA-10 instead of the default UMAP space only to keep numba's compile time out of the test."""
+    images. PCA-10 instead of the default UMAP space only to keep numba's compile time out of the test. The
+    diagonal family takes the same path in process (the next test): one subprocess run is enough for the wiring."""
     out = subprocess.run([sys.executable, "experiments/run.py", "--dataset", "synthetic", "--subset", "300",
                           "--eval-subset", "100", "--width", "4", "--epochs", "1", "--inference", "svi",
-                          "--covariance", covariance, "--reduce", "pca", "--pca-dim", "10", "--threads", "1",
+                          "--reduce", "pca", "--pca-dim", "10", "--threads", "1",
                           "--out-dir", str(tmp_path), "--name", "svi", "--no-progress", "--no-figures"],
                          cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     assert "Singular sample" not in out.stderr and "PositiveDefinite" not in out.stderr
     record = json.loads((tmp_path / "svi" / "metrics.jsonl").read_text().splitlines()[0])
     info = record["backend_info"]
-    assert info["inference"] == "svi" and info["covariance"] == covariance
+    assert info["inference"] == "svi" and info["covariance"] == "full"
     assert 2 <= record["k_active"] < 300 and math.isfinite(record["objective"]) and math.isfinite(info["svi_elbo"])
+
+
+def test_svi_on_the_default_diagonal_dp_gmm_through_the_pipelines_backend():
+    """--inference svi --covariance diag with every other cluster option at its default (T = 300, SVI steps, batch,
+    learning rate), built as the pipeline builds it (make_backend), on 300 whitened PCA-10 points of the synthetic
+    images: no invalid sample, a finite bound, and K well inside the truncation."""
+    from bayes_dc.clustering import make_backend
+    from bayes_dc.config.schema import Config
+    from bayes_dc.data import load_dataset
+    from bayes_dc.spaces.registry import PCAReducer
+
+    cluster = Config().cluster
+    cluster.inference, cluster.covariance = "svi", "diag"
+    images = load_dataset("synthetic", "train", subset=300, seed=0).images
+    x = PCAReducer(10).reduce(images.reshape(300, -1).float() / 255.0, seed=0).points
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = make_backend(cluster).fit(x, seed=0)
+    texts = " ".join(str(w.message) for w in caught)
+    assert "Singular sample" not in texts and "PositiveDefinite" not in texts
+    assert result.info["inference"] == "svi" and result.info["covariance"] == "diag"
+    assert 2 <= result.k_active < 300 and math.isfinite(result.objective) and math.isfinite(result.info["svi_elbo"])
 
 
 def test_svi_uses_the_engine_prior():

@@ -369,24 +369,22 @@ def test_cluster_grid_reads_a_streamed_set_through_the_dataset(split_folder):
 
 
 def test_bench_scale_parts_a_and_b_smoke(tmp_path):
+    """Both parts' main() in this process (their measurements run in child processes either way)."""
     import importlib.util
-    import subprocess
-    import sys
 
     script = Path(__file__).resolve().parent.parent / "experiments" / "bench_scale.py"
-    cmd = [sys.executable, str(script), "--part", "a", "--cache", str(tmp_path / "cache"), "--sizes", "30",
-           "--workers", "0", "--image-px", "12", "--batch-size", "8", "--markdown", str(tmp_path / "a.md")]
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, out.stderr
+    spec = importlib.util.spec_from_file_location("bench_scale", script)
+    bench_scale = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench_scale)
+    assert bench_scale.main(["--part", "a", "--cache", str(tmp_path / "cache"), "--sizes", "30", "--workers", "0",
+                             "--image-px", "12", "--batch-size", "8", "--markdown", str(tmp_path / "a.md")]) == 0
     rows = [line for line in (tmp_path / "a.md").read_text().splitlines() if line.startswith("| 30 |")]
     assert len(rows) == 2                                  # one throughput row, one feature-extraction row
     assert len(list((tmp_path / "cache" / "n30").rglob("*.jpg"))) == 30
     # part (b) on a few thousand points (its rows come from a child process per setting); part (c) launches
     # run.py under torchrun as tests/test_distributed.py does
-    out = subprocess.run([sys.executable, str(script), "--part", "b", "--points", "3000", "--dp-settings", "12:diag:4",
-                          "--dp-iters", "3", "--true-clusters", "5", "--markdown", str(tmp_path / "b.md")],
-                         capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, out.stderr
+    assert bench_scale.main(["--part", "b", "--points", "3000", "--dp-settings", "12:diag:4", "--dp-iters", "3",
+                             "--true-clusters", "5", "--markdown", str(tmp_path / "b.md")]) == 0
     rows = [line.split("|")[1:-1] for line in (tmp_path / "b.md").read_text().splitlines() if line.startswith("| 12 |")]
     assert [(r[1].strip(), r[2].strip()) for r in rows] == [("diag", "4")]
     assert all(1 <= int(r[5]) <= 3 for r in rows)          # iterations within --dp-iters

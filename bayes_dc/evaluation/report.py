@@ -23,7 +23,12 @@ def read_records(run_dir: str | Path) -> list[dict]:
 
 
 def summarize_run(run_dir: str | Path, stability_window: int = 5) -> dict | None:
-    """Headline numbers of one run, or None if it has not finished an epoch.
+    """:func:`summarize_records` of a run directory's ``metrics.jsonl``."""
+    return summarize_records(read_records(run_dir), stability_window)
+
+
+def summarize_records(recs: list[dict], stability_window: int = 5) -> dict | None:
+    """Headline numbers of one run's metrics records, or None if it has not finished an epoch.
 
     Keys: epochs_done, finished, nmi/acc/ari/purity/k_active/k_used/k_eff of the last clustering (the final
     evaluation when the run finished), nmi0/acc0/knn0 of round 0 (the random-init trunk), nmi_prev (mean
@@ -31,7 +36,6 @@ def summarize_run(run_dir: str | Path, stability_window: int = 5) -> dict | None
     per epoch), cluster_share (median share of an epoch spent clustering, over relabel epochs),
     relabels (number of clusterings during training), nmi_curve / k_curve (per round).
     """
-    recs = read_records(run_dir)
     rounds = [r for r in recs if "round" in r]
     train = [r for r in recs if r.get("phase") == "train"]
     if not rounds or not train:
@@ -60,29 +64,63 @@ def summarize_run(run_dir: str | Path, stability_window: int = 5) -> dict | None
     return out
 
 
-def load_runs(runs_dir: str | Path) -> list[dict]:
-    """Every run directory under ``runs_dir`` that finished an epoch, as a dict: ``name``, ``dir``, ``opts``
-    (its config, flat: ``{"truncation": 300, ...}``), ``records`` (metrics.jsonl) and :func:`summarize_run`'s
-    numbers, in path order."""
+def load_runs(source: str | Path) -> list[dict]:
+    """Every run that finished an epoch, as a dict: ``name``, ``dir``, ``opts`` (its config, flat:
+    ``{"truncation": 300, ...}``), ``records`` (metrics.jsonl) and :func:`summarize_records`'s numbers.
+
+    ``source`` is a directory (every run directory under it, in path order) or a results file written by
+    :func:`write_results` (its runs in file order; ``dir`` is where the run was when it was collected).
+    """
+    source = Path(source)
+    if source.is_file():
+        stored = read_jsonl(source)
+    else:
+        stored = [collect_run(m.parent) for m in sorted(source.rglob("metrics.jsonl"))
+                  if (m.parent / "config.json").exists()]
     runs = []
-    for metrics in sorted(Path(runs_dir).rglob("metrics.jsonl")):
-        d = metrics.parent
-        summary = summarize_run(d) if (d / "config.json").exists() else None
+    for run in stored:
+        summary = summarize_records(run["records"])
         if summary is None:
             continue
-        cfg = json.loads((d / "config.json").read_text())
-        opts = {k: v for section in cfg.values() for k, v in section.items()}
-        runs.append({"name": d.name, "dir": d, "opts": opts, "records": read_records(d), **summary})
+        opts = {k: v for section in run["config"].values() for k, v in section.items()}
+        runs.append({"name": run["name"], "dir": Path(run["dir"]), "opts": opts, "records": run["records"],
+                     **summary})
     return runs
+
+
+def collect_run(run_dir: str | Path) -> dict:
+    """What the reports need of one run directory, without its checkpoints: ``name``, ``dir``, ``config``
+    (config.json, by section) and ``records`` (metrics.jsonl)."""
+    run_dir = Path(run_dir)
+    config_path = run_dir / "config.json"
+    if not config_path.exists():
+        raise FileNotFoundError(f"{run_dir} is not a run directory (no config.json): pass the directories "
+                                f"that experiments/run.py or bench_*.py made")
+    return {"name": run_dir.name, "dir": str(run_dir.resolve()), "config": json.loads(config_path.read_text()),
+            "records": read_records(run_dir)}
+
+
+def write_results(run_dirs: list[str | Path], out: str | Path) -> int:
+    """Store :func:`collect_run` of each run directory as one line of ``out`` (JSON lines, replacing the file),
+    a small file that :func:`load_runs` reads like the directories; returns the number of runs stored."""
+    lines = [json.dumps(collect_run(d)) for d in run_dirs]
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("".join(line + "\n" for line in lines))
+    return len(lines)
 
 
 def family(runs: list[dict], vary: list[str]) -> list[dict]:
     """The largest set of :func:`load_runs` runs that differ only in the options ``vary`` (and in
-    ``NOT_COMPARED``): an ablation of ``vary``, sorted by those options' values."""
+    ``NOT_COMPARED``): an ablation of ``vary``, sorted by those options' values.
+
+    Options that only some runs record are not compared either: they were added to the code after the other runs
+    were made (e.g. a results file collected over several versions), which ran without them."""
+    common = set.intersection(*(set(r["opts"]) for r in runs)) if runs else set()
     groups: dict[str, list[dict]] = {}
     for r in runs:
-        key = json.dumps({k: v for k, v in r["opts"].items() if k not in NOT_COMPARED and k not in vary},
-                         sort_keys=True)
+        key = json.dumps({k: v for k, v in r["opts"].items() if k in common and k not in NOT_COMPARED
+                          and k not in vary}, sort_keys=True)
         groups.setdefault(key, []).append(r)
     best = max(groups.values(), key=lambda g: len({json.dumps([r["opts"].get(k) for k in vary]) for r in g}),
                default=[])
