@@ -123,22 +123,36 @@ def merge_by_overlap(overlap: np.ndarray, mass: np.ndarray, cut: float) -> tuple
         with np.errstate(divide="ignore", invalid="ignore"):
             q = np.where(alive[:, None], s / m[:, None], 0.0)           # (T, T) q(i -> j)
         score = np.maximum(q, q.T)
-        score[~alive, :] = -1.0
-        score[:, ~alive] = -1.0
-        np.fill_diagonal(score, -1.0)
-        i, j = np.unravel_index(np.argmax(score), score.shape)
-        if score[i, j] <= cut:
+        i, j = _best_pair(score, alive, cut)
+        if i < 0:
             break
-        i, j = min(i, j), max(i, j)                  # keep the lower id as the root: the choice cannot matter
         s[i, :] += s[j, :]
         s[:, i] += s[:, j]
-        s[j, :] = 0.0
-        s[:, j] = 0.0
-        m[i] += m[j]
-        m[j], alive[j] = 0.0, False
-        root[root == j] = i
+        _absorb(i, j, s, m, alive, root)
         scores.append(float(score[i, j]))
     return root, scores
+
+
+def _best_pair(score: np.ndarray, alive: np.ndarray, cut: float) -> tuple[int, int]:
+    """The pair (i < j) of live groups with the largest score (T, T) above ``cut``, else (-1, -1). The lower id
+    is the root the other joins: the choice cannot matter."""
+    score[~alive, :] = -1.0
+    score[:, ~alive] = -1.0
+    np.fill_diagonal(score, -1.0)
+    i, j = np.unravel_index(np.argmax(score), score.shape)
+    if score[i, j] <= cut:
+        return -1, -1
+    return int(min(i, j)), int(max(i, j))
+
+
+def _absorb(i: int, j: int, pairs: np.ndarray, mass: np.ndarray, alive: np.ndarray, root: np.ndarray) -> None:
+    """Group j joins group i (in place): j's row and column of the (T, T) pair statistics go, its mass (T,) moves
+    to i, and its components (``root`` (T,)) now point at i."""
+    pairs[j, :] = 0.0
+    pairs[:, j] = 0.0
+    mass[i] += mass[j]
+    mass[j], alive[j] = 0.0, False
+    root[root == j] = i
 
 
 def _xlogx(t: np.ndarray) -> np.ndarray:
@@ -174,13 +188,9 @@ def merge_by_entropy(resp_values: np.ndarray, resp_index: np.ndarray, n_componen
     while alive.sum() > 1:
         with np.errstate(divide="ignore", invalid="ignore"):
             score = delta / (np.log(2.0) * np.minimum(m[:, None], m[None, :]))
-        score[~alive, :] = -1.0
-        score[:, ~alive] = -1.0
-        np.fill_diagonal(score, -1.0)
-        i, j = np.unravel_index(np.argmax(score), score.shape)
-        if score[i, j] <= cut:
+        i, j = _best_pair(score, alive, cut)
+        if i < 0:
             break
-        i, j = min(i, j), max(i, j)
         rows = np.flatnonzero(((group == i) | (group == j)).any(axis=1))
         g, v = group[rows], values[rows]
         delta -= _entropy_pairs(g, v, n_components)
@@ -192,11 +202,7 @@ def merge_by_entropy(resp_values: np.ndarray, resp_index: np.ndarray, n_componen
         v[np.arange(len(rows)), first] += total
         group[rows], values[rows] = g, v
         delta += _entropy_pairs(g, v, n_components)
-        delta[j, :] = 0.0
-        delta[:, j] = 0.0
-        m[i] += m[j]
-        m[j], alive[j] = 0.0, False
-        root[root == j] = i
+        _absorb(i, j, delta, m, alive, root)
         scores.append(float(score[i, j]))
     return root, scores
 
