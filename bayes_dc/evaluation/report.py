@@ -90,13 +90,14 @@ def load_runs(source: str | Path) -> list[dict]:
 
 def collect_run(run_dir: str | Path) -> dict:
     """What the reports need of one run directory, without its checkpoints: ``name``, ``dir``, ``config``
-    (config.json, by section) and ``records`` (metrics.jsonl)."""
+    (config.json, by section) and ``records`` (metrics.jsonl); ``dir`` is ``<parent folder>/<name>``."""
     run_dir = Path(run_dir)
     config_path = run_dir / "config.json"
     if not config_path.exists():
         raise FileNotFoundError(f"{run_dir} is not a run directory (no config.json): pass the directories "
                                 f"that experiments/run.py or bench_*.py made")
-    return {"name": run_dir.name, "dir": str(run_dir.resolve()), "config": json.loads(config_path.read_text()),
+    # the folder the run lived in and its name, not the machine's path: the file is committed and shared
+    return {"name": run_dir.name, "dir": f"{run_dir.resolve().parent.name}/{run_dir.name}", "config": json.loads(config_path.read_text()),
             "records": read_records(run_dir)}
 
 
