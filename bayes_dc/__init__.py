@@ -1,5 +1,5 @@
 """bayes_dc: DeepCluster with a variational Dirichlet-process Gaussian mixture as its clustering step."""
-__version__ = "0.1.0"
+from bayes_dc.version import __version__  # noqa: F401
 
 # First, before anything here imports torch: OpenMP settings for a shared or confined machine (passive waiting,
 # threads matched to the CPUs this process may use), unless the user set them. See bayes_dc/runtime/threads.py.

@@ -555,7 +555,7 @@ def _save_final(ctx: RunContext, reduction: Reduction, result: ClusterResult, gr
     final record exists always has it."""
     if not ctx.dist.is_main:
         return
-    from bayes_dc import __version__
+    from bayes_dc.version import __version__
     save_checkpoint({"format": FINAL_FORMAT, "bayes_dc_version": __version__, "config": ctx.cfg.to_dict(),
                      "model": ctx.model.state_dict(), "reduce_state": reduction.state, "predictor": result.predictor,
                      "labels": result.labels, "weights": result.weights,
