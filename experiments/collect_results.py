@@ -3,7 +3,7 @@
 The ablation notebooks read such a file by default (experiments/notebooks/results/), so they can be committed
 executed and re-run without the run directories:
 
-    python experiments/collect_results.py /work/bench_out/grid72/*-s0 /work/bench_out/grid72-T100/*-s0 \
+    python experiments/collect_results.py bench_out/grid72/*-s0 bench_out/grid72-T100/*-s0 \
         --out experiments/notebooks/results/grid.jsonl
 
 Arguments are run directories (those holding config.json) or folders above them, searched for run directories.

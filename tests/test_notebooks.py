@@ -79,6 +79,10 @@ def test_committed_results_file_holds_records_not_checkpoints():
     assert RESULTS.stat().st_size < 2_000_000
     runs = load_runs(RESULTS)
     assert {r["opts"]["prior"] for r in runs} >= {"kmeans", "dp"}
+    # committed and shared: folder names only, no path of the machine the runs were made on
+    paths = [value for run in lines for section in run["config"].values() for value in section.values()
+             if isinstance(value, str) and "/" in value] + [run["dir"] for run in lines]
+    assert not [p for p in paths if Path(p).is_absolute()], paths
 
 
 @pytest.fixture(scope="module")

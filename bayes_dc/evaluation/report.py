@@ -90,14 +90,20 @@ def load_runs(source: str | Path) -> list[dict]:
 
 def collect_run(run_dir: str | Path) -> dict:
     """What the reports need of one run directory, without its checkpoints: ``name``, ``dir``, ``config``
-    (config.json, by section) and ``records`` (metrics.jsonl); ``dir`` is ``<parent folder>/<name>``."""
+    (config.json, by section, its paths cut to folder names) and ``records`` (metrics.jsonl); ``dir`` is
+    ``<parent folder>/<name>``."""
     run_dir = Path(run_dir)
     config_path = run_dir / "config.json"
     if not config_path.exists():
         raise FileNotFoundError(f"{run_dir} is not a run directory (no config.json): pass the directories "
                                 f"that experiments/run.py or bench_*.py made")
-    # the folder the run lived in and its name, not the machine's path: the file is committed and shared
-    return {"name": run_dir.name, "dir": f"{run_dir.resolve().parent.name}/{run_dir.name}", "config": json.loads(config_path.read_text()),
+    # The file is committed and shared: it names folders (the run's, the data's, where runs went), never a
+    # machine's paths (the data folder's name still tells an image folder apart, e.g. cifar10).
+    config = json.loads(config_path.read_text())
+    for section, key in (("run", "out_dir"), ("data", "data_root"), ("run", "scratch_dir")):
+        if config.get(section, {}).get(key):
+            config[section][key] = Path(config[section][key]).name
+    return {"name": run_dir.name, "dir": f"{run_dir.resolve().parent.name}/{run_dir.name}", "config": config,
             "records": read_records(run_dir)}
 
 
