@@ -183,7 +183,7 @@ def test_svi_on_the_default_diagonal_dp_gmm_through_the_pipelines_backend():
     from bayes_dc.clustering import make_backend
     from bayes_dc.config.schema import Config
     from bayes_dc.data import load_dataset
-    from bayes_dc.spaces.registry import PCAReducer
+    from bayes_dc.spaces.pca import PCAReducer
 
     cluster = Config().cluster
     cluster.inference, cluster.covariance = "svi", "diag"

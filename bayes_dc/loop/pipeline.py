@@ -41,7 +41,8 @@ from bayes_dc.runtime.distributed import (Distributed, check_batch_size, convert
 from bayes_dc.evaluation.lineage import round_lineage
 from bayes_dc.models.nets import new_head
 from bayes_dc.config.rules import OptionError, check_config, check_option
-from bayes_dc.spaces.registry import Reduction, make_reducer
+from bayes_dc.spaces.base import Reduction
+from bayes_dc.spaces.registry import make_reducer
 from bayes_dc.rundir.runlog import ReadOnlyRunDir, RunDir, graceful_interrupt, run_path, save_checkpoint
 from bayes_dc.loop.targets import Targets, build_targets, sample_epoch
 from bayes_dc.runtime.threads import set_threads

@@ -19,7 +19,7 @@ from typing import Any, Callable
 import torch
 
 from bayes_dc.config.rules import OptionError
-from bayes_dc.spaces.base import Reducer, Reduction  # Reduction: what every reducer returns, for the round loop
+from bayes_dc.spaces.base import Reducer
 from bayes_dc.spaces.identity import IdentityReducer
 from bayes_dc.spaces.parametric import ParametricUMAPReducer
 from bayes_dc.spaces.pca import PCAReducer
@@ -52,4 +52,4 @@ def make_reducer(cfg: Any, *, allreduce: Callable[[torch.Tensor], torch.Tensor] 
     return REDUCERS[name](cfg, allreduce=allreduce, device=device, dist=dist)
 
 
-__all__ = ["REDUCERS", "Reducer", "Reduction", "make_reducer"]
+__all__ = ["REDUCERS", "make_reducer"]

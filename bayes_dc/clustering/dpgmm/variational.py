@@ -19,13 +19,12 @@ import torch
 
 from bayes_dc.clustering.dpgmm.families import Components, CovarianceFamily, SuffStats
 from bayes_dc.clustering.dpgmm.prior import DPGMMPrior
-from bayes_dc.clustering.dpgmm.weights import StickParams  # noqa: F401  (q(pi) of the DP, re-exported)
 
 
 @dataclass
 class DPGMMParams:
     """Variational parameters of q (float64): ``components`` (T rows, see :class:`.families.Components`) and
-    ``weights``, q(pi) as the prior's :class:`.weights.WeightPrior` defines it (stick-breaking: :class:`StickParams`,
+    ``weights``, q(pi) as the prior's :class:`.weights.WeightPrior` defines it (stick-breaking: :class:`.weights.StickParams`,
     sticks g1, g2 (T-1,) and q(alpha) = Gamma(alpha_shape, alpha_rate) or None when alpha is fixed)."""
 
     components: Components
